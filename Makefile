@@ -1,0 +1,28 @@
+# Two commands for a fresh clone (only Python needed): `make repro` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export PATH := $(abspath $(BIN)):$(PATH)
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+
+.PHONY: repro test install
+
+install: $(STAMP)
+
+# (Re)install when pyproject.toml changes; the stamp makes a present, up-to-date .venv a no-op.
+# The grep only hides pip's notes about this machine's absent local index folders.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+	touch $@
+
+# Validate params.yaml first: DVC deletes a stage's outputs before running it, so a typo
+# must fail here, before any output is touched.
+repro: $(STAMP)
+	$(BIN)/python -m pipelines.params
+	$(BIN)/dvc repro
+
+test: $(STAMP)
+	$(BIN)/python -m pytest

@@ -1,0 +1,69 @@
+"""Denoising networks, chosen by name from `NETWORKS`. They know nothing about noise schedules.
+
+Every network maps (x_t (B, ...), t (B,) timesteps) -> output of x_t's shape times
+`out_mult` along the feature axis (out_mult = 2 for iDDPM's learned variance, later).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of timesteps (Transformer PE, as in DDPM's UNet): (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class ResidualBlock(nn.Module):
+    """h + Linear(SiLU(LayerNorm(h) + time projection)): a pre-norm residual block with additive time conditioning."""
+
+    def __init__(self, width: int, temb_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.temb = nn.Linear(temb_dim, width)
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        z = self.fc1(torch.nn.functional.silu(self.norm(h))) + self.temb(temb)
+        return h + self.fc2(torch.nn.functional.silu(z))
+
+
+class MLP(nn.Module):
+    """eps_theta(x_t, t) for flat data (points): sinusoidal time embedding + residual SiLU MLP."""
+
+    def __init__(self, data_shape: tuple[int, ...], width: int = 256, depth: int = 3, temb_dim: int = 128,
+                 out_mult: int = 1):
+        super().__init__()
+        self.data_shape = tuple(data_shape)
+        self.out_mult = out_mult
+        d = math.prod(self.data_shape)
+        self.temb_dim = temb_dim
+        self.temb_mlp = nn.Sequential(nn.Linear(temb_dim, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self.inp = nn.Linear(d, width)
+        self.blocks = nn.ModuleList(ResidualBlock(width, temb_dim) for _ in range(depth))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, d * out_mult))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = self.temb_mlp(timestep_embedding(t, self.temb_dim))  # (B, temb_dim)
+        h = self.inp(x.reshape(len(x), -1))  # (B, width)
+        for block in self.blocks:
+            h = block(h, temb)
+        out = self.out(h)  # (B, d * out_mult)
+        return out.reshape(len(x), self.data_shape[0] * self.out_mult, *self.data_shape[1:])
+
+
+NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP}
+
+
+def make_network(name: str, data_shape: tuple[int, ...], **kwargs) -> nn.Module:
+    """Instantiate the named network for data of the given per-sample shape."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; allowed: {', '.join(NETWORKS)}")
+    return NETWORKS[name](tuple(data_shape), **kwargs)

@@ -1,0 +1,294 @@
+"""The one place params.yaml is read and validated.
+
+`load_params()` turns params.yaml into frozen, typed dataclasses and rejects, with a one-line
+message naming the key and what is allowed: unknown keys, missing keys, wrong types, values
+out of range, unknown names (sampler, network, schedule, trajectory, ...). Every stage calls it
+before any compute, so a bad value fails fast and touches no output.
+
+`python -m pipelines.params [params.yaml]` validates a file and exits non-zero on error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.data import DATASETS
+from components.metrics import FEATURE_EXTRACTORS
+from components.networks import NETWORKS
+from components.samplers import FIXED_VARIANCES, SAMPLERS
+from components.schedules import SCHEDULES, TRAJECTORIES
+from components.training import LR_SCHEDULES
+
+PARAMS_FILE = "params.yaml"
+
+
+class ParamsError(ValueError):
+    """A params.yaml value that cannot be used; the message names the key."""
+
+
+def _choice(name: str, value: str, allowed, what: str) -> None:
+    """Field `name` must be one of `allowed` (a registry)."""
+    if value not in allowed:
+        raise ParamsError(f"{name}: unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    """Field `name` must satisfy `ok`."""
+    if not ok:
+        raise ParamsError(f"{name}: {message}")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    name: str  # data set, from components.data.DATASETS
+    seed: int  # the train and reference splits are deterministic in this seed
+    n_train: int
+    n_reference: int
+    std: float  # std of each mixture component, data units
+
+    def __post_init__(self):
+        _choice("name", self.name, DATASETS, "data set")
+        _require(self.n_train > 0, "n_train", "must be > 0")
+        _require(self.n_reference > 0, "n_reference", "must be > 0")
+        _require(self.std > 0, "std", "must be > 0")
+
+
+@dataclass(frozen=True)
+class DiffusionParams:
+    schedule: str  # beta schedule, from components.schedules.SCHEDULES
+    T: int  # number of diffusion steps the model is trained on
+
+    def __post_init__(self):
+        _choice("schedule", self.schedule, SCHEDULES, "schedule")
+        _require(self.T >= 2, "T", f"must be >= 2, got {self.T}")
+
+
+@dataclass(frozen=True)
+class NetworkParams:
+    """A network by name plus its constructor's keyword arguments (checked against its signature)."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int
+    steps: int  # optimiser steps: the training budget
+    batch_size: int
+    lr: float
+    lr_schedule: str  # constant | cosine (after warm-up)
+    warmup_steps: int
+    ema_decay: float
+    grad_clip: float  # global-norm clip; 0 disables
+    log_every: int  # loss-curve resolution, in steps
+    checkpoint_every: int  # resume-checkpoint interval, in steps
+    network: NetworkParams
+
+    def __post_init__(self):
+        _require(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+        _require(self.batch_size > 0, "batch_size", "must be > 0")
+        _require(self.lr > 0, "lr", "must be > 0")
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES, "lr schedule")
+        _require(0 <= self.warmup_steps <= self.steps, "warmup_steps", "must be in [0, steps]")
+        _require(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
+        _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
+        _require(self.log_every > 0, "log_every", "must be > 0")
+        _require(self.checkpoint_every > 0, "checkpoint_every", "must be > 0")
+        # resuming at a log boundary keeps the loss curve identical to an unbroken run
+        _require(self.checkpoint_every % self.log_every == 0, "checkpoint_every", "must be a multiple of log_every")
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    n: int  # samples per cell
+    seed: int  # the same seed for every cell: cells differ only in the sampler
+    batch_size: int
+    warmup: int  # samples in the untimed warm-up batch
+
+    def __post_init__(self):
+        _require(self.n > 0, "n", "must be > 0")
+        _require(self.batch_size > 0, "batch_size", "must be > 0")
+        _require(self.warmup >= 0, "warmup", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class CellParams:
+    """One sweep cell: a sampler and its step count, with the sampler's own options."""
+
+    sampler: str
+    steps: int
+    trajectory: str = "uniform"
+    eta: float | None = None  # ddim only (DDIM eq. 16); defaults to 0
+    variance: str | None = None  # ddpm only: small (beta-tilde) | large (beta); defaults to small
+    clip_x0: bool = False  # clip x0-hat to [-1, 1] (model space); off for the toy
+
+    def __post_init__(self):
+        _choice("sampler", self.sampler, SAMPLERS, "sampler")
+        _choice("trajectory", self.trajectory, TRAJECTORIES, "trajectory")
+        _require(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+        if self.sampler == "ddim":
+            _require(self.variance is None, "variance", "applies to sampler ddpm only")
+            _require(self.eta is None or self.eta >= 0, "eta", f"must be >= 0, got {self.eta}")
+        else:
+            _require(self.eta is None, "eta", "applies to sampler ddim only")
+            if self.variance is not None:
+                _choice("variance", self.variance, FIXED_VARIANCES, "variance")
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the sampler function beyond model, schedule, x_T and generator."""
+        extra = {"eta": self.eta or 0.0} if self.sampler == "ddim" else {"variance": self.variance or "small"}
+        return {"clip_x0": self.clip_x0, **extra}
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    features: str  # feature extractor for FID / precision / recall
+    k: int  # precision/recall neighbourhood (Kynkaanniemi et al.: 3)
+    n_std: float  # a sample is high quality within n_std * mode std of its nearest mode
+    min_mode_count: int  # a mode is covered when it holds this many high-quality samples
+
+    def __post_init__(self):
+        _choice("features", self.features, FEATURE_EXTRACTORS, "feature extractor")
+        _require(self.k >= 1, "k", "must be >= 1")
+        _require(self.n_std > 0, "n_std", "must be > 0")
+        _require(self.min_mode_count >= 1, "min_mode_count", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams
+    diffusion: DiffusionParams
+    train_ddpm: TrainParams
+    sample: SampleParams
+    sweep: dict[str, CellParams]
+    evaluate: EvaluateParams
+
+
+# --- the converter ----------------------------------------------------------------------
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` and build dataclasses; errors name `key`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+        if value is None and type(None) in args:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+        return _convert(value, tp, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+        return {k: _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    ok = isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ParamsError(f"{key}: expected {_TYPE_NAMES.get(tp, tp.__name__)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: Any, key: str) -> Any:
+    """Build dataclass `cls` from the mapping `raw`, rejecting unknown and missing keys."""
+    if cls is NetworkParams:
+        return _build_network(raw, key)
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{key}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(f"{key}.{unknown[0]}: unknown key; allowed: {', '.join(fields)}")
+    missing = [n for n, f in fields.items() if n not in raw and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ParamsError(f"{key}.{missing[0]}: missing key")
+    values = {n: _convert(v, hints[n], f"{key}.{n}") for n, v in raw.items()}
+    try:
+        return cls(**values)
+    except ParamsError as e:
+        raise ParamsError(f"{key}.{e}") from None
+
+
+def _build_network(raw: Any, key: str) -> NetworkParams:
+    """A network section: `name` from NETWORKS, other keys typed by the constructor's signature."""
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ParamsError(f"{key}.name: missing key; allowed networks: {', '.join(NETWORKS)}")
+    raw = dict(raw)
+    name = raw.pop("name")
+    if name not in NETWORKS:
+        raise ParamsError(f"{key}.name: unknown network {name!r}; allowed: {', '.join(NETWORKS)}")
+    sig = inspect.signature(NETWORKS[name])
+    hints = typing.get_type_hints(NETWORKS[name].__init__)
+    allowed = [p for p in sig.parameters if p not in ("data_shape", "out_mult")]
+    kwargs = {}
+    for k, v in raw.items():
+        if k not in allowed:
+            raise ParamsError(f"{key}.{k}: unknown key for network {name!r}; allowed: name, {', '.join(allowed)}")
+        kwargs[k] = _convert(v, hints.get(k, Any), f"{key}.{k}")
+        if isinstance(kwargs[k], int) and kwargs[k] <= 0:
+            raise ParamsError(f"{key}.{k}: must be > 0, got {v}")
+    return NetworkParams(name, kwargs)
+
+
+def _cross_checks(p: Params) -> None:
+    """Constraints between sections."""
+    for name, cell in p.sweep.items():
+        if cell.steps > p.diffusion.T:
+            raise ParamsError(f"sweep.{name}.steps: {cell.steps} exceeds diffusion.T = {p.diffusion.T}; allowed: 1..{p.diffusion.T}")
+        try:
+            TRAJECTORIES[cell.trajectory](p.diffusion.T, cell.steps)
+        except ValueError as e:
+            raise ParamsError(f"sweep.{name}.trajectory: {e}") from None
+
+
+def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
+    """Validate a parsed params mapping; raise ParamsError with a one-line message naming the key."""
+    try:
+        params = _build(Params, raw, "")
+        _cross_checks(params)
+    except ParamsError as e:
+        raise ParamsError(f"{source}: {str(e).lstrip('.')}") from None
+    return params
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_params(raw, str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    path = argv[0] if argv else PARAMS_FILE
+    try:
+        load_params(path)
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{path}: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Figures the stages write as PNGs (DVC's HTML plots need a CDN, so PNGs are the offline view)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def loss_curve_figure(steps: list[int], losses: list[float], title: str):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def scatter_figure(x: np.ndarray, title: str, modes: np.ndarray | None = None, lim: float = 6.0):
+    """Samples (N, 2) in data units, with the mode centres marked if known."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(x[:, 0], x[:, 1], s=0.5, alpha=0.35, color="tab:blue", rasterized=True)
+    if modes is not None:
+        ax.scatter(modes[:, 0], modes[:, 1], s=12, marker="+", color="tab:red", lw=0.8)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def trilemma_figure(rows: list[dict], ceiling: dict | None = None):
+    """Quality (high-quality fraction) against wall time per 1k samples (log), coloured by recall."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    t = np.array([r["wall_s_per_1k"] for r in rows])
+    q = np.array([r["hq_fraction"] for r in rows])
+    rec = np.array([r["recall"] for r in rows])
+    sc = ax.scatter(t, q, c=rec, cmap="viridis", vmin=0, vmax=1, s=[20 + 40 * r["modes"] / 5 for r in rows],
+                    edgecolor="k", lw=0.5, zorder=3)
+    for r in rows:
+        ax.annotate(f"{r['cell']} (NFE {r['nfe']})", (r["wall_s_per_1k"], r["hq_fraction"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    if ceiling is not None:
+        ax.axhline(ceiling["hq_fraction"], color="grey", ls="--", lw=0.8, label="train split (ceiling)")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("wall time per 1,000 samples [s] (log)")
+    ax.set_ylabel("high-quality fraction (within 3 std)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3, which="both")
+    fig.colorbar(sc, ax=ax, label="recall (k=3)")
+    ax.set_title("Trilemma: quality vs sampling time; colour = recall, size = modes covered", fontsize=9)
+    return fig
+
+
+def image_grid_figure(x: np.ndarray, title: str, n: int = 64):
+    """The first n images (N, C, H, W) in data units (0..255) as a square grid."""
+    x = np.clip(x[:n], 0, 255).astype(np.uint8)
+    side = int(np.ceil(np.sqrt(len(x))))
+    fig, axes = plt.subplots(side, side, figsize=(side * 0.6, side * 0.6))
+    for ax, img in zip(np.ravel(axes), list(x) + [None] * (side * side - len(x))):
+        ax.axis("off")
+        if img is not None:
+            ax.imshow(img.transpose(1, 2, 0).squeeze(), cmap="gray" if img.shape[0] == 1 else None)
+    fig.suptitle(title, fontsize=8)
+    return fig
+
+
+def samples_figure(x: np.ndarray, title: str):
+    """Points (N, 2) as a scatter, images (N, C, H, W) as a grid."""
+    return scatter_figure(x, title) if x.ndim == 2 and x.shape[1] == 2 else image_grid_figure(x, title)

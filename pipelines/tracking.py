@@ -1,0 +1,118 @@
+"""MLflow tracking for stages: one run per executed stage, fail-soft.
+
+The tracking URI is explicit: `MLFLOW_TRACKING_URI` if set, else `sqlite:///<repo>/mlflow.db`
+(the repository root is the working directory DVC runs stages in). The experiment is
+`MLFLOW_EXPERIMENT_NAME`, else "trilemma".
+
+Tracking never fails a stage: if the server is unreachable, or answers too slowly, the stage's
+outputs are already written, and logging prints one warning line and gives up within seconds
+instead of MLflow's default of minutes of retries.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+DEFAULT_EXPERIMENT = "trilemma"
+# MLflow's defaults retry a refused connection for ~4 minutes and wait 120 s per request.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+METRIC_BATCH, PARAM_BATCH = 1000, 100  # MLflow's log_batch limits
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, or a sqlite store at the repository root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+@dataclass
+class StageRun:
+    """What one stage execution reports: params, scalar metrics, step series, tables and files."""
+
+    stage: str
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> [(step, value)]
+    tables: dict[str, Any] = field(default_factory=dict)  # artifact file name -> pandas DataFrame
+    artifacts: list[Path] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}, for MLflow params."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= flatten(v, f"{key}.")
+        else:
+            out[key] = v
+    return out
+
+
+def _reachable(uri: str, timeout: float = 2.0) -> str | None:
+    """None if an http(s) tracking server accepts a TCP connection (or the store is local), else why not."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"cannot connect to {parsed.hostname}:{port} ({e.strerror or e})"
+
+
+def log_stage_run(run: StageRun) -> str | None:
+    """Log one stage run to MLflow; return its run id, or None after a one-line warning."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    uri = tracking_uri()
+    why = _reachable(uri)
+    if why is None:
+        try:
+            return _log(uri, run)
+        except Exception as e:  # tracking must never fail the stage
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    print(f"warning: MLflow tracking at {uri} unavailable, {run.stage} not logged: {why}", file=sys.stderr)
+    return None
+
+
+def _log(uri: str, run: StageRun) -> str:
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment_name())
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name())
+    tags = {"dvc.stage": run.stage, "mlflow.runName": run.stage, **run.tags}
+    parent = os.environ.get("TRILEMMA_PARENT_RUN_ID")  # set by an orchestrator, never in dvc.yaml's cmd
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    mlrun = client.create_run(exp_id, run_name=run.stage, tags=tags)
+    run_id = mlrun.info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in run.metrics.items()]
+    metrics += [Metric(k, float(v), now, int(s)) for k, pts in run.series.items() for s, v in pts]
+    params = [Param(k, str(v)) for k, v in flatten(run.params).items()]
+    for i in range(0, len(params), PARAM_BATCH):
+        client.log_batch(run_id, params=params[i : i + PARAM_BATCH])
+    for i in range(0, len(metrics), METRIC_BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + METRIC_BATCH])
+    for name, table in run.tables.items():
+        client.log_table(run_id, data=table, artifact_file=name)
+    for path in run.artifacts:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+    return run_id
