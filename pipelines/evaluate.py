@@ -71,7 +71,8 @@ def main(argv: list[str]) -> None:
                      **score(c["x"])})
         print(f"evaluate: {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in rows[-1].items() if isinstance(v, float)))
 
-    df = pd.DataFrame(rows).reindex(columns=[c for c in COLUMNS if c in pd.DataFrame(rows).columns])
+    df = pd.DataFrame(rows)
+    df = df.reindex(columns=[c for c in COLUMNS if c in df.columns]).astype({"steps": "Int64", "nfe": "Int64"})
     atomic_write_json(json_path, {r["cell"]: {k: v for k, v in r.items() if k != "cell" and _present(v)} for r in rows})
     atomic_write_text(csv_path, df.to_csv(index=False))
     header = (f"Trilemma table: {len(rows) - 1} sampler cells, {n} samples each, metrics in data units against the "
