@@ -24,13 +24,13 @@ from pipelines.params import load_params
 from pipelines.plots import trilemma_figure
 from pipelines.tracking import StageRun, log_stage_run
 
-COLUMNS = ["cell", "sampler", "steps", "eta", "variance", "nfe", "wall_s_per_1k", "hq_fraction", "modes",
-           "kl_uniform", "fid", "precision", "recall"]
+SETTINGS = ["cell", "sampler", "steps", "eta", "variance"]
+METRICS = ["nfe", "wall_s_per_1k", "hq_fraction", "modes", "kl_uniform", "fid", "precision", "recall"]
 
 
 def _present(v) -> bool:
     """Not a blank cell: None (no such option) and NaN (undefined metric) are left out of JSON."""
-    return v is not None and not (isinstance(v, float) and np.isnan(v))
+    return v is not None and not pd.isna(v)
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -72,8 +72,8 @@ def main(argv: list[str]) -> None:
         print(f"evaluate: {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in rows[-1].items() if isinstance(v, float)))
 
     df = pd.DataFrame(rows)
-    df = df.reindex(columns=[c for c in COLUMNS if c in df.columns]).astype({"steps": "Int64", "nfe": "Int64"})
-    atomic_write_json(json_path, {r["cell"]: {k: v for k, v in r.items() if k != "cell" and _present(v)} for r in rows})
+    df = df.reindex(columns=[c for c in SETTINGS + METRICS if c in df.columns]).astype({"steps": "Int64", "nfe": "Int64"})
+    atomic_write_json(json_path, {r["cell"]: {k: r[k] for k in METRICS if _present(r[k])} for r in rows})
     atomic_write_text(csv_path, df.to_csv(index=False))
     header = (f"Trilemma table: {len(rows) - 1} sampler cells, {n} samples each, metrics in data units against the "
               f"{len(ref.x)}-point reference split; wall time per 1,000 samples after warm-up. "

@@ -21,6 +21,10 @@ from components.data import Dataset
 from pipelines.params import ParamsError
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 class InputError(ValueError):
     """An input file (data, checkpoint, samples) that cannot be used; the message names the file."""
 
@@ -35,6 +39,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give outputs the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -34,25 +34,29 @@ def scatter_figure(x: np.ndarray, title: str, modes: np.ndarray | None = None, l
 
 
 def trilemma_figure(rows: list[dict], ceiling: dict | None = None):
-    """Quality (high-quality fraction) against wall time per 1k samples (log), coloured by recall."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    t = np.array([r["wall_s_per_1k"] for r in rows])
-    q = np.array([r["hq_fraction"] for r in rows])
-    rec = np.array([r["recall"] for r in rows])
-    sc = ax.scatter(t, q, c=rec, cmap="viridis", vmin=0, vmax=1, s=[20 + 40 * r["modes"] / 5 for r in rows],
-                    edgecolor="k", lw=0.5, zorder=3)
-    for r in rows:
-        ax.annotate(f"{r['cell']} (NFE {r['nfe']})", (r["wall_s_per_1k"], r["hq_fraction"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+    """Quality (high-quality fraction) against wall time per 1k samples (log); colour = recall, marker = sampler."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    markers = {"ddpm": "o", "ddim": "s"}
+    sc = None
+    for i, r in enumerate(sorted(rows, key=lambda r: (r["wall_s_per_1k"], r["hq_fraction"]))):
+        sc = ax.scatter(r["wall_s_per_1k"], r["hq_fraction"], c=[r["recall"]], cmap="viridis", vmin=0, vmax=1,
+                        marker=markers.get(r["sampler"], "D"), s=30 + 2 * r["modes"], edgecolor="k", lw=0.5, zorder=3)
+        ax.annotate(r["cell"], (r["wall_s_per_1k"], r["hq_fraction"]), fontsize=7, textcoords="offset points",
+                    xytext=(6, 6 if i % 2 else -10))
     if ceiling is not None:
         ax.axhline(ceiling["hq_fraction"], color="grey", ls="--", lw=0.8, label="train split (ceiling)")
-        ax.legend(loc="lower right", fontsize=8)
+    for name, m in markers.items():
+        ax.scatter([], [], marker=m, color="grey", label=name)
+    ax.legend(loc="center right", fontsize=8)
+    t = [r["wall_s_per_1k"] for r in rows]
     ax.set_xscale("log")
+    ax.set_xlim(min(t) / 1.6, max(t) * 4)
     ax.set_xlabel("wall time per 1,000 samples [s] (log)")
     ax.set_ylabel("high-quality fraction (within 3 std)")
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(-0.03, 1.05)
     ax.grid(alpha=0.3, which="both")
-    fig.colorbar(sc, ax=ax, label="recall (k=3)")
+    if sc is not None:
+        fig.colorbar(sc, ax=ax, label="recall (k=3)")
     ax.set_title("Trilemma: quality vs sampling time; colour = recall, size = modes covered", fontsize=9)
     return fig
 

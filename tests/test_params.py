@@ -1,0 +1,134 @@
+"""Every bad-params case fails before any compute, in one line that names the key and what is allowed."""
+
+import copy
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.params import ParamsError, load_params, parse_params
+
+from conftest import ROOT, run, stage_env
+
+DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_change(path: str, value) -> dict:
+    """The default params with the dotted key `path` set to value (None deletes it)."""
+    raw = copy.deepcopy(DEFAULT)
+    *parents, leaf = path.split(".")
+    node = raw
+    for p in parents:
+        node = node[p]
+    if value is None:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return raw
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ParamsError) as e:
+        parse_params(raw)
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_default_params_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.diffusion.T == 1000 and "ddpm-1000" in p.sweep
+
+
+@pytest.mark.parametrize("path,value,expected", [
+    # unknown keys, at every level
+    ("sampel", {"n": 1}, "params.yaml: sampel: unknown key; allowed: data, diffusion, train_ddpm, sample, sweep, evaluate"),
+    ("train_ddpm.learning_rate", 0.1, "train_ddpm.learning_rate: unknown key; allowed: seed, steps, batch_size, lr"),
+    ("sweep.ddim-50.etaa", 0.5, "sweep.ddim-50.etaa: unknown key; allowed: sampler, steps, trajectory, eta"),
+    ("train_ddpm.network.widht", 64, "train_ddpm.network.widht: unknown key for network 'mlp'; allowed: name, width"),
+    # missing keys
+    ("train_ddpm.lr", None, "train_ddpm.lr: missing key"),
+    # wrong types
+    ("train_ddpm.steps", "many", "train_ddpm.steps: expected an integer, got 'many'"),
+    ("train_ddpm.steps", 10.5, "train_ddpm.steps: expected an integer, got 10.5"),
+    ("train_ddpm.lr", "fast", "train_ddpm.lr: expected a number, got 'fast'"),
+    ("sample.n", True, "sample.n: expected an integer, got True"),
+    ("sweep.ddpm-4.clip_x0", "yes", "sweep.ddpm-4.clip_x0: expected true or false, got 'yes'"),
+    ("train_ddpm.network.width", "wide", "train_ddpm.network.width: expected an integer, got 'wide'"),
+    ("sweep", [1, 2], "sweep: expected a mapping"),
+    # steps > T or <= 0
+    ("sweep.ddpm-1000.steps", 1001, "sweep.ddpm-1000.steps: 1001 exceeds diffusion.T = 1000; allowed: 1..1000"),
+    ("sweep.ddim-4.steps", 0, "sweep.ddim-4.steps: must be > 0, got 0"),
+    ("sweep.ddim-4.steps", -4, "sweep.ddim-4.steps: must be > 0, got -4"),
+    # eta < 0, and options that belong to the other sampler
+    ("sweep.ddim-50.eta", -0.5, "sweep.ddim-50.eta: must be >= 0, got -0.5"),
+    ("sweep.ddpm-100.eta", 0.5, "sweep.ddpm-100.eta: applies to sampler ddim only"),
+    # unknown names
+    ("sweep.ddpm-4.sampler", "euler", "sweep.ddpm-4.sampler: unknown sampler 'euler'; allowed: ddpm, ddim"),
+    ("train_ddpm.network.name", "unet9000", "train_ddpm.network.name: unknown network 'unet9000'; allowed: mlp"),
+    ("diffusion.schedule", "sigmoid", "diffusion.schedule: unknown schedule 'sigmoid'; allowed: linear, cosine, ddgan_vp"),
+    ("sweep.ddim-10.trajectory", "leading", "sweep.ddim-10.trajectory: unknown trajectory 'leading'; allowed: uniform, linspace, quadratic"),
+    ("sweep.ddpm-10.variance", "learned", "sweep.ddpm-10.variance: unknown variance 'learned'; allowed: small, large"),
+    ("evaluate.features", "inception", "evaluate.features: unknown feature extractor 'inception'; allowed: identity"),
+    ("data.name", "cifar11", "data.name: unknown data set 'cifar11'; allowed: gaussians25"),
+    ("train_ddpm.lr_schedule", "step", "train_ddpm.lr_schedule: unknown lr schedule 'step'; allowed: constant, cosine"),
+    # ranges
+    ("train_ddpm.ema_decay", 1.0, "train_ddpm.ema_decay: must be in [0, 1)"),
+    ("diffusion.T", 1, "diffusion.T: must be >= 2, got 1"),
+    ("train_ddpm.checkpoint_every", 75, "train_ddpm.checkpoint_every: must be a multiple of log_every"),
+])
+def test_bad_params_name_the_key(path, value, expected):
+    assert expected in error_of(with_change(path, value))
+
+
+def test_trajectory_that_cannot_fit_is_rejected():
+    raw = with_change("sweep.ddim-100.steps", 333)  # no integer stride gives exactly 333 of 1000
+    assert "sweep.ddim-100.trajectory: no integer stride gives 333 uniform steps" in error_of(raw)
+
+
+def _digest(paths):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+STAGE_CMDS = {
+    "prepare": ["pipelines.prepare", "data/train.npz", "data/reference.npz"],
+    "train_ddpm": ["pipelines.train_ddpm", "data/train.npz", "models/ddpm.pt", "plots/loss.csv", "plots/loss.png"],
+    "sample": ["pipelines.sample", "ddim-50", "models/ddpm.pt", "samples/ddim-50.npz", "plots/ddim-50.png"],
+    "evaluate": ["pipelines.evaluate", "samples", "data/train.npz", "data/reference.npz", "metrics/t.json",
+                 "metrics/t.csv", "metrics/t.md", "metrics/t.png"],
+}
+
+
+@pytest.mark.parametrize("stage", list(STAGE_CMDS))
+def test_stage_exits_nonzero_in_one_line_and_leaves_outputs(tmp_path, stage):
+    """A stage with bad params prints one line, exits 2, and its existing outputs keep their bytes."""
+    raw = with_change("sweep.ddim-50.eta", -1.0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    outputs = [tmp_path / a for a in STAGE_CMDS[stage][1:] if "/" in a]
+    for out in outputs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"previous result " + out.name.encode())
+    before = _digest(outputs)
+    proc = subprocess.run([sys.executable, "-m", *STAGE_CMDS[stage]], cwd=tmp_path, env=stage_env(PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: params.yaml: sweep.ddim-50.eta: must be >= 0, got -1.0"]
+    assert _digest(outputs) == before
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_validate_command(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(with_change("diffusion.schedule", "sigmoid")))
+    proc = run([sys.executable, "-m", "pipelines.params", str(bad)], ROOT, check=False)
+    assert proc.returncode == 2 and "diffusion.schedule: unknown schedule 'sigmoid'" in proc.stderr
+    assert run([sys.executable, "-m", "pipelines.params"], ROOT).stdout.strip() == "params.yaml: ok"
+
+
+def test_unreadable_params_file(tmp_path):
+    (tmp_path / "params.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")

@@ -1,0 +1,61 @@
+"""End to end: `dvc repro` on a tiny-budget copy of the repository, a real DVC repo and MLflow store."""
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import run
+
+pytestmark = pytest.mark.slow
+
+
+def mlflow_runs(repo):
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["trilemma"])
+
+
+def test_dvc_repro_end_to_end(tiny_repo):
+    cells = list(yaml.safe_load((tiny_repo / "params.yaml").read_text())["sweep"])
+    first = run(["dvc", "repro"], tiny_repo)
+    assert "warning" not in first.stderr.lower(), first.stderr
+
+    table = pd.read_csv(tiny_repo / "metrics/trilemma.csv")
+    assert list(table["cell"]) == ["data", *cells]
+    for col in ["nfe", "wall_s_per_1k", "hq_fraction", "modes", "kl_uniform", "fid", "precision", "recall"]:
+        assert col in table.columns
+    assert table.set_index("cell").loc["ddpm-1000", "nfe"] == 1000
+    assert table.set_index("cell").loc["ddim-4", "nfe"] == 4
+    assert (table["wall_s_per_1k"][1:] > 0).all()
+    md = (tiny_repo / "metrics/trilemma.md").read_text()
+    assert all(f"| {c} |" in md for c in cells)
+    assert (tiny_repo / "metrics/trilemma.png").stat().st_size > 10_000
+    assert all((tiny_repo / f"plots/samples/{c}.png").exists() for c in cells)
+
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout)
+    assert "metrics/trilemma.json" in json.dumps(shown)
+
+    stages = {"prepare", "train_ddpm", "evaluate", *(f"sample@{c}" for c in cells)}
+    runs = mlflow_runs(tiny_repo)
+    assert sorted(runs["tags.mlflow.runName"]) == sorted(stages)
+    assert (runs["status"] == "FINISHED").all()
+    evaluate = runs[runs["tags.mlflow.runName"] == "evaluate"].iloc[0]
+    assert evaluate["metrics.ddpm-1000.hq_fraction"] == pytest.approx(table.set_index("cell").loc["ddpm-1000", "hq_fraction"])
+
+    second = run(["dvc", "repro"], tiny_repo)
+    assert "Running stage" not in second.stdout
+    assert "Data and pipelines are up to date" in second.stdout
+    assert len(mlflow_runs(tiny_repo)) == len(stages)
+    assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
+
+
+def test_changing_one_cell_reruns_only_that_cell(tiny_repo):
+    run(["dvc", "repro"], tiny_repo)
+    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    params["sweep"]["ddim-10"]["eta"] = 0.5
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro"], tiny_repo).stdout
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert ran == ["evaluate", "sample@ddim-10"]
