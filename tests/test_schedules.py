@@ -50,7 +50,8 @@ def test_respaced_alpha_bar_equals_original_at_kept_steps(name, traj, steps):
     sub = respace(full, keep)
     assert len(sub) == steps
     assert np.array_equal(sub.timesteps, keep)
-    assert np.allclose(sub.alphas_cumprod, full.alphas_cumprod[keep], rtol=1e-12, atol=0)
+    # rtol 1e-9: the cosine schedule ends at abar ~ 2e-9, where 1 - abar_i / abar_{i-1} loses float64 digits
+    assert np.allclose(sub.alphas_cumprod, full.alphas_cumprod[keep], rtol=1e-9, atol=0)
 
 
 def test_respacing_everything_is_identity():
