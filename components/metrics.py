@@ -1,26 +1,18 @@
 """Trilemma metrics, computed in data units on features.
 
-Every image-level metric goes through a feature extractor chosen by name: `identity` for
-points (FID and precision/recall on the coordinates themselves); a CNN for images later.
+FID and precision/recall go through a feature extractor chosen by name (components/features.py):
+`identity` for points, so both are computed on the coordinates themselves; a CNN for images.
 FID and precision/recall are torch-fidelity's feature-level functions, not reimplementations.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 import torch
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
-
-def identity_features(x: np.ndarray) -> torch.Tensor:
-    """Points are their own features: (N, ...) -> (N, D) float64."""
-    return torch.from_numpy(np.asarray(x, dtype=np.float64).reshape(len(x), -1))
-
-
-FEATURE_EXTRACTORS: dict[str, Callable[[np.ndarray], torch.Tensor]] = {"identity": identity_features}
+from components.features import FEATURE_EXTRACTORS
 
 
 def frechet_distance(features: torch.Tensor, ref_features: torch.Tensor) -> float:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from components.data import DATASETS
-from components.metrics import FEATURE_EXTRACTORS
+from components.features import FEATURE_EXTRACTORS
 from components.networks import NETWORKS
 from components.samplers import FIXED_VARIANCES, SAMPLERS
 from components.schedules import SCHEDULES, TRAJECTORIES

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from components.data import gaussians25_means
-from components.metrics import frechet_distance, identity_features, mode_metrics, precision_recall, sample_metrics
+from components.features import identity_features
+from components.metrics import frechet_distance, mode_metrics, precision_recall, sample_metrics
 
 MEANS = gaussians25_means()
 
