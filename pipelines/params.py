@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +182,7 @@ _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "tru
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp` and build dataclasses; errors name `key`."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+    if origin in (typing.Union, types.UnionType):  # `float | None`: optional cell options
         if value is None and type(None) in args:
             return None
         (tp,) = [a for a in args if a is not type(None)]
