@@ -62,3 +62,4 @@ def gaussians25_splits(n_train: int, n_reference: int, std: float, seed: int) ->
 
 
 DATASETS = {"gaussians25": gaussians25_splits}
+MIXTURES = ("gaussians25",)  # data sets whose splits carry modes and mode_std: an exact eps* exists

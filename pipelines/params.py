@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from components.data import DATASETS
+from components.data import DATASETS, MIXTURES
 from components.features import FEATURE_EXTRACTORS
 from components.networks import NETWORKS
 from components.samplers import FIXED_VARIANCES, SAMPLERS
@@ -29,6 +29,9 @@ from components.schedules import SCHEDULES, TRAJECTORIES
 from components.training import LR_SCHEDULES
 
 PARAMS_FILE = "params.yaml"
+
+
+DENOISERS = ("ema", "exact")
 
 
 class ParamsError(ValueError):
@@ -131,9 +134,11 @@ class CellParams:
     eta: float | None = None  # ddim only (DDIM eq. 16); defaults to 0
     variance: str | None = None  # ddpm only: small (beta-tilde) | large (beta); defaults to small
     clip_x0: bool = False  # clip x0-hat to [-1, 1] (model space); off for the toy
+    model: str = "ema"  # ema: the trained network's EMA weights | exact: the mixture's closed-form eps*
 
     def __post_init__(self):
         _choice("sampler", self.sampler, SAMPLERS, "sampler")
+        _choice("model", self.model, DENOISERS, "model")
         _choice("trajectory", self.trajectory, TRAJECTORIES, "trajectory")
         _require(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
         if self.sampler == "ddim":
@@ -249,6 +254,9 @@ def _build_network(raw: Any, key: str) -> NetworkParams:
 def _cross_checks(p: Params) -> None:
     """Constraints between sections."""
     for name, cell in p.sweep.items():
+        if cell.model == "exact" and p.data.name not in MIXTURES:
+            raise ParamsError(f"sweep.{name}.model: 'exact' needs a Gaussian-mixture data set; allowed with data.name: "
+                              f"{', '.join(MIXTURES)}")
         if cell.steps > p.diffusion.T:
             raise ParamsError(f"sweep.{name}.steps: {cell.steps} exceeds diffusion.T = {p.diffusion.T}; allowed: 1..{p.diffusion.T}")
         try:

@@ -36,17 +36,20 @@ def scatter_figure(x: np.ndarray, title: str, modes: np.ndarray | None = None, l
 def trilemma_figure(rows: list[dict], ceiling: dict | None = None):
     """Quality (high-quality fraction) against wall time per 1k samples (log); colour = recall, marker = sampler."""
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    markers = {"ddpm": "o", "ddim": "s"}
+    # (sampler, model) -> marker; the exact-eps* rows are the samplers' ceilings, not trained models
+    markers = {("ddpm", "ema"): "o", ("ddim", "ema"): "s", ("ddpm", "exact"): "P", ("ddim", "exact"): "X"}
     sc = None
     for i, r in enumerate(sorted(rows, key=lambda r: (r["wall_s_per_1k"], r["hq_fraction"]))):
         sc = ax.scatter(r["wall_s_per_1k"], r["hq_fraction"], c=[r["recall"]], cmap="viridis", vmin=0, vmax=1,
-                        marker=markers.get(r["sampler"], "D"), s=30 + 2 * r["modes"], edgecolor="k", lw=0.5, zorder=3)
+                        marker=markers.get((r["sampler"], r.get("model", "ema")), "D"), s=30 + 2 * r["modes"],
+                        edgecolor="k", lw=0.5, zorder=3)
         ax.annotate(r["cell"], (r["wall_s_per_1k"], r["hq_fraction"]), fontsize=7, textcoords="offset points",
                     xytext=(6, 6 if i % 2 else -10))
     if ceiling is not None:
         ax.axhline(ceiling["hq_fraction"], color="grey", ls="--", lw=0.8, label="train split (ceiling)")
-    for name, m in markers.items():
-        ax.scatter([], [], marker=m, color="grey", label=name)
+    for (sampler, model), m in markers.items():
+        if any(r["sampler"] == sampler and r.get("model", "ema") == model for r in rows):
+            ax.scatter([], [], marker=m, color="grey", label=sampler if model == "ema" else f"{sampler}, exact eps*")
     ax.legend(loc="center right", fontsize=8)
     t = [r["wall_s_per_1k"] for r in rows]
     ax.set_xscale("log")

@@ -1,6 +1,9 @@
 """Stage `sample@<cell>`: draw N samples with one sweep cell's sampler from the EMA weights.
 
-    python -m pipelines.sample <cell> <checkpoint.pt> <samples.npz> <scatter.png>
+    python -m pipelines.sample <cell> <checkpoint.pt> <reference.npz> <samples.npz> <scatter.png>
+
+Cells with `model: exact` swap the network for the data set's closed-form eps*
+(components/gaussian_mixture.py): same sampler, same schedule, no model error.
 
 Wall time is measured after an untimed warm-up batch and reported per 1,000 samples; NFE is
 the number of network evaluations per sample.
@@ -15,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from components.gaussian_mixture import mixture_eps_model
 from components.networks import make_network
 from components.samplers import SAMPLERS
 from components.schedules import make_schedule, make_trajectory, respace
 from pipelines.io import (
-    InputError, atomic_save_figure, atomic_save_npz, entry_point, load_checkpoint, progress_enabled, stage_args,
+    InputError, atomic_save_figure, atomic_save_npz, entry_point, load_checkpoint, load_dataset, progress_enabled,
+    stage_args,
 )
 from pipelines.params import ParamsError, load_params
 from pipelines.plots import samples_figure
@@ -48,17 +53,29 @@ def draw(sampler, model, sched, n: int, batch_size: int, shape: tuple[int, ...],
     return torch.cat(out)
 
 
+def exact_model(ref_path: str, full_sched, cell_name: str):
+    """The closed-form eps* of the data set's Gaussian mixture, in model space: the sampler's ceiling."""
+    ds = load_dataset(ref_path)
+    if ds.modes is None:
+        raise InputError(f"{ref_path}: sweep.{cell_name}.model 'exact' needs a data set with mixture modes")
+    return mixture_eps_model(full_sched, (ds.modes - ds.shift) * ds.scale, ds.mode_std * ds.scale)
+
+
 def main(argv: list[str]) -> None:
-    cell_name, ckpt_path, samples_path, png_path = stage_args(argv, ("cell", "checkpoint.pt", "samples.npz", "scatter.png"))
+    cell_name, ckpt_path, ref_path, samples_path, png_path = stage_args(
+        argv, ("cell", "checkpoint.pt", "reference.npz", "samples.npz", "scatter.png"))
     params = load_params()
     if cell_name not in params.sweep:
         raise ParamsError(f"params.yaml: sweep.{cell_name}: no such cell; allowed: {', '.join(params.sweep)}")
     cell, p = params.sweep[cell_name], params.sample
-    model, cfg = load_ema_model(ckpt_path)
+    model, cfg = load_ema_model(ckpt_path)  # its config fixes the schedule, T and model space for every cell
     T, shape = cfg["diffusion"]["T"], tuple(cfg["data_shape"])
     if cell.steps > T:
         raise InputError(f"{ckpt_path}: trained with T={T}, but sweep.{cell_name}.steps = {cell.steps}")
-    sched = respace(make_schedule(cfg["diffusion"]["schedule"], T), make_trajectory(cell.trajectory, T, cell.steps))
+    full = make_schedule(cfg["diffusion"]["schedule"], T)
+    if cell.model == "exact":
+        model = exact_model(ref_path, full, cell_name)
+    sched = respace(full, make_trajectory(cell.trajectory, T, cell.steps))
     sampler, kwargs = SAMPLERS[cell.sampler], cell.sampler_kwargs()
 
     if p.warmup:  # untimed: first-call allocations and kernel selection stay out of the timing

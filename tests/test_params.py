@@ -73,6 +73,7 @@ def test_default_params_are_valid():
     ("sweep.ddim-10.trajectory", "leading", "sweep.ddim-10.trajectory: unknown trajectory 'leading'; allowed: uniform, linspace, quadratic"),
     ("sweep.ddpm-10.variance", "learned", "sweep.ddpm-10.variance: unknown variance 'learned'; allowed: small, large"),
     ("evaluate.features", "inception", "evaluate.features: unknown feature extractor 'inception'; allowed: identity"),
+    ("sweep.ddim-4.model", "oracle", "sweep.ddim-4.model: unknown model 'oracle'; allowed: ema, exact"),
     ("data.name", "cifar11", "data.name: unknown data set 'cifar11'; allowed: gaussians25"),
     ("train_ddpm.lr_schedule", "step", "train_ddpm.lr_schedule: unknown lr schedule 'step'; allowed: constant, cosine"),
     # ranges
@@ -96,7 +97,8 @@ def _digest(paths):
 STAGE_CMDS = {
     "prepare": ["pipelines.prepare", "data/train.npz", "data/reference.npz"],
     "train_ddpm": ["pipelines.train_ddpm", "data/train.npz", "models/ddpm.pt", "plots/loss.csv", "plots/loss.png"],
-    "sample": ["pipelines.sample", "ddim-50", "models/ddpm.pt", "samples/ddim-50.npz", "plots/ddim-50.png"],
+    "sample": ["pipelines.sample", "ddim-50", "models/ddpm.pt", "data/reference.npz", "samples/ddim-50.npz",
+               "plots/ddim-50.png"],
     "evaluate": ["pipelines.evaluate", "samples", "data/train.npz", "data/reference.npz", "metrics/t.json",
                  "metrics/t.csv", "metrics/t.md", "metrics/t.png"],
 }
