@@ -23,12 +23,20 @@ class Dataset:
     mode_std: float | None = None
 
     def to_model(self, x: np.ndarray) -> np.ndarray:
-        """Data units -> model space."""
-        return ((x - self.shift) * self.scale).astype(np.float32)
+        return to_model(x, self.shift, self.scale)
 
     def to_data(self, x: np.ndarray) -> np.ndarray:
-        """Model space -> data units."""
-        return (x / self.scale + self.shift).astype(np.float32)
+        return to_data(x, self.shift, self.scale)
+
+
+def to_model(x: np.ndarray, shift: float, scale: float) -> np.ndarray:
+    """Data units -> model space: (x - shift) * scale."""
+    return ((x - shift) * scale).astype(np.float32)
+
+
+def to_data(x: np.ndarray, shift: float, scale: float) -> np.ndarray:
+    """Model space -> data units: x / scale + shift."""
+    return (x / scale + shift).astype(np.float32)
 
 
 def gaussians25_means(spacing: float = 2.0) -> np.ndarray:

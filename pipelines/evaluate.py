@@ -73,7 +73,8 @@ def main(argv: list[str]) -> None:
 
     df = pd.DataFrame(rows)
     df = df.reindex(columns=[c for c in SETTINGS + METRICS if c in df.columns]).astype({"steps": "Int64", "nfe": "Int64"})
-    atomic_write_json(json_path, {r["cell"]: {k: r[k] for k in METRICS if _present(r[k])} for r in rows})
+    by_cell = {r["cell"]: {k: r[k] for k in METRICS if _present(r[k])} for r in rows}  # DVC metrics and MLflow
+    atomic_write_json(json_path, by_cell)
     atomic_write_text(csv_path, df.to_csv(index=False))
     header = (f"Trilemma table: {len(rows) - 1} sampler cells, {n} samples each, metrics in data units against the "
               f"{len(ref.x)}-point reference split; wall time per 1,000 samples after warm-up. "
@@ -83,7 +84,7 @@ def main(argv: list[str]) -> None:
     atomic_save_figure(png_path, trilemma_figure(rows[1:], ceiling=rows[0]))
     log_stage_run(StageRun(
         "evaluate", params={"evaluate": dataclasses.asdict(e)},
-        metrics={f"{r['cell']}.{k}": v for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != "steps"},
+        metrics={f"{cell}.{k}": v for cell, m in by_cell.items() for k, v in m.items()},
         tables={"trilemma.json": df}, artifacts=[Path(csv_path), Path(md_path), Path(png_path)],
     ))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from components.data import to_data
 from components.gaussian_mixture import mixture_eps_model
 from components.networks import make_network
 from components.samplers import SAMPLERS
@@ -58,7 +59,7 @@ def exact_model(ref_path: str, full_sched, cell_name: str):
     ds = load_dataset(ref_path)
     if ds.modes is None:
         raise InputError(f"{ref_path}: sweep.{cell_name}.model 'exact' needs a data set with mixture modes")
-    return mixture_eps_model(full_sched, (ds.modes - ds.shift) * ds.scale, ds.mode_std * ds.scale)
+    return mixture_eps_model(full_sched, ds.to_model(ds.modes), ds.mode_std * ds.scale)
 
 
 def main(argv: list[str]) -> None:
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> None:
     x = draw(sampler, model, sched, p.n, p.batch_size, shape, generator, kwargs, progress_enabled())
     wall = time.perf_counter() - t0
 
-    x_data = (x.numpy() / cfg["data"]["scale"] + cfg["data"]["shift"]).astype(np.float32)  # back to data units
+    x_data = to_data(x.numpy(), cfg["data"]["shift"], cfg["data"]["scale"])  # metrics live in data units
     nfe = len(sched)  # one network evaluation per step
     per_1k = wall / p.n * 1000
     atomic_save_npz(samples_path, x=x_data, nfe=np.int64(nfe), wall_s=np.float64(wall), wall_s_per_1k=np.float64(per_1k))
