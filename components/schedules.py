@@ -9,7 +9,7 @@ with the timestep it was trained on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -20,7 +20,7 @@ class Schedule:
     """Betas (float64, (S,)) and the original timestep of each index (int64, (S,))."""
 
     betas: np.ndarray
-    timesteps: np.ndarray = field(default=None)  # type: ignore[assignment]
+    timesteps: np.ndarray | None = None  # None: 0..S-1 (an unrespaced schedule)
 
     def __post_init__(self) -> None:
         betas = np.asarray(self.betas, dtype=np.float64)
@@ -56,12 +56,6 @@ class Schedule:
     def posterior_variance(self) -> np.ndarray:
         """beta-tilde_t = (1 - abar_{t-1}) / (1 - abar_t) * beta_t (DDPM eq. 7)."""
         return (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod) * self.betas
-
-    @cached_property
-    def posterior_log_variance_clipped(self) -> np.ndarray:
-        """log beta-tilde_t with t=0 (where beta-tilde is 0) replaced by beta-tilde_1 (iDDPM code)."""
-        var = self.posterior_variance
-        return np.log(np.append(var[1], var[1:]) if len(var) > 1 else self.betas)
 
     @cached_property
     def posterior_mean_coef1(self) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ def main(argv: list[str]) -> None:
             print(f"train_ddpm: {partial} was made with other params or data; starting afresh")
 
     window: list[float] = []
+    start_step, t0 = state.step, time.perf_counter()
     with tqdm(total=p.steps, initial=state.step, disable=not progress_enabled(), desc="train_ddpm",
               unit="step") as bar:
         while state.step < p.steps:
@@ -74,16 +76,19 @@ def main(argv: list[str]) -> None:
             if state.step % p.checkpoint_every == 0 and state.step < p.steps:
                 atomic_torch_save(partial, checkpoint(state, config, history))
 
+    train_s = time.perf_counter() - t0
+    steps_per_s = (state.step - start_step) / max(train_s, 1e-9)
     atomic_torch_save(ckpt_path, checkpoint(state, config, history))
     rows = "\n".join(f"{s},{l:.6f},{r:.6g}" for s, l, r in zip(history["step"], history["loss"], history["lr"]))
     atomic_write_text(csv_path, "step,loss,lr\n" + rows + "\n")
     atomic_save_figure(png_path, loss_curve_figure(history["step"], history["loss"], "train_ddpm: L_simple, mean per log_every steps"))
     partial.unlink(missing_ok=True)
     n_params = sum(x.numel() for x in net.parameters())
-    print(f"train_ddpm: {p.steps} steps, final loss {history['loss'][-1]:.4f}, {n_params} parameters")
+    print(f"train_ddpm: {p.steps} steps, final loss {history['loss'][-1]:.4f}, {n_params} parameters, "
+          f"{train_s:.1f} s in this run ({steps_per_s:.1f} steps/s)")
     log_stage_run(StageRun(
         "train_ddpm", params={"diffusion": dataclasses.asdict(diff), "train_ddpm": dataclasses.asdict(p)},
-        metrics={"final_loss": history["loss"][-1], "n_params": n_params},
+        metrics={"final_loss": history["loss"][-1], "n_params": n_params, "train_s": train_s, "steps_per_s": steps_per_s},
         series={"loss": list(zip(history["step"], history["loss"])), "lr": list(zip(history["step"], history["lr"]))},
         artifacts=[Path(csv_path), Path(png_path)],
     ))
