@@ -21,24 +21,19 @@ def extract(table: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Ten
 
 def q_sample(sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, a draw from q(x_t | x0) (DDPM eq. 4)."""
-    return (
-        extract(np.sqrt(sched.alphas_cumprod), t, x0) * x0
-        + extract(np.sqrt(1.0 - sched.alphas_cumprod), t, x0) * noise
-    )
+    return extract(sched.sqrt_alphas_cumprod, t, x0) * x0 + extract(sched.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
 
 def eps_to_x0(sched: Schedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (DDPM eq. 4 solved for x0; DDIM eq. 12's x0-hat)."""
-    return (x_t - extract(np.sqrt(1.0 - sched.alphas_cumprod), t, x_t) * eps) * extract(
-        1.0 / np.sqrt(sched.alphas_cumprod), t, x_t
-    )
+    return (x_t - extract(sched.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) * extract(
+        sched.sqrt_recip_alphas_cumprod, t, x_t)
 
 
 def x0_to_eps(sched: Schedule, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t) (DDPM eq. 4 solved for eps)."""
-    return (x_t - extract(np.sqrt(sched.alphas_cumprod), t, x_t) * x0) * extract(
-        1.0 / np.sqrt(1.0 - sched.alphas_cumprod), t, x_t
-    )
+    return (x_t - extract(sched.sqrt_alphas_cumprod, t, x_t) * x0) * extract(
+        sched.sqrt_recip_one_minus_alphas_cumprod, t, x_t)
 
 
 def q_posterior(

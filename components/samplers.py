@@ -55,7 +55,7 @@ def sample_ddpm(
 
     mu_theta is DDPM eq. 11, computed as the posterior mean mu-tilde(x0-hat, x_t) (eq. 7).
     """
-    var_table = FIXED_VARIANCES[variance](sched)
+    sigma_table = np.sqrt(FIXED_VARIANCES[variance](sched))
     x = x_T
     for i in tqdm(range(len(sched) - 1, -1, -1), disable=not progress, desc=f"ddpm-{len(sched)}", leave=False):
         t, _, x0 = _denoise(model, sched, x, i, clip_x0)
@@ -63,7 +63,7 @@ def sample_ddpm(
         if i == 0:
             return mean
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x = mean + extract(np.sqrt(var_table), t, x) * noise
+        x = mean + extract(sigma_table, t, x) * noise
     return x
 
 

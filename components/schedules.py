@@ -48,6 +48,22 @@ class Schedule:
         return np.cumprod(self.alphas)
 
     @cached_property
+    def sqrt_alphas_cumprod(self) -> np.ndarray:
+        return np.sqrt(self.alphas_cumprod)
+
+    @cached_property
+    def sqrt_one_minus_alphas_cumprod(self) -> np.ndarray:
+        return np.sqrt(1.0 - self.alphas_cumprod)
+
+    @cached_property
+    def sqrt_recip_alphas_cumprod(self) -> np.ndarray:
+        return 1.0 / np.sqrt(self.alphas_cumprod)
+
+    @cached_property
+    def sqrt_recip_one_minus_alphas_cumprod(self) -> np.ndarray:
+        return 1.0 / np.sqrt(1.0 - self.alphas_cumprod)
+
+    @cached_property
     def alphas_cumprod_prev(self) -> np.ndarray:
         """abar_{t-1}, with abar_{-1} = 1 (the step after t=0 lands on clean data)."""
         return np.append(1.0, self.alphas_cumprod[:-1])

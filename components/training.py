@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.diffusion import q_sample
+from components.diffusion import model_timesteps, q_sample
 from components.schedules import Schedule
 
 
 def l_simple(model: nn.Module, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """DDPM eq. 14: L_simple = E ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2."""
-    eps_pred = model(q_sample(sched, x0, t, noise), torch.from_numpy(sched.timesteps)[t])
+    eps_pred = model(q_sample(sched, x0, t, noise), model_timesteps(sched, t))
     return (eps_pred - noise).pow(2).mean()
 
 
