@@ -71,3 +71,6 @@ def gaussians25_splits(n_train: int, n_reference: int, std: float, seed: int) ->
 
 DATASETS = {"gaussians25": gaussians25_splits}
 MIXTURES = ("gaussians25",)  # data sets whose splits carry modes and mode_std: an exact eps* exists
+# How L_0 scores each data set (components/likelihood.py DECODERS): real-valued points get the
+# continuous Gaussian density; 8-bit images will get the discretized decoder (bits/dim).
+LIKELIHOOD_DECODERS = {"gaussians25": "continuous"}

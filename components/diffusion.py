@@ -2,7 +2,7 @@
 
 `t` is always a LongTensor (B,) of *schedule indices* (0..len(sched)-1). Tables are float64
 and are cast to the data's dtype only after indexing, so respaced schedules lose nothing.
-Shapes: x0, x_t, eps are (B, ...) with any trailing shape.
+Shapes: x0, x_t, eps, v are (B, C, ...) with any trailing shape.
 """
 
 from __future__ import annotations
@@ -53,3 +53,57 @@ def ddim_sigma(sched: Schedule, eta: float) -> np.ndarray:
 def model_timesteps(sched: Schedule, t: torch.Tensor) -> torch.Tensor:
     """The original training timesteps for schedule indices t: what the network is called with."""
     return torch.from_numpy(sched.timesteps).to(t.device)[t]
+
+
+# --- the reverse process p_theta(x_{t-1} | x_t) ------------------------------------------
+
+# DDPM's two fixed variances (DDPM §3.2) and iDDPM's learned interpolation between them (iDDPM eq. 15).
+VARIANCES = ("small", "large", "learned")
+
+
+def split_output(out: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The one place a network output is split: C channels are eps; 2C channels are eps then v (iDDPM §3.1)."""
+    c = x_t.shape[1]
+    if out.shape[1] == c:
+        return out, None
+    if out.shape[1] == 2 * c:
+        return out[:, :c], out[:, c:]
+    raise ValueError(f"model output has {out.shape[1]} channels; expected {c} (eps) or {2 * c} (eps and v)")
+
+
+def reverse_log_variance(sched: Schedule, t: torch.Tensor, like: torch.Tensor, variance: str,
+                         v: torch.Tensor | None = None) -> torch.Tensor:
+    """log Sigma_theta(x_t, t) of p_theta(x_{t-1} | x_t), broadcast against `like`.
+
+    small: log beta-tilde_t, with beta-tilde_1 at t = 0 where beta-tilde_0 = 0; large: log beta_t
+    (DDPM §3.2, at every t). learned: iDDPM eq. 15,
+    log Sigma = frac log beta_t + (1 - frac) log beta-tilde_t with frac = (v + 1) / 2, on this
+    schedule's own (possibly respaced) betas and beta-tildes.
+    """
+    min_log = sched.posterior_log_variance_clipped
+    if variance == "small":
+        return extract(min_log, t, like)
+    if variance == "large":
+        return extract(np.log(sched.betas), t, like)
+    if variance == "learned":
+        if v is None:
+            raise ValueError("variance 'learned' needs a model with a variance output (2C channels: eps and v)")
+        frac = (v + 1) / 2
+        return frac * extract(np.log(sched.betas), t, v) + (1 - frac) * extract(min_log, t, v)
+    raise ValueError(f"unknown variance {variance!r}; allowed: {', '.join(VARIANCES)}")
+
+
+def p_mean_variance(
+    sched: Schedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, v: torch.Tensor | None, *,
+    variance: str, clip_x0: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, log-variance and x0-hat of p_theta(x_{t-1} | x_t) from the network's eps (and v).
+
+    The mean is DDPM eq. 11, computed as the posterior mean mu-tilde(x0-hat, x_t) (eq. 7) with
+    x0-hat from eq. 4; x0-hat is clipped to [-1, 1] first if asked (iDDPM's convention).
+    """
+    x0 = eps_to_x0(sched, x_t, t, eps)
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+    mean, _ = q_posterior(sched, x0, x_t, t)
+    return mean, reverse_log_variance(sched, t, x_t, variance, v), x0

@@ -35,3 +35,14 @@ def mixture_eps_model(sched: Schedule, means: np.ndarray, std: float, weights: n
         return (-(1 - abar[:, 0]).sqrt() * score).to(x_t.dtype).reshape(x_t.shape)
 
     return eps_star
+
+
+def mixture_log_prob(x: np.ndarray, means: np.ndarray, std: float, weights: np.ndarray | None = None) -> np.ndarray:
+    """log q(x0) of the mixture sum_k w_k N(m_k, std^2 I) itself, per sample (N,): the true NLL a bound is compared with."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)  # (N, D)
+    m = np.asarray(means, dtype=np.float64)  # (K, D)
+    log_w = np.log(np.full(len(m), 1 / len(m)) if weights is None else np.asarray(weights, dtype=np.float64))
+    sq = ((x[:, None, :] - m[None]) ** 2).sum(-1)  # (N, K)
+    log_comp = log_w[None] - 0.5 * sq / std**2 - 0.5 * x.shape[1] * np.log(2 * np.pi * std**2)
+    top = log_comp.max(1, keepdims=True)
+    return (top + np.log(np.exp(log_comp - top).sum(1, keepdims=True)))[:, 0]

@@ -1,7 +1,9 @@
 """Denoising networks, chosen by name from `NETWORKS`. They know nothing about noise schedules.
 
-Every network maps (x_t (B, ...), t (B,) timesteps) -> output of x_t's shape times
-`out_mult` along the feature axis (out_mult = 2 for iDDPM's learned variance, later).
+Every network maps (x_t (B, C, ...), t (B,) timesteps) -> output of x_t's shape times
+`out_mult` along the channel axis: eps (out_mult 1), or eps then v (out_mult 2, iDDPM's learned
+variance; split in `diffusion.split_output`). The output layer comes last in the state dict's
+row order: its first rows produce eps, the rest v.
 """
 
 from __future__ import annotations
@@ -60,6 +62,26 @@ class MLP(nn.Module):
 
 
 NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP}
+
+
+def add_variance_output(eps_state: dict[str, torch.Tensor], net: nn.Module) -> None:
+    """Load an eps-only network's weights into the same network built with out_mult=2 (iDDPM fine-tuning).
+
+    Shared tensors are copied; the output layer's extra rows (the v head) start at zero, so
+    v = 0, frac = 1/2, and Sigma starts at the geometric mean of beta-tilde_t and beta_t
+    (iDDPM eq. 15): between the two fixed variances, as the eps model's own samplers had them.
+    """
+    state = net.state_dict()
+    if set(state) != set(eps_state):
+        raise ValueError(f"parameter names differ: {sorted(set(state) ^ set(eps_state))[:3]}")
+    for k, w in eps_state.items():
+        if state[k].shape == w.shape:
+            state[k] = w
+        elif state[k].shape[0] == 2 * w.shape[0] and state[k].shape[1:] == w.shape[1:]:
+            state[k] = torch.cat([w, torch.zeros_like(w)])  # eps rows as trained, v rows zero
+        else:
+            raise ValueError(f"{k}: shape {tuple(w.shape)} cannot grow to {tuple(state[k].shape)}")
+    net.load_state_dict(state)
 
 
 def make_network(name: str, data_shape: tuple[int, ...], **kwargs) -> nn.Module:

@@ -1,43 +1,30 @@
 """Samplers: one short function per paper, sharing one model contract.
 
-Model contract: `model(x_t, t) -> eps`, with x_t of shape (B, ...) and t a LongTensor (B,) of
-*original* training timesteps. Samplers walk a (possibly respaced) `Schedule` from its last
-index to 0; the timestep grid is chosen outside, by `schedules.make_trajectory` + `respace`.
-Randomness comes in only through `generator`.
+Model contract: `model(x_t, t) -> eps`, or eps and v stacked along the channel axis (2C
+channels) for a learned-variance model (iDDPM); `diffusion.split_output` tells them apart. x_t
+is (B, C, ...) and t a LongTensor (B,) of *original* training timesteps. Samplers walk a
+(possibly respaced) `Schedule` from its last index to 0; the timestep grid is chosen outside,
+by `schedules.make_trajectory` + `respace`. Randomness comes in only through `generator`.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from components.diffusion import ddim_sigma, eps_to_x0, extract, model_timesteps, q_posterior, x0_to_eps
+from components.diffusion import ddim_sigma, eps_to_x0, model_timesteps, p_mean_variance, split_output, x0_to_eps
 from components.schedules import Schedule
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-# DDPM's two fixed variances (DDPM §3.2): sigma_t^2 = beta-tilde_t ("small") or beta_t ("large").
-FIXED_VARIANCES = {
-    "small": lambda s: s.posterior_variance,
-    "large": lambda s: s.betas,
-}
 
-
-def _denoise(model: EpsModel, sched: Schedule, x: torch.Tensor, i: int, clip_x0: bool):
-    """Call the model at schedule index i; return (t, eps, x0-hat), x0 clipped to [-1, 1] if asked.
-
-    Clipping follows iDDPM: clip x0-hat, then recompute eps from it so both stay consistent.
-    """
+def _model_output(model: EpsModel, sched: Schedule, x: torch.Tensor, i: int):
+    """Call the model at schedule index i; return (t, eps, v), v None for an eps-only model."""
     t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-    eps = model(x, model_timesteps(sched, t))
-    x0 = eps_to_x0(sched, x, t, eps)
-    if clip_x0:
-        x0 = x0.clamp(-1.0, 1.0)
-        eps = x0_to_eps(sched, x, t, x0)
-    return t, eps, x0
+    eps, v = split_output(model(x, model_timesteps(sched, t)), x)
+    return t, eps, v
 
 
 @torch.no_grad()
@@ -51,19 +38,19 @@ def sample_ddpm(
     clip_x0: bool = False,
     progress: bool = False,
 ) -> torch.Tensor:
-    """DDPM Algorithm 2, ancestral: x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at the last step.
+    """DDPM Algorithm 2, ancestral: x_{t-1} = mu_theta(x_t, t) + Sigma_theta^(1/2) z, with no noise at the last step.
 
-    mu_theta is DDPM eq. 11, computed as the posterior mean mu-tilde(x0-hat, x_t) (eq. 7).
+    mu_theta is DDPM eq. 11; Sigma_theta is fixed (small: beta-tilde, large: beta; DDPM §3.2) or
+    learned (iDDPM eq. 15), all on this schedule's own betas (`diffusion.p_mean_variance`).
     """
-    sigma_table = np.sqrt(FIXED_VARIANCES[variance](sched))
     x = x_T
     for i in tqdm(range(len(sched) - 1, -1, -1), disable=not progress, desc=f"ddpm-{len(sched)}", leave=False):
-        t, _, x0 = _denoise(model, sched, x, i, clip_x0)
-        mean, _ = q_posterior(sched, x0, x, t)
+        t, eps, v = _model_output(model, sched, x, i)
+        mean, log_var, _ = p_mean_variance(sched, x, t, eps, v, variance=variance, clip_x0=clip_x0)
         if i == 0:
             return mean
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x = mean + extract(sigma_table, t, x) * noise
+        x = mean + torch.exp(0.5 * log_var) * noise
     return x
 
 
@@ -85,7 +72,11 @@ def sample_ddim(
     sigma = ddim_sigma(sched, eta)
     x = x_T
     for i in tqdm(range(len(sched) - 1, -1, -1), disable=not progress, desc=f"ddim-{len(sched)}", leave=False):
-        t, eps, x0 = _denoise(model, sched, x, i, clip_x0)
+        t, eps, _ = _model_output(model, sched, x, i)
+        x0 = eps_to_x0(sched, x, t, eps)
+        if clip_x0:  # iDDPM's convention: clip x0-hat, then recompute eps so both stay consistent
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = x0_to_eps(sched, x, t, x0)
         a_prev = float(sched.alphas_cumprod_prev[i])
         x = a_prev**0.5 * x0 + (1.0 - a_prev - sigma[i] ** 2) ** 0.5 * eps
         if sigma[i] > 0:

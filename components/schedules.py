@@ -74,6 +74,13 @@ class Schedule:
         return (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod) * self.betas
 
     @cached_property
+    def posterior_log_variance_clipped(self) -> np.ndarray:
+        """log beta-tilde_t with t=0 replaced by beta-tilde_1 (beta-tilde_0 = 0); iDDPM's "clipped" lower end."""
+        pv = self.posterior_variance
+        first = pv[1] if len(pv) > 1 else self.betas[0]  # a 1-step chain has no beta-tilde_1
+        return np.log(np.append(first, pv[1:]))
+
+    @cached_property
     def posterior_mean_coef1(self) -> np.ndarray:
         """Coefficient of x0 in mu-tilde (DDPM eq. 7)."""
         return np.sqrt(self.alphas_cumprod_prev) * self.betas / (1.0 - self.alphas_cumprod)

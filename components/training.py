@@ -1,8 +1,8 @@
-"""The DDPM training step and its parts: L_simple, the learning-rate schedule, EMA, checkpoints.
+"""Training steps and their parts: L_simple (DDPM), L_hybrid (iDDPM), timestep samplers, LR, EMA, checkpoints.
 
-The loop itself lives in the stage; here is `train_step(state, ...) -> metrics` and the pure
-pieces it is made of. A checkpoint is a dict of tensors and plain values, loadable with
-`torch.load(..., weights_only=True)`.
+The loop itself lives in the stage; here are `train_step` / `hybrid_train_step(state, ...) ->
+metrics` and the pure pieces they are made of. A checkpoint is a dict of tensors and plain
+values, loadable with `torch.load(..., weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import copy
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from components.diffusion import model_timesteps, q_sample
+from components.diffusion import model_timesteps, p_mean_variance, q_sample, split_output
+from components.likelihood import vlb_term
 from components.schedules import Schedule
 
 
@@ -35,6 +37,96 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, schedule
 
 
 LR_SCHEDULES = ("constant", "cosine")
+
+
+def hybrid_losses(model: nn.Module, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
+                  decoder: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample L_simple and L_t of iDDPM §3.1, each (B,): the two halves of L_hybrid.
+
+    L_t (DDPM eq. 5's term at t, in bits per dimension) sees the eps output DETACHED, so it
+    trains only Sigma (through v); the mean is left to L_simple (iDDPM's stop-gradient).
+    """
+    x_t = q_sample(sched, x0, t, noise)
+    eps, v = split_output(model(x_t, model_timesteps(sched, t)), x_t)
+    if v is None:
+        raise ValueError("L_hybrid needs a model with a variance output (out_mult=2)")
+    simple = (eps - noise).pow(2).reshape(len(x0), -1).mean(1)
+    mean, log_var, _ = p_mean_variance(sched, x_t, t, eps.detach(), v, variance="learned")
+    vlb = vlb_term(sched, x0, x_t, t, mean, log_var, decoder) / (x0[0].numel() * math.log(2))
+    return simple, vlb
+
+
+class UniformTimesteps:
+    """t ~ U{0..T-1} with unit weights."""
+
+    def __init__(self, T: int):
+        self.T = T
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randint(self.T, (n,), generator=generator), torch.ones(n)
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class LossSecondMomentTimesteps(UniformTimesteps):
+    """iDDPM §3.3 importance sampling: p_t ∝ sqrt(E[L_t^2]) over the last `history` losses at each t.
+
+    p_t is mixed with `uniform_prob` of the uniform distribution, and sampling stays uniform
+    until every t has `history` losses. Samples carry the weights 1 / (T p_t), so the weighted
+    loss is an unbiased estimate of the uniform-t loss.
+    """
+
+    def __init__(self, T: int, history: int = 10, uniform_prob: float = 0.001):
+        super().__init__(T)
+        self.uniform_prob = uniform_prob
+        self.losses = np.zeros((T, history))  # ring buffer per t
+        self.counts = np.zeros(T, dtype=np.int64)  # losses seen per t
+
+    def probs(self) -> np.ndarray | None:
+        """p_t (T,), or None while some t has fewer than `history` losses (then sampling is uniform)."""
+        if self.counts.min() < self.losses.shape[1]:
+            return None
+        p = np.sqrt(np.mean(self.losses**2, axis=1))
+        p = p / p.sum()
+        return p * (1 - self.uniform_prob) + self.uniform_prob / self.T
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.probs()
+        if p is None:
+            return super().sample(n, generator)
+        t = torch.multinomial(torch.from_numpy(p), n, replacement=True, generator=generator)
+        return t, torch.from_numpy(1.0 / (self.T * p[t.numpy()])).float()
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Record each sample's loss at its t, oldest first out."""
+        history = self.losses.shape[1]
+        for ti, loss in zip(t.tolist(), losses.tolist()):
+            self.losses[ti, self.counts[ti] % history] = loss
+            self.counts[ti] += 1
+
+    def state_dict(self) -> dict:
+        return {"losses": torch.from_numpy(self.losses.copy()), "counts": torch.from_numpy(self.counts.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses = state["losses"].numpy().copy()
+        self.counts = state["counts"].numpy().copy()
+
+
+TIMESTEP_SAMPLERS = {"uniform": UniformTimesteps, "loss_second_moment": LossSecondMomentTimesteps}
+
+
+def make_timestep_sampler(name: str, T: int, history: int = 10, uniform_prob: float = 0.001) -> UniformTimesteps:
+    """The named timestep sampler over T steps (the importance options apply to loss_second_moment)."""
+    if name == "uniform":
+        return UniformTimesteps(T)
+    return TIMESTEP_SAMPLERS[name](T, history, uniform_prob)
 
 
 @torch.no_grad()
@@ -61,16 +153,9 @@ class TrainState:
         return cls(model, ema, torch.optim.Adam(model.parameters(), lr=lr), generator)
 
 
-def train_step(
-    state: TrainState, sched: Schedule, data: torch.Tensor, *, batch_size: int, lr: float, grad_clip: float,
-    ema_decay: float,
-) -> dict[str, float]:
-    """One Adam step on L_simple with t ~ U{0..T-1}, a minibatch drawn from `data` (model space), then EMA."""
-    g = state.generator
-    x0 = data[torch.randint(len(data), (batch_size,), generator=g)]
-    t = torch.randint(len(sched), (batch_size,), generator=g)
-    noise = torch.randn(x0.shape, generator=g)
-    loss = l_simple(state.model, sched, x0, t, noise)
+def optimizer_step(state: TrainState, loss: torch.Tensor, *, lr: float, grad_clip: float,
+                   ema_decay: float) -> dict[str, float]:
+    """Backward, global-norm clip (0 disables), Adam step at `lr`, EMA update; advances state.step."""
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     state.optimizer.zero_grad(set_to_none=True)
@@ -82,9 +167,46 @@ def train_step(
     return {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr}
 
 
-def checkpoint(state: TrainState, config: dict, history: dict[str, list[float]]) -> dict:
-    """A weights_only-loadable dict: weights, EMA, optimiser, step, RNG state, config and loss history."""
+def train_step(
+    state: TrainState, sched: Schedule, data: torch.Tensor, *, batch_size: int, lr: float, grad_clip: float,
+    ema_decay: float,
+) -> dict[str, float]:
+    """One DDPM step (Algorithm 1): L_simple with t ~ U{0..T-1} on a minibatch of `data` (model space)."""
+    g = state.generator
+    x0 = data[torch.randint(len(data), (batch_size,), generator=g)]
+    t = torch.randint(len(sched), (batch_size,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    return optimizer_step(state, l_simple(state.model, sched, x0, t, noise), lr=lr, grad_clip=grad_clip,
+                          ema_decay=ema_decay)
+
+
+def hybrid_train_step(
+    state: TrainState, sched: Schedule, data: torch.Tensor, timesteps: UniformTimesteps, *, batch_size: int,
+    lambda_vlb: float, decoder: str, lr: float, grad_clip: float, ema_decay: float,
+) -> dict[str, float]:
+    """One iDDPM step on L_hybrid = L_simple + lambda L_vlb (§3.1), L_vlb estimated as T L_t, t from `timesteps`.
+
+    The importance weights 1/(T p_t) multiply the whole per-sample loss, so both terms stay
+    unbiased; the sampler's history tracks L_t, the term importance sampling is for (§3.3).
+    """
+    g = state.generator
+    x0 = data[torch.randint(len(data), (batch_size,), generator=g)]
+    t, weights = timesteps.sample(batch_size, g)
+    noise = torch.randn(x0.shape, generator=g)
+    simple, vlb = hybrid_losses(state.model, sched, x0, t, noise, decoder=decoder)
+    T = len(sched)
+    loss = (weights * (simple + lambda_vlb * T * vlb)).mean()
+    simple, vlb = simple.detach(), vlb.detach()
+    timesteps.update(t, vlb)
+    metrics = optimizer_step(state, loss, lr=lr, grad_clip=grad_clip, ema_decay=ema_decay)
+    # T L_t averaged: the one-sample estimate of sum_t L_t, the bound without its prior term (bits/dim)
+    return {**metrics, "l_simple": (weights * simple).mean().item(), "l_vlb": (weights * T * vlb).mean().item()}
+
+
+def checkpoint(state: TrainState, config: dict, history: dict[str, list[float]], **extra: dict) -> dict:
+    """A weights_only-loadable dict: weights, EMA, optimiser, step, RNG state, config, loss history and `extra` state."""
     return {
+        **extra,
         "model": state.model.state_dict(),
         "ema": state.ema.state_dict(),
         "optimizer": state.optimizer.state_dict(),

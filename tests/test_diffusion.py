@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from components.diffusion import ddim_sigma, eps_to_x0, q_posterior, q_sample, x0_to_eps
+from components.diffusion import (
+    ddim_sigma, eps_to_x0, q_posterior, q_sample, reverse_log_variance, split_output, x0_to_eps,
+)
 from components.schedules import make_schedule, make_trajectory, respace
 
 SCHEDULES = [make_schedule("linear", 1000), make_schedule("cosine", 1000),
@@ -59,3 +61,38 @@ def test_q_sample_marginal_moments():
 def test_ddim_eta1_has_ddpm_posterior_variance(sched):
     assert np.allclose(ddim_sigma(sched, 1.0) ** 2, sched.posterior_variance, rtol=1e-10, atol=1e-15)
     assert np.all(ddim_sigma(sched, 0.0) == 0)
+
+
+@pytest.mark.parametrize("sched", SCHEDULES)
+def test_learned_range_hits_beta_tilde_and_beta_at_its_ends(sched):
+    """iDDPM eq. 15 on this schedule's own (respaced) tables: v = -1 gives beta-tilde (clipped), v = +1 gives beta."""
+    t = torch.arange(len(sched))
+    like = torch.zeros(len(t), 2, dtype=torch.float64)
+    lo = reverse_log_variance(sched, t, like, "learned", torch.full_like(like, -1.0))
+    hi = reverse_log_variance(sched, t, like, "learned", torch.full_like(like, 1.0))
+    mid = reverse_log_variance(sched, t, like, "learned", torch.zeros_like(like))
+    assert torch.allclose(lo, reverse_log_variance(sched, t, like, "small"))
+    assert torch.allclose(lo[1:, 0], torch.log(torch.from_numpy(sched.posterior_variance[1:])))
+    assert lo[0, 0] == pytest.approx(np.log(sched.posterior_variance[1]))  # beta-tilde_0 = 0 is clipped
+    assert torch.allclose(hi, reverse_log_variance(sched, t, like, "large"))
+    assert torch.allclose(hi[:, 0], torch.log(torch.from_numpy(sched.betas)))
+    assert torch.allclose(mid, (lo + hi) / 2)  # geometric mean: where a zero-initialised v head starts
+
+
+def test_respaced_learned_range_uses_the_respaced_betas():
+    full = make_schedule("linear", 1000)
+    sched = respace(full, make_trajectory("uniform", 1000, 10))
+    t = torch.tensor([5])
+    like = torch.zeros(1, 1, dtype=torch.float64)
+    hi = reverse_log_variance(sched, t, like, "learned", torch.ones_like(like))
+    abar = full.alphas_cumprod
+    assert float(hi) == pytest.approx(np.log(1 - abar[500] / abar[400]))  # beta of the 400 -> 500 jump, not beta_500
+
+
+def test_split_output_is_eps_or_eps_and_v():
+    x = torch.zeros(4, 3, 5, 5)
+    eps, v = split_output(torch.arange(4 * 6 * 25.0).reshape(4, 6, 5, 5), x)
+    assert eps.shape == v.shape == x.shape and float(v[0, 0, 0, 0]) == 75.0
+    assert split_output(torch.ones(4, 3, 5, 5), x)[1] is None
+    with pytest.raises(ValueError, match="expected 3 .* or 6"):
+        split_output(torch.ones(4, 4, 5, 5), x)

@@ -96,3 +96,23 @@ def test_small_variance_narrows_the_modes_large_keeps_them():
         spreads[variance] = within_mode_std(x)
     assert spreads["small"] < 0.9 * STD
     assert abs(spreads["large"] - STD) < 0.1 * STD
+
+
+def _with_v(v: float):
+    """eps* plus a constant variance output: a learned-variance model whose Sigma is pinned to one end."""
+    return lambda x, t: torch.cat([EPS_STAR(x, t), torch.full_like(x, v)], dim=1)
+
+
+@pytest.mark.parametrize("v,fixed", [(-1.0, "small"), (1.0, "large")])
+def test_learned_variance_at_its_ends_samples_as_the_fixed_variances(v, fixed):
+    sched = respace(FULL, make_trajectory("uniform", 1000, 50))
+    x_T = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    learned = sample_ddpm(_with_v(v), sched, x_T, generator=torch.Generator().manual_seed(1), variance="learned")
+    fixed_x = sample_ddpm(EPS_STAR, sched, x_T, generator=torch.Generator().manual_seed(1), variance=fixed)
+    assert torch.allclose(learned, fixed_x, atol=1e-10)
+
+
+def test_learned_variance_needs_a_variance_output():
+    sched = respace(FULL, make_trajectory("uniform", 1000, 4))
+    with pytest.raises(ValueError, match="needs a model with a variance output"):
+        sample_ddpm(EPS_STAR, sched, torch.zeros(2, 2, dtype=torch.float64), generator=torch.Generator(), variance="learned")
