@@ -6,6 +6,7 @@ killed stage never leaves a half-written file, and a failed stage leaves the old
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -99,6 +100,11 @@ def load_dataset(path: str | Path) -> Dataset:
         x=a["x"], y=a["y"], shift=float(a["shift"]), scale=float(a["scale"]), modes=modes,
         mode_std=float(a["mode_std"]) if modes is not None else None,
     )
+
+
+def data_fingerprint(x: np.ndarray) -> str:
+    """sha256 of a data array: a checkpoint records which data it was trained on."""
+    return hashlib.sha256(x.tobytes()).hexdigest()
 
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...]) -> dict:

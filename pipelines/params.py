@@ -22,16 +22,19 @@ from typing import Any
 import yaml
 
 from components.data import DATASETS, MIXTURES
+from components.diffusion import VARIANCES
 from components.features import FEATURE_EXTRACTORS
 from components.networks import NETWORKS
-from components.samplers import FIXED_VARIANCES, SAMPLERS
+from components.samplers import SAMPLERS
 from components.schedules import SCHEDULES, TRAJECTORIES
-from components.training import LR_SCHEDULES
+from components.training import LR_SCHEDULES, TIMESTEP_SAMPLERS
 
 PARAMS_FILE = "params.yaml"
 
-
-DENOISERS = ("ema", "exact")
+# Trained models a sweep cell can sample from: the EMA weights of models/<name>.pt (dvc.yaml), written
+# by train_ddpm and finetune_iddpm. Only iddpm has a variance output.
+TRAINED_MODELS = ("ddpm", "iddpm")
+LEARNED_VARIANCE_MODELS = ("iddpm",)
 
 
 class ParamsError(ValueError):
@@ -83,8 +86,10 @@ class NetworkParams:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class TrainParams:
+@dataclass(frozen=True, kw_only=True)
+class OptimParams:
+    """What every trainer shares: budget, optimiser, LR schedule, EMA, logging and checkpoints."""
+
     seed: int
     steps: int  # optimiser steps: the training budget
     batch_size: int
@@ -95,7 +100,6 @@ class TrainParams:
     grad_clip: float  # global-norm clip; 0 disables
     log_every: int  # loss-curve resolution, in steps
     checkpoint_every: int  # resume-checkpoint interval, in steps
-    network: NetworkParams
 
     def __post_init__(self):
         _require(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
@@ -109,6 +113,30 @@ class TrainParams:
         _require(self.checkpoint_every > 0, "checkpoint_every", "must be > 0")
         # resuming at a log boundary keeps the loss curve identical to an unbroken run
         _require(self.checkpoint_every % self.log_every == 0, "checkpoint_every", "must be a multiple of log_every")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainParams(OptimParams):
+    """train_ddpm: a network from scratch on L_simple."""
+
+    network: NetworkParams
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneParams(OptimParams):
+    """finetune_iddpm: the DDPM model plus a variance output, on L_hybrid (iDDPM §3.1)."""
+
+    lambda_vlb: float  # L_hybrid = L_simple + lambda_vlb * L_vlb; iDDPM: 0.001
+    timestep_sampler: str  # uniform | loss_second_moment (iDDPM §3.3 importance sampling)
+    importance_history: int  # losses kept per t (iDDPM: 10)
+    importance_uniform: float  # share of uniform mixed into p_t (iDDPM: 0.001)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.lambda_vlb >= 0, "lambda_vlb", f"must be >= 0, got {self.lambda_vlb}")
+        _choice("timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS, "timestep sampler")
+        _require(self.importance_history >= 1, "importance_history", "must be >= 1")
+        _require(0 < self.importance_uniform <= 1, "importance_uniform", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -125,20 +153,29 @@ class SampleParams:
 
 
 @dataclass(frozen=True)
+class NllParams:
+    n: int  # reference points the bound is averaged over (the first n of the held-out split)
+    seed: int  # x_t draws; the same for every cell, so bounds differ only by the model (common random numbers)
+    batch_size: int
+
+    def __post_init__(self):
+        _require(self.n > 0, "n", "must be > 0")
+        _require(self.batch_size > 0, "batch_size", "must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
 class CellParams:
-    """One sweep cell: a sampler and its step count, with the sampler's own options."""
+    """One cell of `exact_sweep`: a sampler and its step count, with the sampler's own options."""
 
     sampler: str
     steps: int
     trajectory: str = "uniform"
     eta: float | None = None  # ddim only (DDIM eq. 16); defaults to 0
-    variance: str | None = None  # ddpm only: small (beta-tilde) | large (beta); defaults to small
+    variance: str | None = None  # ddpm only: small (beta-tilde) | large (beta) | learned (iDDPM); defaults to small
     clip_x0: bool = False  # clip x0-hat to [-1, 1] (model space); off for the toy
-    model: str = "ema"  # ema: the trained network's EMA weights | exact: the mixture's closed-form eps*
 
     def __post_init__(self):
         _choice("sampler", self.sampler, SAMPLERS, "sampler")
-        _choice("model", self.model, DENOISERS, "model")
         _choice("trajectory", self.trajectory, TRAJECTORIES, "trajectory")
         _require(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
         if self.sampler == "ddim":
@@ -147,12 +184,28 @@ class CellParams:
         else:
             _require(self.eta is None, "eta", "applies to sampler ddim only")
             if self.variance is not None:
-                _choice("variance", self.variance, FIXED_VARIANCES, "variance")
+                _choice("variance", self.variance, VARIANCES, "variance")
 
     def sampler_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the sampler function beyond model, schedule, x_T and generator."""
         extra = {"eta": self.eta or 0.0} if self.sampler == "ddim" else {"variance": self.variance or "small"}
         return {"clip_x0": self.clip_x0, **extra}
+
+    @property
+    def has_likelihood(self) -> bool:
+        """Ancestral (DDPM) chains are latent-variable models with a variational bound (DDPM eq. 5)."""
+        return self.sampler == "ddpm"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepCellParams(CellParams):
+    """One cell of `sweep`: a sampler run on a trained model's EMA weights."""
+
+    model: str  # ddpm | iddpm: models/<model>.pt
+
+    def __post_init__(self):
+        _choice("model", self.model, TRAINED_MODELS, "model")
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
@@ -174,9 +227,16 @@ class Params:
     data: DataParams
     diffusion: DiffusionParams
     train_ddpm: TrainParams
+    finetune_iddpm: FinetuneParams
     sample: SampleParams
-    sweep: dict[str, CellParams]
+    nll: NllParams
+    sweep: dict[str, SweepCellParams]
+    exact_sweep: dict[str, CellParams]
     evaluate: EvaluateParams
+
+    def cells(self) -> dict[str, CellParams]:
+        """Every sampler cell, trained then exact, in table order."""
+        return {**self.sweep, **self.exact_sweep}
 
 
 # --- the converter ----------------------------------------------------------------------
@@ -253,16 +313,25 @@ def _build_network(raw: Any, key: str) -> NetworkParams:
 
 def _cross_checks(p: Params) -> None:
     """Constraints between sections."""
-    for name, cell in p.sweep.items():
-        if cell.model == "exact" and p.data.name not in MIXTURES:
-            raise ParamsError(f"sweep.{name}.model: 'exact' needs a Gaussian-mixture data set; allowed with data.name: "
-                              f"{', '.join(MIXTURES)}")
-        if cell.steps > p.diffusion.T:
-            raise ParamsError(f"sweep.{name}.steps: {cell.steps} exceeds diffusion.T = {p.diffusion.T}; allowed: 1..{p.diffusion.T}")
-        try:
-            TRAJECTORIES[cell.trajectory](p.diffusion.T, cell.steps)
-        except ValueError as e:
-            raise ParamsError(f"sweep.{name}.trajectory: {e}") from None
+    if p.exact_sweep and p.data.name not in MIXTURES:
+        raise ParamsError(f"exact_sweep: the exact eps* needs a Gaussian-mixture data set; allowed with data.name: "
+                          f"{', '.join(MIXTURES)}")
+    if p.nll.n > p.data.n_reference:
+        raise ParamsError(f"nll.n: {p.nll.n} exceeds data.n_reference = {p.data.n_reference}")
+    for section, cells in (("sweep", p.sweep), ("exact_sweep", p.exact_sweep)):
+        for name, cell in cells.items():
+            key = f"{section}.{name}"
+            if section == "exact_sweep" and name in p.sweep:
+                raise ParamsError(f"{key}: the name is also a sweep cell; cell names must be unique")
+            if cell.variance == "learned" and getattr(cell, "model", None) not in LEARNED_VARIANCE_MODELS:
+                raise ParamsError(f"{key}.variance: 'learned' needs a model with a variance output; allowed: "
+                                  f"model {', '.join(LEARNED_VARIANCE_MODELS)}")
+            if cell.steps > p.diffusion.T:
+                raise ParamsError(f"{key}.steps: {cell.steps} exceeds diffusion.T = {p.diffusion.T}; allowed: 1..{p.diffusion.T}")
+            try:
+                TRAJECTORIES[cell.trajectory](p.diffusion.T, cell.steps)
+            except ValueError as e:
+                raise ParamsError(f"{key}.trajectory: {e}") from None
 
 
 def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:

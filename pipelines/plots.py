@@ -9,14 +9,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def loss_curve_figure(steps: list[int], losses: list[float], title: str):
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, losses, lw=1)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
+def loss_curve_figure(steps: list[int], series: dict[str, list[float]], title: str):
+    """Each named series against step, one panel each; log scale where a series stays positive."""
+    fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 3.5), squeeze=False)
+    for ax, (name, values) in zip(axes[0], series.items()):
+        ax.plot(steps, values, lw=1)
+        if min(values) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -33,27 +36,41 @@ def scatter_figure(x: np.ndarray, title: str, modes: np.ndarray | None = None, l
     return fig
 
 
+# A marker per kind of row: sampler, reverse variance for ancestral sampling, exact eps* ceilings apart.
+KIND_MARKERS = {"ddpm, small Σ": "o", "ddpm, large Σ": "v", "ddpm, learned Σ (iDDPM)": "*", "ddim": "s",
+                "ddpm, exact eps*": "P", "ddim, exact eps*": "X"}
+
+
+def row_kind(r: dict) -> str:
+    """The legend entry of a trilemma row."""
+    if r.get("model") == "exact":
+        return f"{r['sampler']}, exact eps*"
+    if r["sampler"] == "ddpm":
+        v = r.get("variance") or "small"
+        return f"ddpm, {v} Σ" + (" (iDDPM)" if v == "learned" else "")
+    return r["sampler"]
+
+
 def trilemma_figure(rows: list[dict], ceiling: dict | None = None):
-    """Quality (high-quality fraction) against wall time per 1k samples (log); colour = recall, marker = sampler."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    # (sampler, model) -> marker; the exact-eps* rows are the samplers' ceilings, not trained models
-    markers = {("ddpm", "ema"): "o", ("ddim", "ema"): "s", ("ddpm", "exact"): "P", ("ddim", "exact"): "X"}
+    """Quality (high-quality fraction) against wall time per 1k samples (log); colour = recall, marker = kind of row."""
+    fig, ax = plt.subplots(figsize=(8.5, 5.4))
     sc = None
     for i, r in enumerate(sorted(rows, key=lambda r: (r["wall_s_per_1k"], r["hq_fraction"]))):
         sc = ax.scatter(r["wall_s_per_1k"], r["hq_fraction"], c=[r["recall"]], cmap="viridis", vmin=0, vmax=1,
-                        marker=markers.get((r["sampler"], r.get("model", "ema")), "D"), s=30 + 2 * r["modes"],
-                        edgecolor="k", lw=0.5, zorder=3)
-        ax.annotate(r["cell"], (r["wall_s_per_1k"], r["hq_fraction"]), fontsize=7, textcoords="offset points",
+                        marker=KIND_MARKERS.get(row_kind(r), "D"), s=30 + 2 * r["modes"], edgecolor="k", lw=0.5,
+                        zorder=3)
+        ax.annotate(r["cell"], (r["wall_s_per_1k"], r["hq_fraction"]), fontsize=6, textcoords="offset points",
                     xytext=(6, 6 if i % 2 else -10))
     if ceiling is not None:
         ax.axhline(ceiling["hq_fraction"], color="grey", ls="--", lw=0.8, label="train split (ceiling)")
-    for (sampler, model), m in markers.items():
-        if any(r["sampler"] == sampler and r.get("model", "ema") == model for r in rows):
-            ax.scatter([], [], marker=m, color="grey", label=sampler if model == "ema" else f"{sampler}, exact eps*")
-    ax.legend(loc="center right", fontsize=8)
+    kinds = {row_kind(r) for r in rows}
+    for kind, m in KIND_MARKERS.items():
+        if kind in kinds:
+            ax.scatter([], [], marker=m, color="grey", label=kind)
+    ax.legend(loc="center left", fontsize=7)
     t = [r["wall_s_per_1k"] for r in rows]
     ax.set_xscale("log")
-    ax.set_xlim(min(t) / 1.6, max(t) * 4)
+    ax.set_xlim(min(t) / 1.6, max(t) * 5)
     ax.set_xlabel("wall time per 1,000 samples [s] (log)")
     ax.set_ylabel("high-quality fraction (within 3 std)")
     ax.set_ylim(-0.03, 1.05)
@@ -61,6 +78,22 @@ def trilemma_figure(rows: list[dict], ceiling: dict | None = None):
     if sc is not None:
         fig.colorbar(sc, ax=ax, label="recall (k=3)")
     ax.set_title("Trilemma: quality vs sampling time; colour = recall, size = modes covered", fontsize=9)
+    return fig
+
+
+def vlb_terms_figure(terms: dict[str, np.ndarray], T: int):
+    """Each chain's bound term L_{t-1} (nats/dim, model space) against t on log axes: where the bounds differ."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, values in terms.items():
+        t = np.arange(1, len(values) + 1)  # L_{t-1} at index t-1; index 0 is the decoder L_0
+        ax.plot(t[1:], values[1:], lw=1, label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"t (of T = {T}); the decoder L_0 is left out")
+    ax.set_ylabel("L_{t-1} [nats/dim, model space]")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title("Variational-bound terms per step (DDPM eq. 5) of the full-length ancestral chains", fontsize=9)
     return fig
 
 

@@ -45,12 +45,16 @@ def test_default_params_are_valid():
 
 @pytest.mark.parametrize("path,value,expected", [
     # unknown keys, at every level
-    ("sampel", {"n": 1}, "params.yaml: sampel: unknown key; allowed: data, diffusion, train_ddpm, sample, sweep, evaluate"),
+    ("sampel", {"n": 1}, "params.yaml: sampel: unknown key; allowed: data, diffusion, train_ddpm, finetune_iddpm, sample, "
+                         "nll, sweep, exact_sweep, evaluate"),
+    ("exact_sweep.exact-ddpm-4.model", "ddpm", "exact_sweep.exact-ddpm-4.model: unknown key; allowed: sampler, steps"),
     ("train_ddpm.learning_rate", 0.1, "train_ddpm.learning_rate: unknown key; allowed: seed, steps, batch_size, lr"),
     ("sweep.ddim-50.etaa", 0.5, "sweep.ddim-50.etaa: unknown key; allowed: sampler, steps, trajectory, eta"),
     ("train_ddpm.network.widht", 64, "train_ddpm.network.widht: unknown key for network 'mlp'; allowed: name, width"),
     # missing keys
     ("train_ddpm.lr", None, "train_ddpm.lr: missing key"),
+    ("sweep.ddpm-4.model", None, "sweep.ddpm-4.model: missing key"),
+    ("finetune_iddpm.lambda_vlb", None, "finetune_iddpm.lambda_vlb: missing key"),
     # wrong types
     ("train_ddpm.steps", "many", "train_ddpm.steps: expected an integer, got 'many'"),
     ("train_ddpm.steps", 10.5, "train_ddpm.steps: expected an integer, got 10.5"),
@@ -71,18 +75,35 @@ def test_default_params_are_valid():
     ("train_ddpm.network.name", "unet9000", "train_ddpm.network.name: unknown network 'unet9000'; allowed: mlp"),
     ("diffusion.schedule", "sigmoid", "diffusion.schedule: unknown schedule 'sigmoid'; allowed: linear, cosine, ddgan_vp"),
     ("sweep.ddim-10.trajectory", "leading", "sweep.ddim-10.trajectory: unknown trajectory 'leading'; allowed: uniform, linspace, quadratic"),
-    ("sweep.ddpm-10.variance", "learned", "sweep.ddpm-10.variance: unknown variance 'learned'; allowed: small, large"),
+    ("sweep.ddpm-10.variance", "medium", "sweep.ddpm-10.variance: unknown variance 'medium'; allowed: small, large, learned"),
+    ("finetune_iddpm.timestep_sampler", "importance",
+     "finetune_iddpm.timestep_sampler: unknown timestep sampler 'importance'; allowed: uniform, loss_second_moment"),
     ("evaluate.features", "inception", "evaluate.features: unknown feature extractor 'inception'; allowed: identity"),
-    ("sweep.ddim-4.model", "oracle", "sweep.ddim-4.model: unknown model 'oracle'; allowed: ema, exact"),
+    ("sweep.ddim-4.model", "oracle", "sweep.ddim-4.model: unknown model 'oracle'; allowed: ddpm, iddpm"),
+    # a learned variance needs a model that has one
+    ("sweep.ddpm-10.variance", "learned", "sweep.ddpm-10.variance: 'learned' needs a model with a variance output; "
+                                          "allowed: model iddpm"),
+    ("exact_sweep.exact-ddpm-4.variance", "learned", "exact_sweep.exact-ddpm-4.variance: 'learned' needs a model with"),
     ("data.name", "cifar11", "data.name: unknown data set 'cifar11'; allowed: gaussians25"),
     ("train_ddpm.lr_schedule", "step", "train_ddpm.lr_schedule: unknown lr schedule 'step'; allowed: constant, cosine"),
     # ranges
     ("train_ddpm.ema_decay", 1.0, "train_ddpm.ema_decay: must be in [0, 1)"),
     ("diffusion.T", 1, "diffusion.T: must be >= 2, got 1"),
     ("train_ddpm.checkpoint_every", 75, "train_ddpm.checkpoint_every: must be a multiple of log_every"),
+    ("finetune_iddpm.checkpoint_every", 75, "finetune_iddpm.checkpoint_every: must be a multiple of log_every"),
+    ("finetune_iddpm.lambda_vlb", -0.001, "finetune_iddpm.lambda_vlb: must be >= 0, got -0.001"),
+    ("finetune_iddpm.importance_uniform", 0.0, "finetune_iddpm.importance_uniform: must be in (0, 1]"),
+    ("nll.n", 20000, "nll.n: 20000 exceeds data.n_reference = 10000"),
+    ("nll.batch_size", 0, "nll.batch_size: must be > 0"),
 ])
 def test_bad_params_name_the_key(path, value, expected):
     assert expected in error_of(with_change(path, value))
+
+
+def test_cell_names_are_unique_across_sweeps():
+    raw = copy.deepcopy(DEFAULT)
+    raw["exact_sweep"]["ddpm-4"] = {"sampler": "ddpm", "steps": 4}
+    assert "exact_sweep.ddpm-4: the name is also a sweep cell; cell names must be unique" in error_of(raw)
 
 
 def test_trajectory_that_cannot_fit_is_rejected():
@@ -97,10 +118,14 @@ def _digest(paths):
 STAGE_CMDS = {
     "prepare": ["pipelines.prepare", "data/train.npz", "data/reference.npz"],
     "train_ddpm": ["pipelines.train_ddpm", "data/train.npz", "models/ddpm.pt", "plots/loss.csv", "plots/loss.png"],
+    "finetune_iddpm": ["pipelines.finetune_iddpm", "models/ddpm.pt", "data/train.npz", "models/iddpm.pt",
+                       "plots/ft.csv", "plots/ft.png"],
     "sample": ["pipelines.sample", "ddim-50", "models/ddpm.pt", "data/reference.npz", "samples/ddim-50.npz",
                "plots/ddim-50.png"],
+    "sample_exact": ["pipelines.sample_exact", "exact-ddim-4", "data/reference.npz", "samples/exact-ddim-4.npz",
+                     "plots/exact-ddim-4.png"],
     "evaluate": ["pipelines.evaluate", "samples", "data/train.npz", "data/reference.npz", "metrics/t.json",
-                 "metrics/t.csv", "metrics/t.md", "metrics/t.png"],
+                 "metrics/t.csv", "metrics/t.md", "metrics/t.png", "metrics/terms.png"],
 }
 
 

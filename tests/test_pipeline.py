@@ -18,14 +18,22 @@ def mlflow_runs(repo):
 
 
 def test_dvc_repro_end_to_end(tiny_repo):
-    cells = list(yaml.safe_load((tiny_repo / "params.yaml").read_text())["sweep"])
+    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    cells = [*params["sweep"], *params["exact_sweep"]]
     first = run(["dvc", "repro"], tiny_repo)
     assert "warning" not in first.stderr.lower(), first.stderr
 
     table = pd.read_csv(tiny_repo / "metrics/trilemma.csv")
     assert list(table["cell"]) == ["data", *cells]
-    for col in ["nfe", "wall_s_per_1k", "hq_fraction", "modes", "kl_uniform", "fid", "precision", "recall"]:
+    for col in ["nfe", "wall_s_per_1k", "hq_fraction", "modes", "kl_uniform", "fid", "precision", "recall", "nll"]:
         assert col in table.columns
+    # every ancestral row has a bound, no DDIM row has one; the data row holds the true NLL, below every bound
+    by_cell = table.set_index("cell")
+    ancestral = [c for c in cells if c != "data" and by_cell.loc[c, "sampler"] == "ddpm"]
+    assert by_cell.loc[ancestral, "nll"].notna().all() and by_cell.loc[ancestral, "nll_se"].gt(0).all()
+    assert by_cell.loc[[c for c in cells if c not in ancestral], "nll"].isna().all()
+    assert (by_cell.loc[ancestral, "nll"] > by_cell.loc["data", "nll"]).all()
+    assert by_cell.loc["iddpm-1000", "variance"] == "learned" and by_cell.loc["iddpm-1000", "model"] == "iddpm"
     assert table.set_index("cell").loc["ddpm-1000", "nfe"] == 1000
     assert table.set_index("cell").loc["ddim-4", "nfe"] == 4
     # The exact-eps* cells do not depend on the (barely trained) network: they reach the sampler's ceiling.
@@ -34,13 +42,15 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert (table["wall_s_per_1k"][1:] > 0).all()
     md = (tiny_repo / "metrics/trilemma.md").read_text()
     assert all(f"| {c} |" in md for c in cells)
+    assert "nats/dim in data units" in md
     assert (tiny_repo / "metrics/trilemma.png").stat().st_size > 10_000
     assert all((tiny_repo / f"plots/samples/{c}.png").exists() for c in cells)
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout)
     assert "metrics/trilemma.json" in json.dumps(shown)
 
-    stages = {"prepare", "train_ddpm", "evaluate", *(f"sample@{c}" for c in cells)}
+    stages = {"prepare", "train_ddpm", "finetune_iddpm", "evaluate", *(f"sample@{c}" for c in params["sweep"]),
+              *(f"sample_exact@{c}" for c in params["exact_sweep"])}
     runs = mlflow_runs(tiny_repo)
     assert sorted(runs["tags.mlflow.runName"]) == sorted(stages)
     assert (runs["status"] == "FINISHED").all()
@@ -54,9 +64,16 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
 
     # Changing one cell's params reruns that cell and the evaluation, nothing else.
-    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
     params["sweep"]["ddim-10"]["eta"] = 0.5
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     assert ran == ["evaluate", "sample@ddim-10"]
+
+    # Fine-tuning again reruns the iDDPM cells only: the DDPM and exact cells do not read models/iddpm.pt.
+    params["finetune_iddpm"]["steps"] = 20
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro"], tiny_repo).stdout
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert ran == sorted(["evaluate", "finetune_iddpm", *(f"sample@{c}" for c in params["sweep"]
+                                                          if params["sweep"][c]["model"] == "iddpm")])

@@ -1,4 +1,4 @@
-"""Training pieces: L_simple, LR schedule, EMA, and checkpoints that resume exactly."""
+"""Training pieces: L_simple, L_hybrid, timestep samplers, LR schedule, EMA, and checkpoints that resume exactly."""
 
 import io
 import os
@@ -7,12 +7,17 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from components.networks import make_network
+from components.diffusion import model_timesteps, q_sample
+from components.networks import add_variance_output, make_network
 from components.schedules import make_schedule
-from components.training import TrainState, checkpoint, ema_update, lr_at, restore, train_step
+from components.training import (
+    LossSecondMomentTimesteps, TrainState, UniformTimesteps, checkpoint, ema_update, hybrid_losses, hybrid_train_step,
+    lr_at, restore, train_step,
+)
 
 from conftest import run, stage_env, write_params, TINY
 
@@ -75,12 +80,101 @@ def test_checkpoint_loads_weights_only_and_resumes_bit_for_bit():
         assert torch.equal(a, b)
 
 
-def test_killed_stage_resumes_to_the_same_checkpoint(tiny_repo):
-    """SIGKILL train_ddpm mid-run; the rerun resumes from <ckpt>.partial and ends where an unbroken run ends."""
-    write_params(tiny_repo, {**TINY, "train_ddpm": {**TINY["train_ddpm"], "steps": 1500, "checkpoint_every": 100,
-                                                  "log_every": 50}})
+def iddpm_state(seed=0):
+    """A small eps network grown to eps and v (v rows zero), as finetune_iddpm builds it."""
+    torch.manual_seed(seed)
+    eps_net = make_network("mlp", (2,), width=16, depth=1, temb_dim=8)
+    net = make_network("mlp", (2,), width=16, depth=1, temb_dim=8, out_mult=2)
+    add_variance_output(eps_net.state_dict(), net)
+    return eps_net, TrainState.create(net, lr=1e-2, seed=seed)
+
+
+def test_grown_network_keeps_eps_and_starts_v_at_zero():
+    eps_net, state = iddpm_state()
+    x, t = torch.randn(64, 2), torch.randint(100, (64,))
+    out = state.model(x, t)
+    assert torch.allclose(out[:, :2], eps_net(x, t)) and torch.equal(out[:, 2:], torch.zeros(64, 2))
+
+
+def test_l_vlb_trains_only_the_variance_head():
+    """iDDPM's stop-gradient: L_vlb alone leaves the eps rows of the output layer without gradient."""
+    _, state = iddpm_state()
+    torch.nn.init.normal_(state.model.out[-1].weight, std=0.1)  # a v head that is not all zero
+    g = torch.Generator().manual_seed(0)
+    x0, t, noise = DATA[:128], torch.randint(len(SCHED), (128,), generator=g), torch.randn(128, 2, generator=g)
+    _, vlb = hybrid_losses(state.model, SCHED, x0, t, noise, decoder="continuous")
+    vlb.mean().backward()
+    head = state.model.out[-1]
+    assert torch.count_nonzero(head.weight.grad[:2]) == 0 and torch.count_nonzero(head.bias.grad[:2]) == 0
+    assert torch.count_nonzero(head.weight.grad[2:]) > 0 and torch.count_nonzero(head.bias.grad[2:]) > 0
+    assert state.model.inp.weight.grad.abs().sum() > 0  # the shared trunk still learns Sigma
+
+
+def test_l_simple_of_the_hybrid_is_ddpm_l_simple():
+    _, state = iddpm_state()
+    g = torch.Generator().manual_seed(0)
+    x0, t, noise = DATA[:64], torch.randint(len(SCHED), (64,), generator=g), torch.randn(64, 2, generator=g)
+    simple, _ = hybrid_losses(state.model, SCHED, x0, t, noise, decoder="continuous")
+    eps = state.model(q_sample(SCHED, x0, t, noise), model_timesteps(SCHED, t))[:, :2]
+    assert torch.allclose(simple, (eps - noise).pow(2).mean(1))
+
+
+def test_hybrid_training_moves_sigma_towards_the_bound():
+    """A few hundred L_hybrid steps lower T L_t: the learned variance moves off its starting point."""
+    _, state = iddpm_state()
+    timesteps = UniformTimesteps(len(SCHED))
+    kw = dict(batch_size=256, lambda_vlb=0.001, decoder="continuous", lr=1e-2, grad_clip=1.0, ema_decay=0.9)
+    first = sum(hybrid_train_step(state, SCHED, DATA, timesteps, **kw)["l_vlb"] for _ in range(20)) / 20
+    for _ in range(300):
+        hybrid_train_step(state, SCHED, DATA, timesteps, **kw)
+    last = sum(hybrid_train_step(state, SCHED, DATA, timesteps, **kw)["l_vlb"] for _ in range(20)) / 20
+    assert last < first
+
+
+def test_importance_sampler_is_uniform_until_full_then_weights_by_inverse_probability():
+    T, history = 5, 3
+    sampler = LossSecondMomentTimesteps(T, history=history, uniform_prob=0.001)
+    g = torch.Generator().manual_seed(0)
+    for t in range(T):
+        assert sampler.probs() is None
+        t_draw, w = sampler.sample(1000, g)
+        assert torch.equal(w, torch.ones(1000))
+        sampler.update(torch.full((history,), t), torch.full((history,), float(t + 1)))
+    p = sampler.probs()
+    rms = np.arange(1, T + 1, dtype=float)  # sqrt(mean(L_t^2)) of constant losses t + 1
+    assert np.allclose(p, rms / rms.sum() * 0.999 + 0.001 / T)
+    t_draw, w = sampler.sample(20000, g)
+    assert torch.allclose(w, torch.from_numpy(1 / (T * p[t_draw.numpy()])).float())
+    freq = np.bincount(t_draw.numpy(), minlength=T) / 20000
+    assert np.allclose(freq, p, atol=0.015)
+    assert float(w.mean()) == pytest.approx(1.0, abs=0.03)  # E_p[1 / (T p)] = 1
+
+
+def test_importance_sampler_keeps_the_last_losses_and_round_trips():
+    sampler = LossSecondMomentTimesteps(2, history=2)
+    sampler.update(torch.tensor([0, 0, 0, 1, 1]), torch.tensor([9.0, 1.0, 1.0, 2.0, 2.0]))
+    assert sorted(sampler.losses[0]) == [1.0, 1.0]  # 9.0 fell out of the history
+    other = LossSecondMomentTimesteps(2, history=2)
+    other.load_state_dict(sampler.state_dict())
+    assert np.array_equal(other.losses, sampler.losses) and np.array_equal(other.counts, sampler.counts)
+    assert np.allclose(other.probs(), sampler.probs())
+
+
+@pytest.mark.parametrize("stage", ["train_ddpm", "finetune_iddpm"])
+def test_killed_stage_resumes_to_the_same_checkpoint(tiny_repo, stage):
+    """SIGKILL a trainer mid-run; the rerun resumes from <ckpt>.partial and ends where an unbroken run ends.
+
+    finetune_iddpm runs with the importance sampler, whose loss history must resume too.
+    """
+    long = {"steps": 1500, "checkpoint_every": 100, "log_every": 50}
+    write_params(tiny_repo, {**TINY, stage: {**TINY[stage], **long},
+                             "finetune_iddpm": {**TINY["finetune_iddpm"], "timestep_sampler": "loss_second_moment",
+                                                **(long if stage == "finetune_iddpm" else {})}})
     run([sys.executable, "-m", "pipelines.prepare", "data/train.npz", "data/reference.npz"], tiny_repo)
     cmd = [sys.executable, "-m", "pipelines.train_ddpm", "data/train.npz"]
+    if stage == "finetune_iddpm":
+        run(cmd + ["models/ddpm.pt", "plots/d.csv", "plots/d.png"], tiny_repo)
+        cmd = [sys.executable, "-m", "pipelines.finetune_iddpm", "models/ddpm.pt", "data/train.npz"]
     outs = ["models/a.pt", "plots/a.csv", "plots/a.png"]
     env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tiny_repo}/mlflow.db")
     proc = subprocess.Popen(cmd + outs, cwd=tiny_repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -102,3 +196,6 @@ def test_killed_stage_resumes_to_the_same_checkpoint(tiny_repo):
     for k in a["ema"]:
         assert torch.equal(a["ema"][k], b["ema"][k]), k
     assert (tiny_repo / "plots/a.csv").read_text() == (tiny_repo / "plots/b.csv").read_text()
+    if stage == "finetune_iddpm":
+        assert torch.equal(a["timestep_sampler"]["losses"], b["timestep_sampler"]["losses"])
+        assert int(a["timestep_sampler"]["counts"].min()) >= 10  # the importance sampler was in use

@@ -1,0 +1,34 @@
+"""Stage `sample_exact@<cell>`: one exact_sweep cell's sampler driven by the mixture's closed-form eps*.
+
+    python -m pipelines.sample_exact <cell> <reference.npz> <samples.npz> <scatter.png>
+
+Same sampler, schedule (params `diffusion`) and timing as `sample@<cell>`, with the network
+replaced by the exact eps* of the data set's Gaussian mixture (components/gaussian_mixture.py):
+each sampler's ceiling, with no model error. No checkpoint is read, so retraining does not rerun it.
+"""
+
+from __future__ import annotations
+
+from components.gaussian_mixture import mixture_eps_model
+from components.schedules import make_schedule
+from pipelines.io import InputError, entry_point, load_dataset, stage_args
+from pipelines.params import ParamsError, load_params
+from pipelines.sample import run_cell
+
+
+def main(argv: list[str]) -> None:
+    cell_name, ref_path, samples_path, png_path = stage_args(argv, ("cell", "reference.npz", "samples.npz", "scatter.png"))
+    params = load_params()
+    if cell_name not in params.exact_sweep:
+        raise ParamsError(f"params.yaml: exact_sweep.{cell_name}: no such cell; allowed: {', '.join(params.exact_sweep)}")
+    ref = load_dataset(ref_path)
+    if ref.modes is None:
+        raise InputError(f"{ref_path}: exact_sweep needs a data set with mixture modes")
+    full = make_schedule(params.diffusion.schedule, params.diffusion.T)
+    model = mixture_eps_model(full, ref.to_model(ref.modes), ref.mode_std * ref.scale)
+    run_cell(f"sample_exact@{cell_name}", params.exact_sweep[cell_name], model, full, tuple(ref.x.shape[1:]), ref,
+             params, samples_path, png_path)
+
+
+if __name__ == "__main__":
+    entry_point(main)

@@ -1,0 +1,72 @@
+"""The loop every trainer stage shares: LR schedule, loss history, resume checkpoints, progress bar.
+
+A stage builds its state and a `step_fn(lr) -> metrics` from components.training, then calls
+`resume` and `train_loop`; what is trained and how stays in the stage.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from components.training import lr_at
+from pipelines.io import atomic_save_figure, atomic_write_text, load_checkpoint, progress_enabled
+from pipelines.params import OptimParams
+from pipelines.plots import loss_curve_figure
+
+
+def resume(stage: str, partial: Path, config: dict, required: tuple[str, ...],
+           restore: Callable[[dict], None]) -> bool:
+    """Restore from `partial` if it exists and was made with this config; True if restored."""
+    if not partial.exists():
+        return False
+    ckpt = load_checkpoint(partial, required)
+    if ckpt["config"] != config:
+        print(f"{stage}: {partial} was made with other params or data; starting afresh")
+        return False
+    restore(ckpt)
+    return True
+
+
+def train_loop(stage: str, p: OptimParams, state, step_fn: Callable[[float], dict[str, float]],
+               history: dict[str, list], save_partial: Callable[[], None]) -> tuple[float, float]:
+    """Call step_fn(lr) until state.step reaches p.steps; return (seconds, steps per second) of this run.
+
+    Every `log_every` steps the mean of each metric named in `history` (besides "step" and "lr")
+    over those steps is appended; every `checkpoint_every` steps `save_partial()` is called.
+    """
+    keys = [k for k in history if k not in ("step", "lr")]
+    window: dict[str, list[float]] = {k: [] for k in keys}
+    start_step, t0 = state.step, time.perf_counter()
+    with tqdm(total=p.steps, initial=state.step, disable=not progress_enabled(), desc=stage, unit="step") as bar:
+        while state.step < p.steps:
+            lr = lr_at(state.step, lr=p.lr, warmup_steps=p.warmup_steps, total_steps=p.steps, schedule=p.lr_schedule)
+            metrics = step_fn(lr)
+            for k in keys:
+                window[k].append(metrics[k])
+            bar.update()
+            if state.step % p.log_every == 0 or state.step == p.steps:
+                history["step"].append(state.step)
+                for k in keys:
+                    history[k].append(float(np.mean(window[k])))
+                    window[k] = []
+                history["lr"].append(lr)
+                bar.set_postfix(loss=f"{history[keys[0]][-1]:.4f}", lr=f"{lr:.2e}")
+            if state.step % p.checkpoint_every == 0 and state.step < p.steps:
+                save_partial()
+    train_s = time.perf_counter() - t0
+    return train_s, (state.step - start_step) / max(train_s, 1e-9)
+
+
+def write_history(csv_path: str, png_path: str, history: dict[str, list], title: str) -> None:
+    """The loss history as a CSV (a DVC plot: step, each metric, lr) and a PNG of the metrics against step."""
+    cols = list(history)
+    fmt = {"step": "{}", "lr": "{:.6g}"}
+    rows = [",".join(fmt.get(c, "{:.6f}").format(history[c][i]) for c in cols) for i in range(len(history["step"]))]
+    atomic_write_text(csv_path, ",".join(cols) + "\n" + "\n".join(rows) + "\n")
+    series = {c: history[c] for c in cols if c not in ("step", "lr")}
+    atomic_save_figure(png_path, loss_curve_figure(history["step"], series, title))
