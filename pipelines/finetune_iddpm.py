@@ -33,7 +33,7 @@ from pipelines.tracking import StageRun, log_stage_run
 from pipelines.trainer import resume, train_loop, write_history
 
 
-FRAC_TIMESTEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 700, 999)
+FRAC_TIMESTEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 700)  # and T - 1
 
 
 @torch.no_grad()
@@ -41,7 +41,7 @@ def variance_fraction(model: torch.nn.Module, sched, x0: torch.Tensor, seed: int
     """Mean frac = (v + 1)/2 at a few t (iDDPM eq. 15): where the learned Σ sits, 0 = beta-tilde, 1 = beta."""
     g = torch.Generator().manual_seed(seed)
     out = {}
-    for t in (t for t in FRAC_TIMESTEPS if t < len(sched)):
+    for t in sorted({t for t in FRAC_TIMESTEPS if t < len(sched)} | {len(sched) - 1}):
         tt = torch.full((len(x0),), t)
         x_t = q_sample(sched, x0, tt, torch.randn(x0.shape, generator=g))
         _, v = split_output(model(x_t, tt), x_t)
