@@ -84,12 +84,12 @@ def reverse_log_variance(sched: Schedule, t: torch.Tensor, like: torch.Tensor, v
     if variance == "small":
         return extract(min_log, t, like)
     if variance == "large":
-        return extract(np.log(sched.betas), t, like)
+        return extract(sched.log_betas, t, like)
     if variance == "learned":
         if v is None:
             raise ValueError("variance 'learned' needs a model with a variance output (2C channels: eps and v)")
         frac = (v + 1) / 2
-        return frac * extract(np.log(sched.betas), t, v) + (1 - frac) * extract(min_log, t, v)
+        return frac * extract(sched.log_betas, t, v) + (1 - frac) * extract(min_log, t, v)
     raise ValueError(f"unknown variance {variance!r}; allowed: {', '.join(VARIANCES)}")
 
 

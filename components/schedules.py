@@ -39,6 +39,10 @@ class Schedule:
         return len(self.betas)
 
     @cached_property
+    def log_betas(self) -> np.ndarray:
+        return np.log(self.betas)
+
+    @cached_property
     def alphas(self) -> np.ndarray:
         return 1.0 - self.betas
 

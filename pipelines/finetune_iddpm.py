@@ -79,7 +79,6 @@ def main(argv: list[str]) -> None:
         add_variance_output(src["ema"], net)
     except (ValueError, RuntimeError) as e:
         raise InputError(f"{ddpm_path}: EMA weights do not fit its network config ({str(e).splitlines()[0][:120]})") from None
-    torch.manual_seed(p.seed)
     state = TrainState.create(net, p.lr, p.seed)
     timesteps = make_timestep_sampler(p.timestep_sampler, len(sched), p.importance_history, p.importance_uniform)
     history: dict[str, list] = {"step": [], "loss": [], "l_simple": [], "l_vlb": [], "lr": []}

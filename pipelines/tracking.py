@@ -90,7 +90,7 @@ def log_stage_run(run: StageRun) -> str | None:
 
 def _log(uri: str, run: StageRun) -> str:
     import mlflow
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)

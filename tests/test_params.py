@@ -4,7 +4,6 @@ import copy
 import hashlib
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
