@@ -22,6 +22,11 @@ class Dataset:
     modes: np.ndarray | None = None  # (K, D) mode centres, data units (mode-coverage metrics)
     mode_std: float | None = None
 
+    @property
+    def n_classes(self) -> int:
+        """Classes of y: the mixture's modes, else the largest label + 1."""
+        return len(self.modes) if self.modes is not None else int(self.y.max()) + 1
+
     def to_model(self, x: np.ndarray) -> np.ndarray:
         return to_model(x, self.shift, self.scale)
 

@@ -3,6 +3,8 @@
 Under q(x_t | x0) = N(sqrt(abar_t) x0, (1 - abar_t) I), a mixture sum_k w_k N(m_k, s^2 I) stays a
 mixture: q(x_t) = sum_k w_k N(sqrt(abar_t) m_k, (abar_t s^2 + 1 - abar_t) I). The minimiser of
 L_simple is eps*(x_t, t) = -sqrt(1 - abar_t) grad log q(x_t) (DDPM eq. 14 at its optimum; Tweedie).
+The posterior over components, p(y = k | x_t), is the Bayes-optimal noise-aware classifier of
+classifier guidance (ADM §4), with a closed-form gradient.
 """
 
 from __future__ import annotations
@@ -14,27 +16,65 @@ from components.samplers import EpsModel
 from components.schedules import Schedule
 
 
+class _NoisedMixture:
+    """q(x_t) = sum_k w_k N(sqrt(abar_t) m_k, (abar_t s^2 + 1 - abar_t) I), in float64, t original timesteps."""
+
+    def __init__(self, sched: Schedule, means: np.ndarray, std: float, weights: np.ndarray | None):
+        self.m = torch.as_tensor(means, dtype=torch.float64)  # (K, D)
+        w = np.full(len(means), 1 / len(means)) if weights is None else weights
+        self.log_w = torch.log(torch.as_tensor(w, dtype=torch.float64))
+        self.abar = torch.as_tensor(sched.alphas_cumprod, dtype=torch.float64)
+        self.std = std
+
+    def parts(self, x_t: torch.Tensor, t: torch.Tensor):
+        """Per-component logits log w_k + log N(x_t; ...) up to a shared constant (B, K), the offsets
+        sqrt(abar) m_k - x_t (B, K, D), the per-component variance (B, 1, 1) and abar (B, 1, 1)."""
+        x = x_t.reshape(len(x_t), -1).double()  # (B, D)
+        abar = self.abar[t][:, None, None]  # (B, 1, 1)
+        var = abar * self.std**2 + 1 - abar
+        diff = abar.sqrt() * self.m[None] - x[:, None]  # (B, K, D)
+        logits = self.log_w[None] - 0.5 * (diff**2).sum(-1) / var[..., 0]  # shared normaliser cancels
+        return logits, diff, var, abar
+
+
 def mixture_eps_model(sched: Schedule, means: np.ndarray, std: float, weights: np.ndarray | None = None) -> EpsModel:
     """eps*(x_t, t) for the mixture (means (K, D), isotropic std), on the full schedule `sched`.
 
     Follows the sampler contract: t are original timesteps (indices into `sched`).
     """
-    m = torch.as_tensor(means, dtype=torch.float64)  # (K, D)
-    log_w = torch.log(torch.as_tensor(np.full(len(means), 1 / len(means)) if weights is None else weights,
-                                      dtype=torch.float64))
-    abar_table = torch.as_tensor(sched.alphas_cumprod, dtype=torch.float64)
+    q = _NoisedMixture(sched, means, std, weights)
 
     def eps_star(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x = x_t.reshape(len(x_t), -1).double()  # (B, D)
-        abar = abar_table[t][:, None, None]  # (B, 1, 1)
-        var = abar * std**2 + 1 - abar  # (B, 1, 1) per-component variance of x_t
-        diff = abar.sqrt() * m[None] - x[:, None]  # (B, K, D)
-        logits = log_w[None] - 0.5 * (diff**2).sum(-1) / var[..., 0]  # (B, K); shared normaliser cancels
+        logits, diff, var, abar = q.parts(x_t, t)
         resp = torch.softmax(logits, dim=1)[..., None]  # (B, K, 1)
         score = (resp * diff / var).sum(1)  # (B, D)
         return (-(1 - abar[:, 0]).sqrt() * score).to(x_t.dtype).reshape(x_t.shape)
 
     return eps_star
+
+
+def mixture_classifier(sched: Schedule, means: np.ndarray, std: float, weights: np.ndarray | None = None):
+    """The Bayes-optimal noise-aware classifier: logits of the exact p(y = k | x_t, t) (B, K) under q(x_t).
+
+    Differentiable in x_t, so `guidance.classifier_grad` gives the exact guidance gradient; the
+    classifier contract is the trained one's: (x_t, t original timesteps) -> logits.
+    """
+    q = _NoisedMixture(sched, means, std, weights)
+
+    def logits(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return q.parts(x_t, t)[0]
+
+    return logits
+
+
+def mixture_log_posterior_grad(sched: Schedule, means: np.ndarray, std: float, x_t: torch.Tensor, t: torch.Tensor,
+                               y: torch.Tensor, weights: np.ndarray | None = None) -> torch.Tensor:
+    """grad_x log p(y | x_t) in closed form: the component's score minus the mixture's score,
+    (sqrt(abar) m_y - x) / var - sum_k p(k | x_t) (sqrt(abar) m_k - x) / var. Float64, x_t's shape."""
+    logits, diff, var, _ = _NoisedMixture(sched, means, std, weights).parts(x_t, t)
+    resp = torch.softmax(logits, dim=1)[..., None]  # (B, K, 1)
+    grad = diff[torch.arange(len(y)), y] / var[:, 0] - (resp * diff / var).sum(1)
+    return grad.reshape(x_t.shape)
 
 
 def mixture_log_prob(x: np.ndarray, means: np.ndarray, std: float, weights: np.ndarray | None = None) -> np.ndarray:

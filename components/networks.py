@@ -1,9 +1,11 @@
-"""Denoising networks, chosen by name from `NETWORKS`. They know nothing about noise schedules.
+"""Denoising networks (`NETWORKS`) and noise-aware classifiers (`CLASSIFIERS`), chosen by name.
+They know nothing about noise schedules.
 
 Every network maps (x_t (B, C, ...), t (B,) timesteps) -> output of x_t's shape times
 `out_mult` along the channel axis: eps (out_mult 1), or eps then v (out_mult 2, iDDPM's learned
 variance; split in `diffusion.split_output`). The output layer comes last in the state dict's
-row order: its first rows produce eps, the rest v.
+row order: its first rows produce eps, the rest v. Every classifier maps the same inputs to
+logits (B, n_classes) of p_phi(y | x_t, t) (classifier guidance, ADM §4).
 """
 
 from __future__ import annotations
@@ -52,16 +54,39 @@ class MLP(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(width, temb_dim) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, d * out_mult))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        temb = self.temb_mlp(timestep_embedding(t, self.temb_dim))  # (B, temb_dim)
+    def trunk(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The time-conditioned residual trunk: (B, ...) and (B,) -> features (B, width)."""
+        temb = self.temb_mlp(timestep_embedding(t, self.temb_dim).to(self.inp.weight.dtype))  # (B, temb_dim)
         h = self.inp(x.reshape(len(x), -1))  # (B, width)
         for block in self.blocks:
             h = block(h, temb)
-        out = self.out(h)  # (B, d * out_mult)
+        return h
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self.out(self.trunk(x, t))  # (B, d * out_mult)
         return out.reshape(len(x), self.data_shape[0] * self.out_mult, *self.data_shape[1:])
 
 
+class MLPClassifier(MLP):
+    """Noise-aware classifier p_phi(y | x_t, t) for flat data: MLP's trunk with a logits head (ADM §4.1).
+
+    ADM's classifier is its UNet's downsampling half with an attention pool; for points the
+    trunk is the same time-conditioned residual MLP as eps_theta's, so it sees t the same way.
+    """
+
+    def __init__(self, data_shape: tuple[int, ...], n_classes: int, width: int = 128, depth: int = 2,
+                 temb_dim: int = 64):
+        super().__init__(data_shape, width=width, depth=depth, temb_dim=temb_dim)
+        self.n_classes = n_classes
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, n_classes))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Logits (B, n_classes) of p_phi(y | x_t, t); t are the diffusion's original timesteps."""
+        return self.out(self.trunk(x, t))
+
+
 NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP}
+CLASSIFIERS: dict[str, type[nn.Module]] = {"mlp": MLPClassifier}
 
 
 def add_variance_output(eps_state: dict[str, torch.Tensor], net: nn.Module) -> None:
@@ -89,3 +114,10 @@ def make_network(name: str, data_shape: tuple[int, ...], **kwargs) -> nn.Module:
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; allowed: {', '.join(NETWORKS)}")
     return NETWORKS[name](tuple(data_shape), **kwargs)
+
+
+def make_classifier(name: str, data_shape: tuple[int, ...], n_classes: int, **kwargs) -> nn.Module:
+    """Instantiate the named noise-aware classifier for data of the given per-sample shape."""
+    if name not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {name!r}; allowed: {', '.join(CLASSIFIERS)}")
+    return CLASSIFIERS[name](tuple(data_shape), n_classes, **kwargs)

@@ -5,6 +5,10 @@ channels) for a learned-variance model (iDDPM); `diffusion.split_output` tells t
 is (B, C, ...) and t a LongTensor (B,) of *original* training timesteps. Samplers walk a
 (possibly respaced) `Schedule` from its last index to 0; the timestep grid is chosen outside,
 by `schedules.make_trajectory` + `respace`. Randomness comes in only through `generator`.
+
+Classifier guidance (ADM) enters as an optional gradient function `guidance(x_t, t)` =
+s * grad_x log p(y | x_t, t), called once per step and combined in one line by ADM's rule for
+each sampler (`components/guidance.py`); without it the samplers are unchanged.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from components.diffusion import ddim_sigma, eps_to_x0, model_timesteps, p_mean_variance, split_output, x0_to_eps
+from components.guidance import GradFn, guided_eps, guided_mean
 from components.schedules import Schedule
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -27,6 +32,11 @@ def _model_output(model: EpsModel, sched: Schedule, x: torch.Tensor, i: int):
     return t, eps, v
 
 
+def _guidance_at(guidance: GradFn, sched: Schedule, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """s * grad log p(y | x_t) at schedule indices t; the classifier, like the model, sees original timesteps."""
+    return guidance(x, model_timesteps(sched, t))
+
+
 @torch.no_grad()
 def sample_ddpm(
     model: EpsModel,
@@ -36,17 +46,21 @@ def sample_ddpm(
     generator: torch.Generator,
     variance: str = "small",
     clip_x0: bool = False,
+    guidance: GradFn | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """DDPM Algorithm 2, ancestral: x_{t-1} = mu_theta(x_t, t) + Sigma_theta^(1/2) z, with no noise at the last step.
 
     mu_theta is DDPM eq. 11; Sigma_theta is fixed (small: beta-tilde, large: beta; DDPM §3.2) or
     learned (iDDPM eq. 15), all on this schedule's own betas (`diffusion.p_mean_variance`).
+    With `guidance`, the mean is shifted by Sigma * s * grad log p(y | x_t) (ADM Algorithm 1).
     """
     x = x_T
     for i in tqdm(range(len(sched) - 1, -1, -1), disable=not progress, desc=f"ddpm-{len(sched)}", leave=False):
         t, eps, v = _model_output(model, sched, x, i)
         mean, log_var, _ = p_mean_variance(sched, x, t, eps, v, variance=variance, clip_x0=clip_x0)
+        if guidance is not None:
+            mean = guided_mean(mean, log_var, _guidance_at(guidance, sched, x, t))
         if i == 0:
             return mean
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -63,11 +77,14 @@ def sample_ddim(
     generator: torch.Generator,
     eta: float = 0.0,
     clip_x0: bool = False,
+    guidance: GradFn | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """DDIM eq. 12: x_{t-1} = sqrt(a_{t-1}) x0-hat + sqrt(1 - a_{t-1} - sigma_t^2) eps + sigma_t z.
 
     sigma_t(eta) is eq. 16: eta = 0 is deterministic DDIM, eta = 1 has DDPM's posterior variance.
+    With `guidance`, eps becomes eps - sqrt(1 - abar_t) s grad log p(y | x_t) and x0-hat follows
+    from it (ADM Algorithm 2).
     """
     sigma = ddim_sigma(sched, eta)
     x = x_T
@@ -77,6 +94,9 @@ def sample_ddim(
         if clip_x0:  # iDDPM's convention: clip x0-hat, then recompute eps so both stay consistent
             x0 = x0.clamp(-1.0, 1.0)
             eps = x0_to_eps(sched, x, t, x0)
+        if guidance is not None:  # ADM's condition_score: after the clip, x0-hat recomputed, not re-clipped
+            eps = guided_eps(sched, t, eps, _guidance_at(guidance, sched, x, t))
+            x0 = eps_to_x0(sched, x, t, eps)
         a_prev = float(sched.alphas_cumprod_prev[i])
         x = a_prev**0.5 * x0 + (1.0 - a_prev - sigma[i] ** 2) ** 0.5 * eps
         if sigma[i] > 0:

@@ -1,7 +1,8 @@
-"""Training steps and their parts: L_simple (DDPM), L_hybrid (iDDPM), timestep samplers, LR, EMA, checkpoints.
+"""Training steps and their parts: L_simple (DDPM), L_hybrid (iDDPM), the noise-aware classifier's
+cross-entropy (ADM), timestep samplers, LR, EMA, checkpoints.
 
-The loop itself lives in the stage; here are `train_step` / `hybrid_train_step(state, ...) ->
-metrics` and the pure pieces they are made of. A checkpoint is a dict of tensors and plain
+The loop itself lives in the stage; here are `train_step` / `hybrid_train_step` /
+`classifier_train_step(state, ...) -> metrics` and the pure pieces they are made of. A checkpoint is a dict of tensors and plain
 values, loadable with `torch.load(..., weights_only=True)`.
 """
 
@@ -147,10 +148,13 @@ class TrainState:
     step: int = 0
 
     @classmethod
-    def create(cls, model: nn.Module, lr: float, seed: int) -> "TrainState":
+    def create(cls, model: nn.Module, lr: float, seed: int, *, weight_decay: float | None = None) -> "TrainState":
+        """Adam; AdamW with decoupled weight decay when `weight_decay` is given (ADM's classifier)."""
         ema = copy.deepcopy(model).requires_grad_(False)
         generator = torch.Generator().manual_seed(seed)
-        return cls(model, ema, torch.optim.Adam(model.parameters(), lr=lr), generator)
+        opt = (torch.optim.Adam(model.parameters(), lr=lr) if weight_decay is None
+               else torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay))
+        return cls(model, ema, opt, generator)
 
 
 def optimizer_step(state: TrainState, loss: torch.Tensor, *, lr: float, grad_clip: float,
@@ -201,6 +205,49 @@ def hybrid_train_step(
     metrics = optimizer_step(state, loss, lr=lr, grad_clip=grad_clip, ema_decay=ema_decay)
     # T L_t averaged: the one-sample estimate of sum_t L_t, the bound without its prior term (bits/dim)
     return {**metrics, "l_simple": (weights * simple).mean().item(), "l_vlb": (weights * T * vlb).mean().item()}
+
+
+def classifier_losses(classifier: nn.Module, sched: Schedule, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
+                      noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cross-entropy of p_phi(y | x_t, t) on x_t = q_sample(x0, t), and whether argmax is right (ADM §4.1)."""
+    logits = classifier(q_sample(sched, x0, t, noise), model_timesteps(sched, t))
+    return torch.nn.functional.cross_entropy(logits, y, reduction="none"), logits.argmax(-1) == y
+
+
+def classifier_train_step(
+    state: TrainState, sched: Schedule, data: torch.Tensor, labels: torch.Tensor, *, batch_size: int, lr: float,
+    grad_clip: float, ema_decay: float,
+) -> dict[str, float]:
+    """One step of the noise-aware classifier: cross-entropy with t ~ U{0..T-1}, the diffusion's own schedule."""
+    g = state.generator
+    idx = torch.randint(len(data), (batch_size,), generator=g)
+    x0, y = data[idx], labels[idx]
+    t = torch.randint(len(sched), (batch_size,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    ce, correct = classifier_losses(state.model, sched, x0, y, t, noise)
+    metrics = optimizer_step(state, ce.mean(), lr=lr, grad_clip=grad_clip, ema_decay=ema_decay)
+    return {**metrics, "accuracy": correct.float().mean().item()}
+
+
+@torch.no_grad()
+def accuracy_by_t(classifier, sched: Schedule, x0: torch.Tensor, y: torch.Tensor, buckets: int,
+                  generator: torch.Generator, batch_size: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 accuracy of a noise-aware classifier in `buckets` equal t-ranges of [0, T): (edges (buckets+1,), acc).
+
+    Every x0 is noised once per bucket, at a t drawn uniformly within the bucket.
+    """
+    T = len(sched)
+    edges = np.linspace(0, T, buckets + 1).round().astype(np.int64)
+    acc = np.zeros(buckets)
+    for b in range(buckets):
+        correct = 0
+        for start in range(0, len(x0), batch_size):
+            xb, yb = x0[start:start + batch_size], y[start:start + batch_size]
+            t = torch.randint(int(edges[b]), int(edges[b + 1]), (len(xb),), generator=generator)
+            noise = torch.randn(xb.shape, generator=generator)
+            correct += int(classifier_losses(classifier, sched, xb, yb, t, noise)[1].sum())
+        acc[b] = correct / len(x0)
+    return edges, acc
 
 
 def checkpoint(state: TrainState, config: dict, history: dict[str, list[float]], **extra: dict) -> dict:

@@ -17,14 +17,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from components.data import DATASETS, MIXTURES
 from components.diffusion import VARIANCES
 from components.features import FEATURE_EXTRACTORS
-from components.networks import NETWORKS
+from components.networks import CLASSIFIERS, NETWORKS
 from components.samplers import SAMPLERS
 from components.schedules import SCHEDULES, TRAJECTORIES
 from components.training import LR_SCHEDULES, TIMESTEP_SAMPLERS
@@ -82,8 +82,16 @@ class DiffusionParams:
 class NetworkParams:
     """A network by name plus its constructor's keyword arguments (checked against its signature)."""
 
+    registry: ClassVar[dict] = NETWORKS
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClassifierNetworkParams(NetworkParams):
+    """A noise-aware classifier by name (components.networks.CLASSIFIERS) plus its keyword arguments."""
+
+    registry: ClassVar[dict] = CLASSIFIERS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,6 +147,25 @@ class FinetuneParams(OptimParams):
         _require(0 < self.importance_uniform <= 1, "importance_uniform", "must be in (0, 1]")
 
 
+@dataclass(frozen=True, kw_only=True)
+class ClassifierParams(OptimParams):
+    """train_classifier: p_phi(y | x_t, t) on cross-entropy over the diffusion's noise levels (ADM §4.1), AdamW."""
+
+    network: ClassifierNetworkParams
+    weight_decay: float  # AdamW's decoupled weight decay (ADM: 0.05)
+    accuracy_buckets: int  # held-out accuracy is reported in this many equal t-ranges of [0, T)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.accuracy_buckets >= 1, "accuracy_buckets", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class GuidanceParams:
+    label_seed: int  # target labels y ~ U{0..K-1}, one per sample, the same in every guided cell
+
+
 @dataclass(frozen=True)
 class SampleParams:
     n: int  # samples per cell
@@ -173,11 +200,13 @@ class CellParams:
     eta: float | None = None  # ddim only (DDIM eq. 16); defaults to 0
     variance: str | None = None  # ddpm only: small (beta-tilde) | large (beta) | learned (iDDPM); defaults to small
     clip_x0: bool = False  # clip x0-hat to [-1, 1] (model space); off for the toy
+    scale: float | None = None  # classifier-guidance scale s (ADM Alg. 1/2); None: unguided
 
     def __post_init__(self):
         _choice("sampler", self.sampler, SAMPLERS, "sampler")
         _choice("trajectory", self.trajectory, TRAJECTORIES, "trajectory")
         _require(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+        _require(self.scale is None or self.scale >= 0, "scale", f"must be >= 0, got {self.scale}")
         if self.sampler == "ddim":
             _require(self.variance is None, "variance", "applies to sampler ddpm only")
             _require(self.eta is None or self.eta >= 0, "eta", f"must be >= 0, got {self.eta}")
@@ -193,8 +222,8 @@ class CellParams:
 
     @property
     def has_likelihood(self) -> bool:
-        """Ancestral (DDPM) chains are latent-variable models with a variational bound (DDPM eq. 5)."""
-        return self.sampler == "ddpm"
+        """Unguided ancestral (DDPM) chains are latent-variable models of p(x) with a variational bound (DDPM eq. 5)."""
+        return self.sampler == "ddpm" and self.scale is None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,6 +235,13 @@ class SweepCellParams(CellParams):
     def __post_init__(self):
         _choice("model", self.model, TRAINED_MODELS, "model")
         super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuidedCellParams(SweepCellParams):
+    """One cell of `guided_sweep`: a sweep cell guided by the trained classifier at scale s."""
+
+    scale: float = field()  # required here (no default); 0 reproduces the unguided cell exactly
 
 
 @dataclass(frozen=True)
@@ -228,15 +264,18 @@ class Params:
     diffusion: DiffusionParams
     train_ddpm: TrainParams
     finetune_iddpm: FinetuneParams
+    train_classifier: ClassifierParams
     sample: SampleParams
     nll: NllParams
+    guidance: GuidanceParams
     sweep: dict[str, SweepCellParams]
+    guided_sweep: dict[str, GuidedCellParams]
     exact_sweep: dict[str, CellParams]
     evaluate: EvaluateParams
 
     def cells(self) -> dict[str, CellParams]:
-        """Every sampler cell, trained then exact, in table order."""
-        return {**self.sweep, **self.exact_sweep}
+        """Every sampler cell in table order: trained, guided, exact."""
+        return {**self.sweep, **self.guided_sweep, **self.exact_sweep}
 
 
 # --- the converter ----------------------------------------------------------------------
@@ -270,8 +309,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 
 def _build(cls: type, raw: Any, key: str) -> Any:
     """Build dataclass `cls` from the mapping `raw`, rejecting unknown and missing keys."""
-    if cls is NetworkParams:
-        return _build_network(raw, key)
+    if issubclass(cls, NetworkParams):
+        return _build_network(cls, raw, key)
     if not isinstance(raw, dict):
         raise ParamsError(f"{key}: expected a mapping, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -290,17 +329,19 @@ def _build(cls: type, raw: Any, key: str) -> Any:
         raise ParamsError(f"{key}.{e}") from None
 
 
-def _build_network(raw: Any, key: str) -> NetworkParams:
-    """A network section: `name` from NETWORKS, other keys typed by the constructor's signature."""
+def _build_network(cls: type[NetworkParams], raw: Any, key: str) -> NetworkParams:
+    """A network section: `name` from cls.registry, other keys typed by the constructor's signature."""
+    registry = cls.registry
     if not isinstance(raw, dict) or "name" not in raw:
-        raise ParamsError(f"{key}.name: missing key; allowed networks: {', '.join(NETWORKS)}")
+        raise ParamsError(f"{key}.name: missing key; allowed networks: {', '.join(registry)}")
     raw = dict(raw)
     name = raw.pop("name")
-    if name not in NETWORKS:
-        raise ParamsError(f"{key}.name: unknown network {name!r}; allowed: {', '.join(NETWORKS)}")
-    sig = inspect.signature(NETWORKS[name])
-    hints = typing.get_type_hints(NETWORKS[name].__init__)
-    allowed = [p for p in sig.parameters if p not in ("data_shape", "out_mult")]
+    if name not in registry:
+        raise ParamsError(f"{key}.name: unknown network {name!r}; allowed: {', '.join(registry)}")
+    sig = inspect.signature(registry[name])
+    hints = typing.get_type_hints(registry[name].__init__)
+    # set by the stage, not by params: the data's shape, the variance head, the data's classes
+    allowed = [p for p in sig.parameters if p not in ("data_shape", "out_mult", "n_classes")]
     kwargs = {}
     for k, v in raw.items():
         if k not in allowed:
@@ -308,7 +349,7 @@ def _build_network(raw: Any, key: str) -> NetworkParams:
         kwargs[k] = _convert(v, hints.get(k, Any), f"{key}.{k}")
         if isinstance(kwargs[k], int) and kwargs[k] <= 0:
             raise ParamsError(f"{key}.{k}: must be > 0, got {v}")
-    return NetworkParams(name, kwargs)
+    return cls(name, kwargs)
 
 
 def _cross_checks(p: Params) -> None:
@@ -318,11 +359,21 @@ def _cross_checks(p: Params) -> None:
                           f"{', '.join(MIXTURES)}")
     if p.nll.n > p.data.n_reference:
         raise ParamsError(f"nll.n: {p.nll.n} exceeds data.n_reference = {p.data.n_reference}")
-    for section, cells in (("sweep", p.sweep), ("exact_sweep", p.exact_sweep)):
+    if p.train_classifier.accuracy_buckets > p.diffusion.T:
+        raise ParamsError(f"train_classifier.accuracy_buckets: {p.train_classifier.accuracy_buckets} exceeds "
+                          f"diffusion.T = {p.diffusion.T}")
+    seen: dict[str, str] = {}
+    for section, cells in (("sweep", p.sweep), ("guided_sweep", p.guided_sweep), ("exact_sweep", p.exact_sweep)):
         for name, cell in cells.items():
             key = f"{section}.{name}"
-            if section == "exact_sweep" and name in p.sweep:
-                raise ParamsError(f"{key}: the name is also a sweep cell; cell names must be unique")
+            if "." in name:  # DVC reads params keys as dotted paths: sweep.a.5 would be key 5 of cell a
+                raise ParamsError(f"{key}: a cell name cannot contain '.'; write 0.5 as 0_5, for example")
+            if name in seen:
+                raise ParamsError(f"{key}: the name is also a {seen[name]} cell; cell names must be unique")
+            seen[name] = section
+            if section == "sweep" and cell.scale is not None:
+                raise ParamsError(f"{key}.scale: a guided cell reads the classifier; allowed in guided_sweep "
+                                  f"(trained classifier) and exact_sweep (exact p(y | x_t))")
             if cell.variance == "learned" and getattr(cell, "model", None) not in LEARNED_VARIANCE_MODELS:
                 raise ParamsError(f"{key}.variance: 'learned' needs a model with a variance output; allowed: "
                                   f"model {', '.join(LEARNED_VARIANCE_MODELS)}")

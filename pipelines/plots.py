@@ -23,10 +23,12 @@ def loss_curve_figure(steps: list[int], series: dict[str, list[float]], title: s
     return fig
 
 
-def scatter_figure(x: np.ndarray, title: str, modes: np.ndarray | None = None, lim: float = 6.0):
-    """Samples (N, 2) in data units, with the mode centres marked if known."""
+def scatter_figure(x: np.ndarray, title: str, modes: np.ndarray | None = None, lim: float = 6.0,
+                   labels: np.ndarray | None = None):
+    """Samples (N, 2) in data units, with the mode centres marked if known, coloured by `labels` if given."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(x[:, 0], x[:, 1], s=0.5, alpha=0.35, color="tab:blue", rasterized=True)
+    colour = {"color": "tab:blue"} if labels is None else {"c": labels % 20, "cmap": "tab20", "vmin": 0, "vmax": 19}
+    ax.scatter(x[:, 0], x[:, 1], s=0.5, alpha=0.35, rasterized=True, **colour)
     if modes is not None:
         ax.scatter(modes[:, 0], modes[:, 1], s=12, marker="+", color="tab:red", lw=0.8)
     ax.set_xlim(-lim, lim)
@@ -36,8 +38,9 @@ def scatter_figure(x: np.ndarray, title: str, modes: np.ndarray | None = None, l
     return fig
 
 
-# A marker per kind of row: sampler, reverse variance for ancestral sampling, exact eps* ceilings apart.
+# A marker per kind of row: sampler, reverse variance for ancestral sampling, guidance, exact eps* ceilings apart.
 KIND_MARKERS = {"ddpm, small Σ": "o", "ddpm, large Σ": "v", "ddpm, learned Σ (iDDPM)": "*", "ddim": "s",
+                "ddpm + classifier guidance": "p", "ddim + classifier guidance": "D",
                 "ddpm, exact eps*": "P", "ddim, exact eps*": "X"}
 
 
@@ -45,6 +48,8 @@ def row_kind(r: dict) -> str:
     """The legend entry of a trilemma row."""
     if r.get("model") == "exact":
         return f"{r['sampler']}, exact eps*"
+    if r.get("scale") is not None:
+        return f"{r['sampler']} + classifier guidance"
     if r["sampler"] == "ddpm":
         v = r.get("variance") or "small"
         return f"ddpm, {v} Σ" + (" (iDDPM)" if v == "learned" else "")
@@ -81,6 +86,44 @@ def trilemma_figure(rows: list[dict], ceiling: dict | None = None):
     return fig
 
 
+def guidance_figure(series: dict[str, list[dict]]):
+    """ADM Table 4's trade-off: precision, recall, target-hit rate and high-quality fraction against the guidance
+    scale, one line per guided sampler setting (`series`: name -> its rows, each with `scale`)."""
+    metrics = [("precision", "precision (k=3)"), ("recall", "recall (k=3)"), ("target_hit", "target-hit rate"),
+               ("hq_fraction", "high-quality fraction")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4))
+    for ax, (key, label) in zip(axes, metrics):
+        for name, rows in series.items():
+            rows = sorted(rows, key=lambda r: r["scale"])
+            ax.plot([r["scale"] for r in rows], [r[key] for r in rows], marker="o", ms=3, lw=1, label=name)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("guidance scale s (symlog)")
+        ax.set_ylabel(label)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Classifier guidance (ADM Alg. 1 / 2): fidelity against diversity as s grows", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_by_t_figure(edges: np.ndarray, curves: dict[str, np.ndarray], T: int):
+    """Held-out accuracy of the noise-aware classifier per t-range (steps), with chance and, if known, Bayes."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    style = {"accuracy": {"lw": 2.5, "color": "tab:blue", "alpha": 0.7}, "chance": {"ls": "--", "color": "grey"},
+             "bayes_accuracy": {"ls": ":", "lw": 1.5, "color": "k"}}
+    for name, acc in curves.items():
+        ax.stairs(acc, edges, label=name.replace("_", " "), **style.get(name, {}))
+    ax.set_xlim(0, T)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(f"t (of T = {T})")
+    ax.set_ylabel("top-1 accuracy, reference split")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title("Noise-aware classifier p_phi(y | x_t, t): accuracy per t-range", fontsize=9)
+    return fig
+
+
 def vlb_terms_figure(terms: dict[str, np.ndarray], T: int):
     """Each chain's bound term L_{t-1} (nats/dim, model space) against t on log axes: where the bounds differ."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -110,6 +153,6 @@ def image_grid_figure(x: np.ndarray, title: str, n: int = 64):
     return fig
 
 
-def samples_figure(x: np.ndarray, title: str):
-    """Points (N, 2) as a scatter, images (N, C, H, W) as a grid."""
-    return scatter_figure(x, title) if x.ndim == 2 and x.shape[1] == 2 else image_grid_figure(x, title)
+def samples_figure(x: np.ndarray, title: str, labels: np.ndarray | None = None):
+    """Points (N, 2) as a scatter (coloured by target label if given), images (N, C, H, W) as a grid."""
+    return scatter_figure(x, title, labels=labels) if x.ndim == 2 and x.shape[1] == 2 else image_grid_figure(x, title)

@@ -4,12 +4,14 @@
 
 Same sampler, schedule (params `diffusion`) and timing as `sample@<cell>`, with the network
 replaced by the exact eps* of the data set's Gaussian mixture (components/gaussian_mixture.py):
-each sampler's ceiling, with no model error. No checkpoint is read, so retraining does not rerun it.
+each sampler's ceiling, with no model error. A cell with a guidance `scale` is guided by the
+exact p(y | x_t), the Bayes-optimal classifier, as `sample_guided@<cell>` is by the trained one.
+No checkpoint is read, so retraining does not rerun it.
 """
 
 from __future__ import annotations
 
-from components.gaussian_mixture import mixture_eps_model
+from components.gaussian_mixture import mixture_classifier, mixture_eps_model
 from components.schedules import make_schedule
 from pipelines.io import InputError, entry_point, load_dataset, stage_args
 from pipelines.params import ParamsError, load_params
@@ -25,9 +27,10 @@ def main(argv: list[str]) -> None:
     if ref.modes is None:
         raise InputError(f"{ref_path}: exact_sweep needs a data set with mixture modes")
     full = make_schedule(params.diffusion.schedule, params.diffusion.T)
-    model = mixture_eps_model(full, ref.to_model(ref.modes), ref.mode_std * ref.scale)
-    run_cell(f"sample_exact@{cell_name}", params.exact_sweep[cell_name], model, full, tuple(ref.x.shape[1:]), ref,
-             params, samples_path, png_path)
+    means, std = ref.to_model(ref.modes), ref.mode_std * ref.scale
+    run_cell(f"sample_exact@{cell_name}", params.exact_sweep[cell_name], mixture_eps_model(full, means, std), full,
+             tuple(ref.x.shape[1:]), ref, params, samples_path, png_path,
+             classifier=mixture_classifier(full, means, std), n_classes=len(means))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ TINY = {
     "train_ddpm": {"steps": 40, "batch_size": 128, "warmup_steps": 5, "log_every": 10, "checkpoint_every": 20,
                    "network": {"name": "mlp", "width": 32, "depth": 1, "temb_dim": 16}},
     "finetune_iddpm": {"steps": 30, "batch_size": 128, "warmup_steps": 5, "log_every": 10, "checkpoint_every": 10},
+    "train_classifier": {"steps": 30, "batch_size": 128, "warmup_steps": 5, "log_every": 10, "checkpoint_every": 10,
+                         "network": {"name": "mlp", "width": 16, "depth": 1, "temb_dim": 16}},
     "sample": {"n": 500, "batch_size": 500, "warmup": 20},
     "nll": {"n": 200, "batch_size": 100},
 }

@@ -44,8 +44,8 @@ def test_default_params_are_valid():
 
 @pytest.mark.parametrize("path,value,expected", [
     # unknown keys, at every level
-    ("sampel", {"n": 1}, "params.yaml: sampel: unknown key; allowed: data, diffusion, train_ddpm, finetune_iddpm, sample, "
-                         "nll, sweep, exact_sweep, evaluate"),
+    ("sampel", {"n": 1}, "params.yaml: sampel: unknown key; allowed: data, diffusion, train_ddpm, finetune_iddpm, "
+                         "train_classifier, sample, nll, guidance, sweep, guided_sweep, exact_sweep, evaluate"),
     ("exact_sweep.exact-ddpm-4.model", "ddpm", "exact_sweep.exact-ddpm-4.model: unknown key; allowed: sampler, steps"),
     ("train_ddpm.learning_rate", 0.1, "train_ddpm.learning_rate: unknown key; allowed: seed, steps, batch_size, lr"),
     ("sweep.ddim-50.etaa", 0.5, "sweep.ddim-50.etaa: unknown key; allowed: sampler, steps, trajectory, eta"),
@@ -94,6 +94,24 @@ def test_default_params_are_valid():
     ("finetune_iddpm.importance_uniform", 0.0, "finetune_iddpm.importance_uniform: must be in (0, 1]"),
     ("nll.n", 20000, "nll.n: 20000 exceeds data.n_reference = 10000"),
     ("nll.batch_size", 0, "nll.batch_size: must be > 0"),
+    # classifier guidance
+    ("guided_sweep.ddim-50-s1.scale", -1.0, "guided_sweep.ddim-50-s1.scale: must be >= 0, got -1.0"),
+    ("guided_sweep.ddim-50-s1.scale", None, "guided_sweep.ddim-50-s1.scale: missing key"),
+    ("guided_sweep.ddim-50-s1.scale", "strong", "guided_sweep.ddim-50-s1.scale: expected a number, got 'strong'"),
+    ("guided_sweep.ddim-50-s1.model", None, "guided_sweep.ddim-50-s1.model: missing key"),
+    ("guided_sweep.ddpm-250-s1.steps", 1001, "guided_sweep.ddpm-250-s1.steps: 1001 exceeds diffusion.T = 1000"),
+    ("guided_sweep.ddpm-250-s1.variance", "learned", "guided_sweep.ddpm-250-s1.variance: 'learned' needs a model with"),
+    ("sweep.ddim-50.scale", 1.0, "sweep.ddim-50.scale: a guided cell reads the classifier; allowed in guided_sweep "
+                                 "(trained classifier) and exact_sweep (exact p(y | x_t))"),
+    ("exact_sweep.exact-ddim-50-s1.scale", -2, "exact_sweep.exact-ddim-50-s1.scale: must be >= 0, got -2.0"),
+    ("train_classifier.network.name", "resnet", "train_classifier.network.name: unknown network 'resnet'; allowed: mlp"),
+    ("train_classifier.network.n_classes", 10, "train_classifier.network.n_classes: unknown key for network 'mlp'; "
+                                               "allowed: name, width, depth, temb_dim"),
+    ("train_classifier.weight_decay", -0.1, "train_classifier.weight_decay: must be >= 0, got -0.1"),
+    ("train_classifier.accuracy_buckets", 0, "train_classifier.accuracy_buckets: must be >= 1"),
+    ("train_classifier.accuracy_buckets", 2000, "train_classifier.accuracy_buckets: 2000 exceeds diffusion.T = 1000"),
+    ("train_classifier.weight_decay", None, "train_classifier.weight_decay: missing key"),
+    ("guidance.label_seed", 0.5, "guidance.label_seed: expected an integer, got 0.5"),
 ])
 def test_bad_params_name_the_key(path, value, expected):
     assert expected in error_of(with_change(path, value))
@@ -103,6 +121,24 @@ def test_cell_names_are_unique_across_sweeps():
     raw = copy.deepcopy(DEFAULT)
     raw["exact_sweep"]["ddpm-4"] = {"sampler": "ddpm", "steps": 4}
     assert "exact_sweep.ddpm-4: the name is also a sweep cell; cell names must be unique" in error_of(raw)
+    raw = copy.deepcopy(DEFAULT)
+    raw["guided_sweep"]["ddim-50"] = {"model": "ddpm", "sampler": "ddim", "steps": 50, "scale": 1.0}
+    assert "guided_sweep.ddim-50: the name is also a sweep cell; cell names must be unique" in error_of(raw)
+    raw = copy.deepcopy(DEFAULT)
+    raw["guided_sweep"]["ddim-50-s1.5"] = {"model": "ddpm", "sampler": "ddim", "steps": 50, "scale": 1.5}
+    assert "guided_sweep.ddim-50-s1.5: a cell name cannot contain '.'; write 0.5 as 0_5" in error_of(raw)
+    raw = copy.deepcopy(DEFAULT)
+    raw["exact_sweep"]["ddim-50-s1"] = {"sampler": "ddim", "steps": 50, "scale": 1.0}
+    assert "exact_sweep.ddim-50-s1: the name is also a guided_sweep cell; cell names must be unique" in error_of(raw)
+
+
+def test_guided_cells_in_table_order_without_likelihood():
+    p = load_params(ROOT / "params.yaml")
+    names = list(p.cells())
+    assert names.index("ddim-4") < names.index("ddim-50-s0") < names.index("exact-ddpm-1000")
+    assert p.guided_sweep["ddpm-250-s2"].scale == 2.0 and p.sweep["ddpm-1000"].scale is None
+    # a guided chain is not a model of p(x): no bound, even at s = 0; an unguided ancestral chain has one
+    assert not p.guided_sweep["ddpm-250-s0"].has_likelihood and p.sweep["ddpm-100"].has_likelihood
 
 
 def test_trajectory_that_cannot_fit_is_rejected():
@@ -123,8 +159,12 @@ STAGE_CMDS = {
                "plots/ddim-50.png"],
     "sample_exact": ["pipelines.sample_exact", "exact-ddim-4", "data/reference.npz", "samples/exact-ddim-4.npz",
                      "plots/exact-ddim-4.png"],
+    "train_classifier": ["pipelines.train_classifier", "data/train.npz", "data/reference.npz", "models/clf.pt",
+                         "plots/c.csv", "plots/c.png", "plots/acc.csv", "plots/acc.png"],
+    "sample_guided": ["pipelines.sample_guided", "ddim-50-s1", "models/ddpm.pt", "models/clf.pt", "data/reference.npz",
+                      "samples/ddim-50-s1.npz", "plots/ddim-50-s1.png"],
     "evaluate": ["pipelines.evaluate", "samples", "data/train.npz", "data/reference.npz", "metrics/t.json",
-                 "metrics/t.csv", "metrics/t.md", "metrics/t.png", "metrics/terms.png"],
+                 "metrics/t.csv", "metrics/t.md", "metrics/t.png", "metrics/terms.png", "metrics/guidance.png"],
 }
 
 

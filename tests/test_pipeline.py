@@ -3,6 +3,7 @@
 import json
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -19,17 +20,21 @@ def mlflow_runs(repo):
 
 def test_dvc_repro_end_to_end(tiny_repo):
     params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
-    cells = [*params["sweep"], *params["exact_sweep"]]
+    cells = [*params["sweep"], *params["guided_sweep"], *params["exact_sweep"]]
     first = run(["dvc", "repro"], tiny_repo)
     assert "warning" not in first.stderr.lower(), first.stderr
 
     table = pd.read_csv(tiny_repo / "metrics/trilemma.csv")
     assert list(table["cell"]) == ["data", *cells]
-    for col in ["nfe", "wall_s_per_1k", "hq_fraction", "modes", "kl_uniform", "fid", "precision", "recall", "nll"]:
+    for col in ["scale", "nfe", "wall_s_per_1k", "hq_fraction", "modes", "kl_uniform", "fid", "precision", "recall",
+                "target_hit", "nll"]:
         assert col in table.columns
-    # every ancestral row has a bound, no DDIM row has one; the data row holds the true NLL, below every bound
+    # every unguided ancestral row has a bound, no DDIM or guided row has one; the data row holds the true NLL,
+    # below every bound
     by_cell = table.set_index("cell")
-    ancestral = [c for c in cells if c != "data" and by_cell.loc[c, "sampler"] == "ddpm"]
+    guided = [c for c in cells if by_cell.loc[c, "scale"] == by_cell.loc[c, "scale"]]  # not NaN
+    assert set(params["guided_sweep"]) | {"exact-ddim-50-s1", "exact-ddpm-250-s1"} == set(guided)
+    ancestral = [c for c in cells if by_cell.loc[c, "sampler"] == "ddpm" and c not in guided]
     assert by_cell.loc[ancestral, "nll"].notna().all() and by_cell.loc[ancestral, "nll_se"].gt(0).all()
     assert by_cell.loc[[c for c in cells if c not in ancestral], "nll"].isna().all()
     assert (by_cell.loc[ancestral, "nll"] > by_cell.loc["data", "nll"]).all()
@@ -39,17 +44,31 @@ def test_dvc_repro_end_to_end(tiny_repo):
     # The exact-eps* cells do not depend on the (barely trained) network: they reach the sampler's ceiling.
     assert table.set_index("cell").loc["exact-ddpm-1000", "hq_fraction"] >= 0.95
     assert table.set_index("cell").loc["exact-ddim-4", "hq_fraction"] < 0.5
+    # Guided rows carry their target-hit rate; with the exact score and p(y | x_t), s = 1 hits the targets.
+    assert by_cell.loc[guided, "target_hit"].between(0, 1).all()
+    assert by_cell.loc[[c for c in cells if c not in guided], "target_hit"].isna().all()
+    assert by_cell.loc["exact-ddpm-250-s1", "target_hit"] >= 0.95
+    assert by_cell.loc["ddpm-250-s10", "nfe"] == 250
+    # Scale 0 is the unguided cell, bit for bit, for the same seed.
+    s0, unguided = (np.load(tiny_repo / f"samples/{c}.npz") for c in ("ddim-50-s0", "ddim-50"))
+    assert np.array_equal(s0["x"], unguided["x"]) and "y" in s0 and "y" not in unguided
+    assert (by_cell.loc["ddim-50-s0", ["hq_fraction", "fid", "precision", "recall"]]
+            == by_cell.loc["ddim-50", ["hq_fraction", "fid", "precision", "recall"]]).all()
+    assert (tiny_repo / "plots/train_classifier/accuracy.csv").read_text().startswith(
+        "t_lo,t_hi,t_mid,accuracy,chance,bayes_accuracy\n")
     assert (table["wall_s_per_1k"][1:] > 0).all()
     md = (tiny_repo / "metrics/trilemma.md").read_text()
     assert all(f"| {c} |" in md for c in cells)
     assert "nats/dim in data units" in md
     assert (tiny_repo / "metrics/trilemma.png").stat().st_size > 10_000
+    assert (tiny_repo / "metrics/guidance.png").stat().st_size > 10_000
     assert all((tiny_repo / f"plots/samples/{c}.png").exists() for c in cells)
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout)
     assert "metrics/trilemma.json" in json.dumps(shown)
 
-    stages = {"prepare", "train_ddpm", "finetune_iddpm", "evaluate", *(f"sample@{c}" for c in params["sweep"]),
+    stages = {"prepare", "train_ddpm", "finetune_iddpm", "train_classifier", "evaluate",
+              *(f"sample@{c}" for c in params["sweep"]), *(f"sample_guided@{c}" for c in params["guided_sweep"]),
               *(f"sample_exact@{c}" for c in params["exact_sweep"])}
     runs = mlflow_runs(tiny_repo)
     assert sorted(runs["tags.mlflow.runName"]) == sorted(stages)
@@ -77,3 +96,10 @@ def test_dvc_repro_end_to_end(tiny_repo):
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     assert ran == sorted(["evaluate", "finetune_iddpm", *(f"sample@{c}" for c in params["sweep"]
                                                           if params["sweep"][c]["model"] == "iddpm")])
+
+    # Retraining the classifier reruns the guided cells only.
+    params["train_classifier"]["steps"] = 20
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro"], tiny_repo).stdout
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert ran == sorted(["evaluate", "train_classifier", *(f"sample_guided@{c}" for c in params["guided_sweep"])])

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from components.data import gaussians25_splits
 from components.diffusion import model_timesteps, q_sample
-from components.networks import add_variance_output, make_network
+from components.gaussian_mixture import mixture_classifier
+from components.networks import add_variance_output, make_classifier, make_network
 from components.schedules import make_schedule
 from components.training import (
-    LossSecondMomentTimesteps, TrainState, UniformTimesteps, checkpoint, ema_update, hybrid_losses, hybrid_train_step,
-    lr_at, restore, train_step,
+    LossSecondMomentTimesteps, TrainState, UniformTimesteps, accuracy_by_t, checkpoint, classifier_train_step,
+    ema_update, hybrid_losses, hybrid_train_step, lr_at, restore, train_step,
 )
 
 from conftest import run, stage_env, write_params, TINY
@@ -172,7 +174,35 @@ def test_importance_sampler_keeps_the_last_losses_and_round_trips():
     assert np.allclose(other.probs(), sampler.probs())
 
 
-@pytest.mark.parametrize("stage", ["train_ddpm", "finetune_iddpm"])
+def test_noise_aware_classifier_reaches_bayes_accuracy_by_t():
+    """ADM's classifier on the toy: held-out accuracy per t-range tracks the exact p(y | x_t)'s, the Bayes ceiling:
+    near 1 at the smallest t, chance (1/25) near T."""
+    splits = gaussians25_splits(5000, 2000, 0.05, seed=0)
+    train, ref = splits["train"], splits["reference"]
+    sched = make_schedule("linear", 1000)
+    torch.manual_seed(0)
+    state = TrainState.create(make_classifier("mlp", (2,), 25, width=32, depth=2, temb_dim=16), lr=3e-3, seed=0,
+                              weight_decay=0.05)
+    assert isinstance(state.optimizer, torch.optim.AdamW)
+    x, y = torch.from_numpy(train.to_model(train.x)), torch.from_numpy(train.y)
+    for i in range(800):
+        m = classifier_train_step(state, sched, x, y, batch_size=256, lr=lr_at(i, lr=3e-3, warmup_steps=50,
+                                  total_steps=800, schedule="cosine"), grad_clip=1.0, ema_decay=0.95)
+    assert 0 < m["accuracy"] < 1 and m["loss"] > 0
+    x_ref, y_ref = torch.from_numpy(ref.to_model(ref.x)), torch.from_numpy(ref.y)
+    edges, acc = accuracy_by_t(state.ema, sched, x_ref, y_ref, 100, torch.Generator().manual_seed(0))
+    exact = mixture_classifier(sched, ref.to_model(ref.modes), ref.mode_std * ref.scale)
+    _, bayes = accuracy_by_t(exact, sched, x_ref, y_ref, 100, torch.Generator().manual_seed(0))
+    assert list(edges[:3]) == [0, 10, 20] and edges[-1] == 1000
+    print(f"\naccuracy by t: [0, 10) {acc[0]:.3f} (Bayes {bayes[0]:.3f}), [500, 510) {acc[50]:.3f} ({bayes[50]:.3f}), "
+          f"t >= 900 {acc[90:].mean():.3f} ({bayes[90:].mean():.3f}); mean |acc - Bayes| {np.abs(acc - bayes).mean():.4f}")
+    assert bayes[0] > 0.99 and acc[0] > 0.97
+    assert abs(acc[90:].mean() - 1 / 25) < 0.01 and abs(bayes[90:].mean() - 1 / 25) < 0.01
+    assert np.abs(acc - bayes).mean() < 0.02
+    assert (np.diff(bayes[:30]) < 0.02).all()  # the ceiling falls with t
+
+
+@pytest.mark.parametrize("stage", ["train_ddpm", "finetune_iddpm", "train_classifier"])
 def test_killed_stage_resumes_to_the_same_checkpoint(tiny_repo, stage):
     """SIGKILL a trainer mid-run; the rerun resumes from <ckpt>.partial and ends where an unbroken run ends.
 
@@ -187,7 +217,10 @@ def test_killed_stage_resumes_to_the_same_checkpoint(tiny_repo, stage):
     if stage == "finetune_iddpm":
         run(cmd + ["models/ddpm.pt", "plots/d.csv", "plots/d.png"], tiny_repo)
         cmd = [sys.executable, "-m", "pipelines.finetune_iddpm", "models/ddpm.pt", "data/train.npz"]
-    outs = ["models/a.pt", "plots/a.csv", "plots/a.png"]
+    if stage == "train_classifier":
+        cmd = [sys.executable, "-m", "pipelines.train_classifier", "data/train.npz", "data/reference.npz"]
+    accuracy = ["accuracy.csv", "accuracy.png"] if stage == "train_classifier" else []
+    outs = ["models/a.pt", "plots/a.csv", "plots/a.png", *(f"plots/a-{f}" for f in accuracy)]
     env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tiny_repo}/mlflow.db")
     proc = subprocess.Popen(cmd + outs, cwd=tiny_repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     partial = tiny_repo / "models/a.pt.partial"
@@ -201,13 +234,15 @@ def test_killed_stage_resumes_to_the_same_checkpoint(tiny_repo, stage):
     resumed = run(cmd + outs, tiny_repo)
     assert "resuming from models/a.pt.partial at step" in resumed.stdout
     assert not partial.exists()
-    run(cmd + ["models/b.pt", "plots/b.csv", "plots/b.png"], tiny_repo)
+    run(cmd + ["models/b.pt", "plots/b.csv", "plots/b.png", *(f"plots/b-{f}" for f in accuracy)], tiny_repo)
     a = torch.load(tiny_repo / "models/a.pt", weights_only=True)
     b = torch.load(tiny_repo / "models/b.pt", weights_only=True)
     assert a["step"] == b["step"] == 1500
     for k in a["ema"]:
         assert torch.equal(a["ema"][k], b["ema"][k]), k
     assert (tiny_repo / "plots/a.csv").read_text() == (tiny_repo / "plots/b.csv").read_text()
+    if accuracy:  # the held-out accuracy is measured after training: it too must not depend on the kill
+        assert (tiny_repo / "plots/a-accuracy.csv").read_text() == (tiny_repo / "plots/b-accuracy.csv").read_text()
     if stage == "finetune_iddpm":
         assert torch.equal(a["timestep_sampler"]["losses"], b["timestep_sampler"]["losses"])
         assert int(a["timestep_sampler"]["counts"].min()) >= 10  # the importance sampler was in use

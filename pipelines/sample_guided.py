@@ -1,0 +1,42 @@
+"""Stage `sample_guided@<cell>`: one guided_sweep cell, guided by the trained noise-aware classifier.
+
+    python -m pipelines.sample_guided <cell> <checkpoint.pt> <classifier.pt> <reference.npz> <samples.npz> <scatter.png>
+
+The sweep cell's sampler on the model's EMA weights, with classifier guidance at the cell's
+scale s (ADM Alg. 1 for ddpm, Alg. 2 for ddim) towards targets y ~ U{0..K-1} drawn with
+`guidance.label_seed`. Timing, outputs and logging are `sample@<cell>`'s, plus the targets
+(saved as `y` for the target-hit rate). s = 0 runs the unguided sampler: the unguided cell's samples.
+"""
+
+from __future__ import annotations
+
+from components.schedules import make_schedule
+from pipelines.io import InputError, entry_point, load_dataset, stage_args
+from pipelines.params import ParamsError, load_params
+from pipelines.sample import check_cell_model, load_ema_classifier, load_ema_model, run_cell
+
+
+def main(argv: list[str]) -> None:
+    cell_name, ckpt_path, clf_path, ref_path, samples_path, png_path = stage_args(
+        argv, ("cell", "checkpoint.pt", "classifier.pt", "reference.npz", "samples.npz", "scatter.png"))
+    params = load_params()
+    if cell_name not in params.guided_sweep:
+        raise ParamsError(f"params.yaml: guided_sweep.{cell_name}: no such cell; allowed: {', '.join(params.guided_sweep)}")
+    cell = params.guided_sweep[cell_name]
+    model, cfg = load_ema_model(ckpt_path)
+    classifier, clf_cfg = load_ema_classifier(clf_path)
+    ref = load_dataset(ref_path)
+    check_cell_model(f"guided_sweep.{cell_name}", cell, ckpt_path, cfg, ref_path, ref)
+    # The classifier must know the model's noise levels and data: the same schedule, T and training data.
+    if clf_cfg["diffusion"] != cfg["diffusion"]:
+        raise InputError(f"{clf_path}: trained on schedule {clf_cfg['diffusion']}, but {ckpt_path} on {cfg['diffusion']}; "
+                         f"rerun train_classifier")
+    if clf_cfg["data"] != cfg["data"]:
+        raise InputError(f"{clf_path}: trained on other data than {ckpt_path} (data fingerprint or model-space map differ)")
+    full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
+    run_cell(f"sample_guided@{cell_name}", cell, model, full, tuple(cfg["data_shape"]), ref, params, samples_path,
+             png_path, classifier=classifier, n_classes=clf_cfg["n_classes"])
+
+
+if __name__ == "__main__":
+    entry_point(main)
