@@ -92,11 +92,15 @@ def guidance_figure(series: dict[str, list[dict]]):
     metrics = [("precision", "precision (k=3)"), ("recall", "recall (k=3)"), ("target_hit", "target-hit rate"),
                ("hq_fraction", "high-quality fraction")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4))
+    scales = sorted({r["scale"] for rows in series.values() for r in rows})
     for ax, (key, label) in zip(axes, metrics):
         for name, rows in series.items():
             rows = sorted(rows, key=lambda r: r["scale"])
-            ax.plot([r["scale"] for r in rows], [r[key] for r in rows], marker="o", ms=3, lw=1, label=name)
+            exact = rows[0].get("model") == "exact"  # the ceiling: exact eps* and exact p(y | x_t)
+            ax.plot([r["scale"] for r in rows], [r[key] for r in rows], marker="*" if exact else "o",
+                    ms=9 if exact else 3, lw=1, ls=":" if exact else "-", label=name)
         ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xticks(scales, [f"{s:g}" for s in scales], fontsize=7)
         ax.set_xlabel("guidance scale s (symlog)")
         ax.set_ylabel(label)
         ax.set_ylim(-0.03, 1.03)

@@ -103,3 +103,22 @@ def test_dvc_repro_end_to_end(tiny_repo):
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     assert ran == sorted(["evaluate", "train_classifier", *(f"sample_guided@{c}" for c in params["guided_sweep"])])
+
+
+def test_sample_guided_refuses_a_classifier_from_another_schedule(tiny_repo):
+    """A classifier trained on other noise levels than the model fails the stage in one line, before sampling."""
+    py = ["python", "-m"]
+    run([*py, "pipelines.prepare", "data/train.npz", "data/reference.npz"], tiny_repo)
+    run([*py, "pipelines.train_ddpm", "data/train.npz", "models/ddpm.pt", "plots/l.csv", "plots/l.png"], tiny_repo)
+    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump({**params, "diffusion": {"schedule": "cosine", "T": 1000}}))
+    clf = ["models/classifier.pt", "plots/c.csv", "plots/c.png", "plots/a.csv", "plots/a.png"]
+    run([*py, "pipelines.train_classifier", "data/train.npz", "data/reference.npz", *clf], tiny_repo)
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run([*py, "pipelines.sample_guided", "ddim-50-s1", "models/ddpm.pt", "models/classifier.pt",
+                "data/reference.npz", "samples/g.npz", "plots/g.png"], tiny_repo, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: models/classifier.pt: trained on schedule {'schedule': 'cosine', 'T': 1000}, but models/ddpm.pt on "
+        "{'schedule': 'linear', 'T': 1000}; rerun train_classifier"]
+    assert not (tiny_repo / "samples/g.npz").exists()
