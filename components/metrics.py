@@ -54,9 +54,8 @@ def precision_recall(features: torch.Tensor, ref_features: torch.Tensor, k: int 
 
 @dataclass(frozen=True)
 class ReferenceSet:
-    """The held-out split as every row is scored against it: points, features, and k-NN radii computed once."""
+    """The held-out split as every row is scored against it: features and their k-NN radii, computed once."""
 
-    x: np.ndarray  # (N, ...) data units
     features: torch.Tensor  # (N, F)
     radii: torch.Tensor  # (N,) k-NN radii of the features (precision's balls)
     feature_name: str
@@ -66,7 +65,7 @@ class ReferenceSet:
 def reference_set(x: np.ndarray, features: str = "identity", k: int = 3) -> ReferenceSet:
     """Extract the reference features and their k-NN radii once, for all rows."""
     f = FEATURE_EXTRACTORS[features](x)
-    return ReferenceSet(x, f, knn_radii(f, k), features, k)
+    return ReferenceSet(f, knn_radii(f, k), features, k)
 
 
 def nearest_mode(x: np.ndarray, modes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -108,6 +108,11 @@ def data_fingerprint(x: np.ndarray) -> str:
     return hashlib.sha256(x.tobytes()).hexdigest()
 
 
+def data_config(ds: Dataset) -> dict:
+    """What a checkpoint's config records of its training data: the model-space map and the fingerprint."""
+    return {"shift": ds.shift, "scale": ds.scale, "sha256": data_fingerprint(ds.x)}
+
+
 def load_checkpoint(path: str | Path, required: tuple[str, ...]) -> dict:
     """torch.load with weights_only=True (no pickle code execution); InputError names the file on failure."""
     try:

@@ -98,8 +98,10 @@ def target_labels(n: int, n_classes: int, seed: int) -> torch.Tensor:
 def guide_for(classifier: Classifier | None, y: torch.Tensor, scale: float | None):
     """draw's per-batch guidance for targets y at scale s; None when unguided or s = 0, which then runs the
     unguided sampler itself: its samples are the unguided cell's, bit for bit, and it costs no classifier pass."""
-    if classifier is None or not scale:
+    if not scale:
         return None
+    if classifier is None:
+        raise ValueError(f"a cell guided at scale {scale:g} needs a classifier")
     return lambda batch: classifier_grad(classifier, y[batch], scale)
 
 

@@ -24,7 +24,9 @@ from components.gaussian_mixture import mixture_classifier
 from components.networks import make_classifier
 from components.schedules import make_schedule
 from components.training import CHECKPOINT_KEYS, TrainState, accuracy_by_t, checkpoint, classifier_train_step, restore
-from pipelines.io import atomic_save_figure, atomic_torch_save, atomic_write_text, data_fingerprint, entry_point, load_dataset, stage_args
+from pipelines.io import (
+    atomic_save_figure, atomic_torch_save, atomic_write_text, data_config, entry_point, load_dataset, stage_args,
+)
 from pipelines.params import load_params
 from pipelines.plots import accuracy_by_t_figure
 from pipelines.tracking import StageRun, log_stage_run
@@ -43,7 +45,7 @@ def main(argv: list[str]) -> None:
         "n_classes": ds.n_classes,
         "data_shape": list(data.shape[1:]),
         "diffusion": dataclasses.asdict(diff),
-        "data": {"shift": ds.shift, "scale": ds.scale, "sha256": data_fingerprint(ds.x)},
+        "data": data_config(ds),
         "train": {k: v for k, v in dataclasses.asdict(p).items() if k != "network"},
     }
     sched = make_schedule(diff.schedule, diff.T)

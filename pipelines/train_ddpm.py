@@ -16,7 +16,7 @@ import torch
 from components.networks import make_network
 from components.schedules import make_schedule
 from components.training import CHECKPOINT_KEYS, TrainState, checkpoint, restore, train_step
-from pipelines.io import atomic_torch_save, data_fingerprint, entry_point, load_dataset, stage_args
+from pipelines.io import atomic_torch_save, data_config, entry_point, load_dataset, stage_args
 from pipelines.params import load_params
 from pipelines.tracking import StageRun, log_stage_run
 from pipelines.trainer import resume, train_loop, write_history
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
         "network": {"name": p.network.name, **p.network.kwargs},
         "data_shape": list(data.shape[1:]),
         "diffusion": dataclasses.asdict(diff),
-        "data": {"shift": ds.shift, "scale": ds.scale, "sha256": data_fingerprint(ds.x)},
+        "data": data_config(ds),
         "train": {k: v for k, v in dataclasses.asdict(p).items() if k != "network"},
     }
     sched = make_schedule(diff.schedule, diff.T)
