@@ -25,12 +25,12 @@ from components.networks import make_classifier
 from components.schedules import make_schedule
 from components.training import CHECKPOINT_KEYS, TrainState, accuracy_by_t, checkpoint, classifier_train_step, restore
 from pipelines.io import (
-    atomic_save_figure, atomic_torch_save, atomic_write_text, data_config, entry_point, load_dataset, stage_args,
+    atomic_save_figure, atomic_torch_save, atomic_write_text, entry_point, load_dataset, stage_args,
 )
 from pipelines.params import load_params
 from pipelines.plots import accuracy_by_t_figure
 from pipelines.tracking import StageRun, log_stage_run
-from pipelines.trainer import resume, train_loop, write_history
+from pipelines.trainer import resume, scratch_config, train_loop, write_history
 
 
 def main(argv: list[str]) -> None:
@@ -40,14 +40,7 @@ def main(argv: list[str]) -> None:
     p, diff = params.train_classifier, params.diffusion
     ds, ref = load_dataset(train_path), load_dataset(ref_path)
     data, labels = torch.from_numpy(ds.to_model(ds.x)), torch.from_numpy(ds.y)
-    config = {
-        "network": {"name": p.network.name, **p.network.kwargs},
-        "n_classes": ds.n_classes,
-        "data_shape": list(data.shape[1:]),
-        "diffusion": dataclasses.asdict(diff),
-        "data": data_config(ds),
-        "train": {k: v for k, v in dataclasses.asdict(p).items() if k != "network"},
-    }
+    config = scratch_config(p, diff, ds, n_classes=ds.n_classes)
     sched = make_schedule(diff.schedule, diff.T)
     torch.manual_seed(p.seed)  # network initialisation
     net = make_classifier(p.network.name, tuple(data.shape[1:]), ds.n_classes, **p.network.kwargs)

@@ -16,10 +16,10 @@ import torch
 from components.networks import make_network
 from components.schedules import make_schedule
 from components.training import CHECKPOINT_KEYS, TrainState, checkpoint, restore, train_step
-from pipelines.io import atomic_torch_save, data_config, entry_point, load_dataset, stage_args
+from pipelines.io import atomic_torch_save, entry_point, load_dataset, stage_args
 from pipelines.params import load_params
 from pipelines.tracking import StageRun, log_stage_run
-from pipelines.trainer import resume, train_loop, write_history
+from pipelines.trainer import resume, scratch_config, train_loop, write_history
 
 
 def main(argv: list[str]) -> None:
@@ -28,13 +28,7 @@ def main(argv: list[str]) -> None:
     p, diff = params.train_ddpm, params.diffusion
     ds = load_dataset(data_path)
     data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
-    config = {
-        "network": {"name": p.network.name, **p.network.kwargs},
-        "data_shape": list(data.shape[1:]),
-        "diffusion": dataclasses.asdict(diff),
-        "data": data_config(ds),
-        "train": {k: v for k, v in dataclasses.asdict(p).items() if k != "network"},
-    }
+    config = scratch_config(p, diff, ds)
     sched = make_schedule(diff.schedule, diff.T)
     torch.manual_seed(p.seed)  # network initialisation
     net = make_network(p.network.name, tuple(data.shape[1:]), **p.network.kwargs)

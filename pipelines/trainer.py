@@ -6,6 +6,7 @@ A stage builds its state and a `step_fn(lr) -> metrics` from components.training
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable
@@ -13,10 +14,24 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from components.data import Dataset
 from components.training import lr_at
-from pipelines.io import atomic_save_figure, atomic_write_text, load_checkpoint, progress_enabled
-from pipelines.params import OptimParams
+from pipelines.io import atomic_save_figure, atomic_write_text, data_config, load_checkpoint, progress_enabled
+from pipelines.params import DiffusionParams, OptimParams
 from pipelines.plots import loss_curve_figure
+
+
+def scratch_config(p: OptimParams, diff: DiffusionParams, ds: Dataset, **extra) -> dict:
+    """The config of a network trained from scratch (params `p` with a `network` section) on `ds`: what its
+    checkpoint records and what a `.partial` must match to be resumed. `extra` follows the network."""
+    return {
+        "network": {"name": p.network.name, **p.network.kwargs},
+        **extra,
+        "data_shape": list(ds.x.shape[1:]),
+        "diffusion": dataclasses.asdict(diff),
+        "data": data_config(ds),
+        "train": {k: v for k, v in dataclasses.asdict(p).items() if k != "network"},
+    }
 
 
 def resume(stage: str, partial: Path, config: dict, required: tuple[str, ...],
