@@ -9,6 +9,10 @@ by `schedules.make_trajectory` + `respace`. Randomness comes in only through `ge
 Classifier guidance (ADM) enters as an optional gradient function `guidance(x_t, t)` =
 s * grad_x log p(y | x_t, t), called once per step and combined in one line by ADM's rule for
 each sampler (`components/guidance.py`); without it the samplers are unchanged.
+
+DDGAN's sampler (`sample_ddgan`) walks the same schedules, but its model is a generator
+G(x_t, t, z) -> x0-hat with latent size `G.nz` (`components/ddgan.py`), so it is kept out of
+`SAMPLERS`, the registry of eps-model samplers that sweep cells choose from.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from components.ddgan import Generator, sample_posterior
 from components.diffusion import ddim_sigma, eps_to_x0, model_timesteps, p_mean_variance, split_output, x0_to_eps
 from components.guidance import GradFn, guided_eps, guided_mean
 from components.schedules import Schedule
@@ -101,6 +106,23 @@ def sample_ddim(
         x = a_prev**0.5 * x0 + (1.0 - a_prev - sigma[i] ** 2) ** 0.5 * eps
         if sigma[i] > 0:
             x = x + float(sigma[i]) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return x
+
+
+@torch.no_grad()
+def sample_ddgan(G: Generator, sched: Schedule, x_T: torch.Tensor, *, generator: torch.Generator,
+                 progress: bool = False) -> torch.Tensor:
+    """DDGAN's sampler (Xiao et al. 2022, §3.3): x_{t-1} ~ q(x_{t-1} | x_t, x0 = G(x_t, z, t)), z ~ N(0, I) fresh each step.
+
+    One generator call per step (NFE = T). The posterior has zero variance at t = 0, so the
+    last step returns G's x0-hat.
+    """
+    x = x_T
+    for i in tqdm(range(len(sched) - 1, -1, -1), disable=not progress, desc=f"ddgan-{len(sched)}", leave=False):
+        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+        z = torch.randn((x.shape[0], G.nz), generator=generator, dtype=x.dtype, device=x.device)
+        x0 = G(x, model_timesteps(sched, t), z)
+        x = sample_posterior(sched, x0, x, t, torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device))
     return x
 
 

@@ -260,11 +260,11 @@ def checkpoint(state: TrainState, config: dict, history: dict[str, list[float]],
         "step": state.step,
         "rng": state.generator.get_state(),
         "config": config,
-        "history": {k: _series_tensor(v) for k, v in history.items()},
+        "history": {k: series_tensor(v) for k, v in history.items()},
     }
 
 
-def _series_tensor(values: list) -> torch.Tensor:
+def series_tensor(values: list) -> torch.Tensor:
     """Integer series (steps) stay int64, so a resumed history is identical to an unbroken one."""
     is_int = all(isinstance(v, int) for v in values)
     return torch.tensor(values, dtype=torch.int64 if is_int else torch.float64)

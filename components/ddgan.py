@@ -1,0 +1,201 @@
+"""Denoising Diffusion GAN (Xiao, Kreis & Vahdat 2022): few large denoising steps, each a conditional GAN.
+
+With T small, q(x_{t-1} | x_t) is multimodal, so DDGAN models it implicitly:
+p_theta(x_{t-1} | x_t) = E_z[q(x_{t-1} | x_t, x0 = G(x_t, z, t))] (§3.3). The generator predicts
+x0-hat and the known posterior q(x_{t-1} | x_t, x0) (DDPM eqs. 6-7) does the rest, and a
+discriminator D(x_{t-1}, x_t, t) tells real pairs, drawn from q(x_{t-1} | x0) q(x_t | x_{t-1}), from
+the generator's (§3.2). Both use the non-saturating GAN loss; D has a lazy R1 penalty on real
+pairs (DDGAN's training code, after StyleGAN2).
+
+Indices follow `components.diffusion`: t = 0..T-1 is a schedule index, x_t has abar_t, and
+x_{-1} is the data x0 (abar_{-1} = 1). The pair at t = 0 is (x0, x_0), so q's posterior there
+has zero variance and the last denoising step returns x0-hat itself.
+
+Models: G(x_t, t, z) -> x0-hat and D(x_{t-1}, x_t, t) -> logit (B,) (`components.networks`).
+`ddgan_train_step(state, ...) -> metrics` is one D step and one G step, as in DDGAN's loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.functional import softplus
+
+from components.diffusion import extract, q_posterior
+from components.schedules import Schedule
+from components.training import ema_update, series_tensor
+
+Generator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t, z) -> x0-hat
+Discriminator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_{t-1}, x_t, t) -> (B,)
+
+
+def q_sample_pair(sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise_prev: torch.Tensor,
+                  noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A real pair (x_{t-1}, x_t) ~ q(x_{t-1} | x0) q(x_t | x_{t-1}) (DDPM eqs. 4 and 2; DDGAN's training pairs).
+
+    x_{t-1} = sqrt(abar_{t-1}) x0 + sqrt(1 - abar_{t-1}) noise_prev (x0 itself at t = 0), then one
+    forward step x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) noise.
+    """
+    abar_prev = sched.alphas_cumprod_prev
+    x_prev = extract(np.sqrt(abar_prev), t, x0) * x0 + extract(np.sqrt(1.0 - abar_prev), t, x0) * noise_prev
+    x_t = extract(np.sqrt(sched.alphas), t, x0) * x_prev + extract(np.sqrt(sched.betas), t, x0) * noise
+    return x_prev, x_t
+
+
+def sample_posterior(sched: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                     noise: torch.Tensor) -> torch.Tensor:
+    """x_{t-1} ~ q(x_{t-1} | x_t, x0) (DDPM eqs. 6-7): mu-tilde + sqrt(beta-tilde) noise.
+
+    beta-tilde_0 = 0 (abar_{-1} = 1), so the last step returns mu-tilde_0 = x0 exactly: DDGAN's
+    sampler adds no noise at the last step.
+    """
+    mean, var = q_posterior(sched, x0, x_t, t)
+    return mean + var.sqrt() * noise
+
+
+def d_losses(D: Discriminator, real_prev: torch.Tensor, fake_prev: torch.Tensor, x_t: torch.Tensor,
+             t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The discriminator's non-saturating loss per sample: softplus(-D(real)) and softplus(D(fake)), each (B,)."""
+    return softplus(-D(real_prev, x_t, t)), softplus(D(fake_prev, x_t, t))
+
+
+def g_loss(D: Discriminator, fake_prev: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The generator's non-saturating loss per sample, softplus(-D(fake)) (B,)."""
+    return softplus(-D(fake_prev, x_t, t))
+
+
+def r1_penalty(D: Discriminator, real_prev: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """R1 per sample, ||grad_{x_{t-1}} D(x_{t-1}, x_t, t)||^2 on real pairs (B,), differentiable (Mescheder et al. 2018).
+
+    As in DDGAN's code, the gradient is taken with respect to the denoised input x_{t-1} only.
+    """
+    real_prev = real_prev.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = D(real_prev, x_t, t).sum()
+        (grad,) = torch.autograd.grad(out, real_prev, create_graph=True, allow_unused=True)
+    if grad is None:  # D does not read x_{t-1} at all: its gradient there is zero
+        return torch.zeros(len(real_prev), dtype=real_prev.dtype, device=real_prev.device)
+    return grad.reshape(len(grad), -1).pow(2).sum(1)
+
+
+def mean_by_t(values: torch.Tensor, t: torch.Tensor, T: int) -> list[float]:
+    """The mean of per-sample `values` at each t = 0..T-1; NaN where the batch has no sample at t."""
+    sums = torch.zeros(T, dtype=torch.float64).index_add_(0, t, values.detach().double())
+    counts = torch.bincount(t, minlength=T).double()
+    return (sums / counts).tolist()  # 0/0 = NaN
+
+
+@dataclass
+class GANState:
+    """Everything a DDGAN run needs to resume exactly: G, D, the EMA of G, both optimisers, step and RNG."""
+
+    G: nn.Module
+    D: nn.Module
+    ema: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    generator: torch.Generator
+    step: int = 0
+
+    @classmethod
+    def create(cls, G: nn.Module, D: nn.Module, *, lr_g: float, lr_d: float, betas: tuple[float, float],
+               seed: int) -> "GANState":
+        """Adam for each network with its own learning rate (DDGAN: betas (0.5, 0.9))."""
+        return cls(G, D, copy.deepcopy(G).requires_grad_(False), torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas),
+                   torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas), torch.Generator().manual_seed(seed))
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, lr: float, grad_clip: float) -> None:
+    """Backward, optional global-norm clip, one Adam step at `lr`."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    opt.step()
+
+
+def ddgan_train_step(
+    state: GANState, sched: Schedule, data: torch.Tensor, *, batch_size: int, lr_g: float, lr_d: float,
+    r1_gamma: float, r1_every: int, ema_decay: float, grad_clip: float = 0.0,
+) -> dict[str, float]:
+    """One DDGAN iteration: a D step, then a G step on fresh pairs, then the EMA of G (DDGAN's training loop).
+
+    D minimises softplus(-D(real)) + softplus(D(fake)) + [every r1_every steps] r1_gamma / 2 * R1,
+    the lazy R1 unscaled by the interval, as DDGAN's code has it. G minimises softplus(-D(fake)).
+    grad_clip > 0 clips each network's global gradient norm (DDGAN does not clip: 0).
+    A fake x_{t-1} is drawn from q(x_{t-1} | x_t, G(x_t, z, t)), z ~ N(0, I) fresh for each sample.
+    Metrics: each loss's mean over the batch and at each t (`d_loss_t0`, ...); R1 is NaN on the
+    steps that skip it.
+    """
+    G, D, g, T = state.G, state.D, state.generator, len(sched)
+
+    def pairs():
+        x0 = data[torch.randint(len(data), (batch_size,), generator=g)]
+        t = torch.randint(T, (batch_size,), generator=g)
+        x_prev, x_t = q_sample_pair(sched, x0, t, torch.randn(x0.shape, generator=g), torch.randn(x0.shape, generator=g))
+        return x_prev, x_t, t
+
+    def fake(x_t, t):
+        x0_hat = G(x_t, t, torch.randn((len(x_t), G.nz), generator=g))
+        return sample_posterior(sched, x0_hat, x_t, t, torch.randn(x_t.shape, generator=g))
+
+    # Discriminator step: real pairs against the generator's, G frozen.
+    real_prev, x_t, t = pairs()
+    with torch.no_grad():
+        fake_prev = fake(x_t, t)
+    loss_real, loss_fake = d_losses(D, real_prev, fake_prev, x_t, t)
+    loss_d = (loss_real + loss_fake).mean()
+    r1 = None
+    if state.step % r1_every == 0:
+        r1 = r1_penalty(D, real_prev, x_t, t)
+        loss_d = loss_d + r1_gamma / 2 * r1.mean()
+    _optimizer_step(state.opt_d, D, loss_d, lr_d, grad_clip)
+    d_per_t = mean_by_t(loss_real + loss_fake, t, T)
+    r1_per_t = mean_by_t(r1, t, T) if r1 is not None else [math.nan] * T
+    r1_mean = r1.mean().item() if r1 is not None else math.nan
+
+    # Generator step on fresh pairs, D frozen.
+    _, x_t, t = pairs()
+    D.requires_grad_(False)
+    loss_g = g_loss(D, fake(x_t, t), x_t, t)
+    _optimizer_step(state.opt_g, G, loss_g.mean(), lr_g, grad_clip)
+    D.requires_grad_(True)
+    ema_update(state.ema, G, ema_decay)
+    state.step += 1
+
+    metrics = {"d_loss": (loss_real + loss_fake).mean().item(), "g_loss": loss_g.mean().item(), "r1": r1_mean}
+    g_per_t = mean_by_t(loss_g, t, T)
+    for i in range(T):
+        metrics |= {f"d_loss_t{i}": d_per_t[i], f"g_loss_t{i}": g_per_t[i], f"r1_t{i}": r1_per_t[i]}
+    return metrics
+
+
+GAN_CHECKPOINT_KEYS = ("G", "D", "ema", "opt_g", "opt_d", "step", "rng", "config", "history")
+
+
+def gan_checkpoint(state: GANState, config: dict, history: dict[str, list]) -> dict:
+    """A weights_only-loadable dict: G, D, EMA of G, both optimisers, step, RNG state, config and loss history."""
+    return {"G": state.G.state_dict(), "D": state.D.state_dict(), "ema": state.ema.state_dict(),
+            "opt_g": state.opt_g.state_dict(), "opt_d": state.opt_d.state_dict(), "step": state.step,
+            "rng": state.generator.get_state(), "config": config,
+            "history": {k: series_tensor(v) for k, v in history.items()}}
+
+
+def gan_restore(state: GANState, ckpt: dict) -> dict[str, list]:
+    """Load a `gan_checkpoint()` dict into state in place; return the loss history."""
+    state.G.load_state_dict(ckpt["G"])
+    state.D.load_state_dict(ckpt["D"])
+    state.ema.load_state_dict(ckpt["ema"])
+    state.opt_g.load_state_dict(ckpt["opt_g"])
+    state.opt_d.load_state_dict(ckpt["opt_d"])
+    state.generator.set_state(ckpt["rng"])
+    state.step = int(ckpt["step"])
+    return {k: v.tolist() for k, v in ckpt["history"].items()}
