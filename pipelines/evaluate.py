@@ -7,8 +7,8 @@ Cell `c`'s samples are read from `<samples_dir>/c.npz` (the sample stages' outpu
 are in data units, against the held-out reference split, whose features and k-NN radii are
 computed once. A first row, `data`, scores n points of the train split the same way: the ceiling
 that a perfect sampler would reach on each metric. Its `nll` is the true mixture density's NLL on
-the points every bound is computed on. Guided rows add their `scale` and `target_hit`, the share
-of samples whose nearest mode is their target label.
+the points every bound is computed on. DDGAN rows (`ddgan-<T>`) follow the sweep's. Guided rows add
+their `scale` and `target_hit`, the share of samples whose nearest mode is their target label.
 """
 
 from __future__ import annotations
@@ -112,6 +112,8 @@ def main(argv: list[str]) -> None:
               f"{len(ref.x)}-point reference split; wall time per 1,000 samples after warm-up. "
               f"Row `data` is the train split (the ceiling); model `exact` rows sample with the mixture's closed-form eps* "
               f"(the sampler's ceiling, no model error). "
+              f"Rows `ddgan-T` sample the Denoising Diffusion GAN trained with T steps (T generator calls, fresh z "
+              f"at each). "
               f"`scale`: classifier-guidance scale s (ADM Alg. 1 for ddpm, Alg. 2 for ddim; exact rows guide with the "
               f"exact p(y | x_t)); `target_hit`: share of a guided row's samples whose nearest mode is its target label, "
               f"targets uniform. NFE counts denoiser evaluations; a guided step adds one classifier forward and backward, "

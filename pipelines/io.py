@@ -169,6 +169,13 @@ def stage_args(argv: list[str], names: tuple[str, ...]) -> list[str]:
     return argv
 
 
+def parse_T(text: str) -> int:
+    """A number-of-steps argument from dvc.yaml's cmd (the DDGAN stages' matrix over params ddgan.T): a positive integer."""
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"T: expected a positive integer number of denoising steps, got {text!r}")
+    return int(text)
+
+
 def progress_enabled() -> bool:
     """Progress bars only on a terminal, so CI logs stay clean."""
     return sys.stderr.isatty()

@@ -24,9 +24,9 @@ import yaml
 from components.data import DATASETS, MIXTURES
 from components.diffusion import VARIANCES
 from components.features import FEATURE_EXTRACTORS
-from components.networks import CLASSIFIERS, NETWORKS
+from components.networks import CLASSIFIERS, DISCRIMINATORS, GENERATORS, NETWORKS
 from components.samplers import SAMPLERS
-from components.schedules import SCHEDULES, TRAJECTORIES
+from components.schedules import SCHEDULES, TRAJECTORIES, make_schedule
 from components.training import LR_SCHEDULES, TIMESTEP_SAMPLERS
 
 PARAMS_FILE = "params.yaml"
@@ -94,6 +94,20 @@ class ClassifierNetworkParams(NetworkParams):
     registry: ClassVar[dict] = CLASSIFIERS
 
 
+@dataclass(frozen=True)
+class GeneratorNetworkParams(NetworkParams):
+    """A DDGAN generator by name (components.networks.GENERATORS) plus its keyword arguments."""
+
+    registry: ClassVar[dict] = GENERATORS
+
+
+@dataclass(frozen=True)
+class DiscriminatorNetworkParams(NetworkParams):
+    """A DDGAN discriminator by name (components.networks.DISCRIMINATORS) plus its keyword arguments."""
+
+    registry: ClassVar[dict] = DISCRIMINATORS
+
+
 @dataclass(frozen=True, kw_only=True)
 class OptimParams:
     """What every trainer shares: budget, optimiser, LR schedule, EMA, logging and checkpoints."""
@@ -159,6 +173,47 @@ class ClassifierParams(OptimParams):
         super().__post_init__()
         _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(self.accuracy_buckets >= 1, "accuracy_buckets", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class DDGANParams:
+    T: list[int]  # one trained generator (train_ddgan@T) and one table row (ddgan-T) per entry
+
+    def __post_init__(self):
+        _require(len(self.T) > 0, "T", "must list at least one number of denoising steps")
+        _require(all(T >= 1 for T in self.T), "T", f"every entry must be >= 1, got {self.T}")
+        _require(len(set(self.T)) == len(self.T), "T", f"entries must be distinct, got {self.T}")
+
+    def cells(self) -> dict[str, "GANCellParams"]:
+        """The table rows: ddgan-<T>, T denoising steps of the generator trained with T."""
+        return {f"ddgan-{T}": GANCellParams(model=f"ddgan-{T}", steps=T) for T in self.T}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DDGANTrainParams(OptimParams):
+    """train_ddgan: G and D of a Denoising Diffusion GAN on T steps of `schedule` (Xiao et al. 2022).
+
+    `lr` is the generator's, `lr_d` the discriminator's; both follow `lr_schedule`. EMA and
+    grad_clip apply to G (and grad_clip to D too); sampling uses G's EMA weights.
+    """
+
+    schedule: str  # beta schedule over T steps, from components.schedules.SCHEDULES (DDGAN: ddgan_vp)
+    lr_d: float
+    adam_betas: list[float]  # Adam's (beta1, beta2) for both networks (DDGAN: 0.5, 0.9)
+    r1_gamma: float  # R1 weight: D's loss adds r1_gamma / 2 * E||grad D(real)||^2
+    r1_every: int  # lazy R1: the penalty on every r1_every-th D step (DDGAN: 15)
+    generator: GeneratorNetworkParams
+    discriminator: DiscriminatorNetworkParams
+
+    def __post_init__(self):
+        super().__post_init__()
+        _choice("schedule", self.schedule, SCHEDULES, "schedule")
+        _require(self.lr_d > 0, "lr_d", "must be > 0")
+        _require(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), "adam_betas",
+                 f"must be two numbers in [0, 1), got {self.adam_betas}")
+        _require(self.r1_gamma >= 0, "r1_gamma", f"must be >= 0, got {self.r1_gamma}")
+        _require(1 <= self.r1_every <= self.log_every, "r1_every",
+                 f"must be in [1, log_every], so every logged window has an R1 value; got {self.r1_every}")
 
 
 @dataclass(frozen=True)
@@ -244,6 +299,21 @@ class GuidedCellParams(SweepCellParams):
     scale: float = field()  # required here (no default); 0 reproduces the unguided cell exactly
 
 
+@dataclass(frozen=True, kw_only=True)
+class GANCellParams(CellParams):
+    """A DDGAN table row (sample_ddgan@T): `steps` = T denoising steps of models/<model>.pt's EMA generator,
+    with fresh z at each step; no sampler options."""
+
+    model: str
+    sampler: str = "ddgan"
+
+    def __post_init__(self):
+        _require(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        return {}
+
+
 @dataclass(frozen=True)
 class EvaluateParams:
     features: str  # feature extractor for FID / precision / recall
@@ -265,6 +335,8 @@ class Params:
     train_ddpm: TrainParams
     finetune_iddpm: FinetuneParams
     train_classifier: ClassifierParams
+    ddgan: DDGANParams
+    train_ddgan: DDGANTrainParams
     sample: SampleParams
     nll: NllParams
     guidance: GuidanceParams
@@ -274,8 +346,8 @@ class Params:
     evaluate: EvaluateParams
 
     def cells(self) -> dict[str, CellParams]:
-        """Every sampler cell in table order: trained, guided, exact."""
-        return {**self.sweep, **self.guided_sweep, **self.exact_sweep}
+        """Every sampler cell in table order: trained, DDGAN, guided, exact."""
+        return {**self.sweep, **self.ddgan.cells(), **self.guided_sweep, **self.exact_sweep}
 
 
 # --- the converter ----------------------------------------------------------------------
@@ -293,6 +365,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return _convert(value, tp, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ParamsError(f"{key}: expected a mapping, got {value!r}")
@@ -347,8 +423,9 @@ def _build_network(cls: type[NetworkParams], raw: Any, key: str) -> NetworkParam
         if k not in allowed:
             raise ParamsError(f"{key}.{k}: unknown key for network {name!r}; allowed: name, {', '.join(allowed)}")
         kwargs[k] = _convert(v, hints.get(k, Any), f"{key}.{k}")
-        if isinstance(kwargs[k], int) and kwargs[k] <= 0:
-            raise ParamsError(f"{key}.{k}: must be > 0, got {v}")
+        off = sig.parameters[k].default == 0  # an option whose default is 0 is off at 0, e.g. fourier_octaves
+        if isinstance(kwargs[k], int) and (kwargs[k] < 0 if off else kwargs[k] <= 0):
+            raise ParamsError(f"{key}.{k}: must be {'>= 0' if off else '> 0'}, got {v}")
     return cls(name, kwargs)
 
 
@@ -362,7 +439,12 @@ def _cross_checks(p: Params) -> None:
     if p.train_classifier.accuracy_buckets > p.diffusion.T:
         raise ParamsError(f"train_classifier.accuracy_buckets: {p.train_classifier.accuracy_buckets} exceeds "
                           f"diffusion.T = {p.diffusion.T}")
-    seen: dict[str, str] = {}
+    for T in p.ddgan.T:
+        try:
+            make_schedule(p.train_ddgan.schedule, T)
+        except ValueError as e:
+            raise ParamsError(f"train_ddgan.schedule: {p.train_ddgan.schedule!r} over ddgan.T = {T} steps: {e}") from None
+    seen: dict[str, str] = {name: "ddgan" for name in p.ddgan.cells()}
     for section, cells in (("sweep", p.sweep), ("guided_sweep", p.guided_sweep), ("exact_sweep", p.exact_sweep)):
         for name, cell in cells.items():
             key = f"{section}.{name}"

@@ -23,6 +23,25 @@ def loss_curve_figure(steps: list[int], series: dict[str, list[float]], title: s
     return fig
 
 
+def losses_by_t_figure(steps: list[int], by_t: dict[str, dict[str, list[float]]], title: str):
+    """One panel per loss term, one line per t (and the batch mean, `all`, in black): DDGAN's per-t stability view."""
+    fig, axes = plt.subplots(1, len(by_t), figsize=(5 * len(by_t), 3.5), squeeze=False)
+    for ax, (term, series) in zip(axes[0], by_t.items()):
+        for t, values in series.items():
+            style = {"color": "k", "lw": 1.6} if t == "all" else {"lw": 0.9, "alpha": 0.85}
+            ax.plot(steps, values, label=t.replace("t", "t = ") if t != "all" else "all t", **style)
+        values = np.concatenate([np.asarray(v, dtype=float) for v in series.values()])
+        if term == "r1" and np.all(values[~np.isnan(values)] > 0):  # R1 spans decades
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(term)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def scatter_figure(x: np.ndarray, title: str, modes: np.ndarray | None = None, lim: float = 6.0,
                    labels: np.ndarray | None = None):
     """Samples (N, 2) in data units, with the mode centres marked if known, coloured by `labels` if given."""
@@ -41,13 +60,15 @@ def scatter_figure(x: np.ndarray, title: str, modes: np.ndarray | None = None, l
 # A marker per kind of row: sampler, reverse variance for ancestral sampling, guidance, exact eps* ceilings apart.
 KIND_MARKERS = {"ddpm, small Σ": "o", "ddpm, large Σ": "v", "ddpm, learned Σ (iDDPM)": "*", "ddim": "s",
                 "ddpm + classifier guidance": "p", "ddim + classifier guidance": "D",
-                "ddpm, exact eps*": "P", "ddim, exact eps*": "X"}
+                "ddpm, exact eps*": "P", "ddim, exact eps*": "X", "ddgan": "h"}
 
 
 def row_kind(r: dict) -> str:
     """The legend entry of a trilemma row."""
     if r.get("model") == "exact":
         return f"{r['sampler']}, exact eps*"
+    if r["sampler"] == "ddgan":
+        return "ddgan"
     if r.get("scale") is not None:
         return f"{r['sampler']} + classifier guidance"
     if r["sampler"] == "ddpm":
@@ -61,9 +82,10 @@ def trilemma_figure(rows: list[dict], ceiling: dict | None = None):
     fig, ax = plt.subplots(figsize=(8.5, 5.4))
     sc = None
     for i, r in enumerate(sorted(rows, key=lambda r: (r["wall_s_per_1k"], r["hq_fraction"]))):
+        gan = row_kind(r) == "ddgan"  # the rows the trilemma is about: DDGAN against the diffusion samplers
         sc = ax.scatter(r["wall_s_per_1k"], r["hq_fraction"], c=[r["recall"]], cmap="viridis", vmin=0, vmax=1,
-                        marker=KIND_MARKERS.get(row_kind(r), "D"), s=30 + 2 * r["modes"], edgecolor="k", lw=0.5,
-                        zorder=3)
+                        marker=KIND_MARKERS.get(row_kind(r), "D"), s=(80 if gan else 30) + 2 * r["modes"],
+                        edgecolor="red" if gan else "k", lw=1.5 if gan else 0.5, zorder=4 if gan else 3)
         ax.annotate(r["cell"], (r["wall_s_per_1k"], r["hq_fraction"]), fontsize=6, textcoords="offset points",
                     xytext=(6, 6 if i % 2 else -10))
     if ceiling is not None:

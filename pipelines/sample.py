@@ -6,7 +6,7 @@ Wall time is measured after an untimed warm-up batch and reported per 1,000 samp
 the number of network evaluations per sample. An ancestral (DDPM) cell is also a latent-variable
 model, so the stage computes its variational bound (DDPM eq. 5) on the held-out reference split,
 on the cell's own chain (the respaced one for fewer steps). `run_cell` is shared with
-`sample_exact` and `sample_guided`: a cell with a guidance `scale` draws one target label per
+`sample_exact`, `sample_guided` and `sample_ddgan`: a cell with a guidance `scale` draws one target label per
 sample (seed `guidance.label_seed`) and guides each batch towards its labels; the labels are
 saved with the samples for the target-hit rate.
 """
@@ -24,8 +24,8 @@ import torch
 from components.data import LIKELIHOOD_DECODERS, Dataset, to_data
 from components.guidance import Classifier, classifier_grad
 from components.likelihood import bound_per_dim, variational_bound
-from components.networks import make_classifier, make_network
-from components.samplers import SAMPLERS, EpsModel
+from components.networks import make_classifier, make_generator, make_network
+from components.samplers import SAMPLERS, EpsModel, sample_ddgan
 from components.schedules import Schedule, make_schedule, make_trajectory, respace
 from pipelines.io import (
     InputError, atomic_save_figure, atomic_save_npz, entry_point, load_checkpoint, load_dataset, progress_enabled,
@@ -34,6 +34,10 @@ from pipelines.io import (
 from pipelines.params import CellParams, Params, ParamsError, load_params
 from pipelines.plots import samples_figure
 from pipelines.tracking import StageRun, log_stage_run
+
+
+# Every table row's sampler by name: the eps-model samplers of the sweeps, and DDGAN's generator sampler.
+CELL_SAMPLERS = {**SAMPLERS, "ddgan": sample_ddgan}
 
 
 def _load_ema(ckpt_path: str, build) -> tuple[torch.nn.Module, dict]:
@@ -61,6 +65,14 @@ def load_ema_classifier(ckpt_path: str) -> tuple[torch.nn.Module, dict]:
     def build(cfg):
         net_cfg = dict(cfg["network"])
         return make_classifier(net_cfg.pop("name"), tuple(cfg["data_shape"]), cfg["n_classes"], **net_cfg)
+    return _load_ema(ckpt_path, build)
+
+
+def load_ema_generator(ckpt_path: str) -> tuple[torch.nn.Module, dict]:
+    """DDGAN's G(x_t, t, z) (train_ddgan) with its EMA weights, and the checkpoint's config."""
+    def build(cfg):
+        net_cfg = dict(cfg["generator"])
+        return make_generator(net_cfg.pop("name"), tuple(cfg["data_shape"]), **net_cfg)
     return _load_ema(ckpt_path, build)
 
 
@@ -123,8 +135,8 @@ def bound(model: EpsModel, sched: Schedule, cell: CellParams, ref: Dataset, para
             "nll_terms": (torch.stack(terms).sum(0) / len(x0)).numpy(), "nll_prior": np.float64(sum(prior) / len(x0))}
 
 
-def run_cell(stage: str, cell: CellParams, model: EpsModel, full: Schedule, shape: tuple[int, ...], ref: Dataset,
-             params: Params, samples_path: str, png_path: str, classifier: Classifier | None = None,
+def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel, full: Schedule, shape: tuple[int, ...],
+             ref: Dataset, params: Params, samples_path: str, png_path: str, classifier: Classifier | None = None,
              n_classes: int | None = None) -> None:
     """Sample the cell (timed), compute its bound if it has one, write samples and scatter, log to MLflow.
 
@@ -132,7 +144,7 @@ def run_cell(stage: str, cell: CellParams, model: EpsModel, full: Schedule, shap
     """
     p = params.sample
     sched = respace(full, make_trajectory(cell.trajectory, len(full), cell.steps))
-    sampler, kwargs = SAMPLERS[cell.sampler], cell.sampler_kwargs()
+    sampler, kwargs = CELL_SAMPLERS[cell.sampler], cell.sampler_kwargs()
     guided = cell.scale is not None
     seed = params.guidance.label_seed
     y = target_labels(p.n, n_classes, seed) if guided else None
@@ -158,7 +170,7 @@ def run_cell(stage: str, cell: CellParams, model: EpsModel, full: Schedule, shap
     targets = {"y": y.numpy(), "scale": np.float64(cell.scale)} if guided else {}
     atomic_save_npz(samples_path, x=x_data, nfe=np.int64(nfe), wall_s=np.float64(wall), wall_s_per_1k=np.float64(per_1k),
                     **likelihood, **targets)
-    title = f"{stage.split('@')[-1]}: NFE {nfe}, {per_1k:.3f} s / 1k samples"
+    title = f"{cell_name}: NFE {nfe}, {per_1k:.3f} s / 1k samples"
     if guided:
         title += f", guidance s = {cell.scale:g} (colour: target)"
     atomic_save_figure(png_path, samples_figure(x_data, title, labels=None if y is None else y.numpy()))
@@ -171,7 +183,7 @@ def run_cell(stage: str, cell: CellParams, model: EpsModel, full: Schedule, shap
     log_stage_run(StageRun(
         stage, params={"cell": dataclasses.asdict(cell), "sample": dataclasses.asdict(p),
                        **({"guidance": dataclasses.asdict(params.guidance)} if guided else {})}, metrics=metrics,
-        artifacts=[Path(png_path)], tags={"cell": stage.split("@")[-1]},
+        artifacts=[Path(png_path)], tags={"cell": cell_name},
     ))
 
 
@@ -186,7 +198,7 @@ def main(argv: list[str]) -> None:
     ref = load_dataset(ref_path)
     check_cell_model(f"sweep.{cell_name}", cell, ckpt_path, cfg, ref_path, ref)
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
-    run_cell(f"sample@{cell_name}", cell, model, full, tuple(cfg["data_shape"]), ref, params, samples_path, png_path)
+    run_cell(f"sample@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, samples_path, png_path)
 
 
 if __name__ == "__main__":

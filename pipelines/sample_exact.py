@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
         raise InputError(f"{ref_path}: exact_sweep needs a data set with mixture modes")
     full = make_schedule(params.diffusion.schedule, params.diffusion.T)
     means, std = ref.to_model(ref.modes), ref.mode_std * ref.scale
-    run_cell(f"sample_exact@{cell_name}", params.exact_sweep[cell_name], mixture_eps_model(full, means, std), full,
+    run_cell(f"sample_exact@{cell_name}", cell_name, params.exact_sweep[cell_name], mixture_eps_model(full, means, std), full,
              tuple(ref.x.shape[1:]), ref, params, samples_path, png_path,
              classifier=mixture_classifier(full, means, std), n_classes=len(means))
 

@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
     if clf_cfg["data"] != cfg["data"]:
         raise InputError(f"{clf_path}: trained on other data than {ckpt_path} (data fingerprint or model-space map differ)")
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
-    run_cell(f"sample_guided@{cell_name}", cell, model, full, tuple(cfg["data_shape"]), ref, params, samples_path,
+    run_cell(f"sample_guided@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, samples_path,
              png_path, classifier=classifier, n_classes=clf_cfg["n_classes"])
 
 

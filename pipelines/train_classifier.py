@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
     p, diff = params.train_classifier, params.diffusion
     ds, ref = load_dataset(train_path), load_dataset(ref_path)
     data, labels = torch.from_numpy(ds.to_model(ds.x)), torch.from_numpy(ds.y)
-    config = scratch_config(p, diff, ds, n_classes=ds.n_classes)
+    config = scratch_config(p, dataclasses.asdict(diff), ds, n_classes=ds.n_classes)
     sched = make_schedule(diff.schedule, diff.T)
     torch.manual_seed(p.seed)  # network initialisation
     net = make_classifier(p.network.name, tuple(data.shape[1:]), ds.n_classes, **p.network.kwargs)

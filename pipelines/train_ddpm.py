@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
     p, diff = params.train_ddpm, params.diffusion
     ds = load_dataset(data_path)
     data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
-    config = scratch_config(p, diff, ds)
+    config = scratch_config(p, dataclasses.asdict(diff), ds)
     sched = make_schedule(diff.schedule, diff.T)
     torch.manual_seed(p.seed)  # network initialisation
     net = make_network(p.network.name, tuple(data.shape[1:]), **p.network.kwargs)

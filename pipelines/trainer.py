@@ -7,6 +7,7 @@ A stage builds its state and a `step_fn(lr) -> metrics` from components.training
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,20 +18,21 @@ from tqdm.auto import tqdm
 from components.data import Dataset
 from components.training import lr_at
 from pipelines.io import atomic_save_figure, atomic_write_text, data_config, load_checkpoint, progress_enabled
-from pipelines.params import DiffusionParams, OptimParams
+from pipelines.params import NetworkParams, OptimParams
 from pipelines.plots import loss_curve_figure
 
 
-def scratch_config(p: OptimParams, diff: DiffusionParams, ds: Dataset, **extra) -> dict:
-    """The config of a network trained from scratch (params `p` with a `network` section) on `ds`: what its
-    checkpoint records and what a `.partial` must match to be resumed. `extra` follows the network."""
+def scratch_config(p: OptimParams, diffusion: dict, ds: Dataset, **extra) -> dict:
+    """The config of networks trained from scratch (each network section of params `p`) on `ds`: what the
+    checkpoint records and what a `.partial` must match to be resumed. `extra` follows the networks."""
+    nets = {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if isinstance(getattr(p, f.name), NetworkParams)}
     return {
-        "network": {"name": p.network.name, **p.network.kwargs},
+        **{key: {"name": net.name, **net.kwargs} for key, net in nets.items()},
         **extra,
         "data_shape": list(ds.x.shape[1:]),
-        "diffusion": dataclasses.asdict(diff),
+        "diffusion": diffusion,
         "data": data_config(ds),
-        "train": {k: v for k, v in dataclasses.asdict(p).items() if k != "network"},
+        "train": {k: v for k, v in dataclasses.asdict(p).items() if k not in nets},
     }
 
 
@@ -52,7 +54,7 @@ def train_loop(stage: str, p: OptimParams, state, step_fn: Callable[[float], dic
     """Call step_fn(lr) until state.step reaches p.steps; return (seconds, steps per second) of this run.
 
     Every `log_every` steps the mean of each metric named in `history` (besides "step" and "lr")
-    over those steps is appended; every `checkpoint_every` steps `save_partial()` is called.
+    over those steps is appended, NaN values left out (a metric not computed at every step); every `checkpoint_every` steps `save_partial()` is called.
     """
     keys = [k for k in history if k not in ("step", "lr")]
     window: dict[str, list[float]] = {k: [] for k in keys}
@@ -67,7 +69,7 @@ def train_loop(stage: str, p: OptimParams, state, step_fn: Callable[[float], dic
             if state.step % p.log_every == 0 or state.step == p.steps:
                 history["step"].append(state.step)
                 for k in keys:
-                    history[k].append(float(np.mean(window[k])))
+                    history[k].append(_window_mean(window[k]))
                     window[k] = []
                 history["lr"].append(lr)
                 bar.set_postfix(loss=f"{history[keys[0]][-1]:.4f}", lr=f"{lr:.2e}")
@@ -75,6 +77,12 @@ def train_loop(stage: str, p: OptimParams, state, step_fn: Callable[[float], dic
                 save_partial()
     train_s = time.perf_counter() - t0
     return train_s, (state.step - start_step) / max(train_s, 1e-9)
+
+
+def _window_mean(values: list[float]) -> float:
+    """The mean of the non-NaN values; NaN if there are none."""
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def write_history(csv_path: str, png_path: str, history: dict[str, list], title: str) -> None:

@@ -21,6 +21,11 @@ TINY = {
     "finetune_iddpm": {"steps": 30, "batch_size": 128, "warmup_steps": 5, "log_every": 10, "checkpoint_every": 10},
     "train_classifier": {"steps": 30, "batch_size": 128, "warmup_steps": 5, "log_every": 10, "checkpoint_every": 10,
                          "network": {"name": "mlp", "width": 16, "depth": 1, "temb_dim": 16}},
+    "ddgan": {"T": [1, 4]},
+    "train_ddgan": {"steps": 30, "batch_size": 64, "log_every": 10, "checkpoint_every": 10, "r1_every": 5,
+                    "generator": {"name": "mlp", "nz": 4, "width": 16, "depth": 1, "temb_dim": 8, "zemb_dim": 8,
+                                  "mapping_depth": 1, "fourier_octaves": 0},
+                    "discriminator": {"name": "mlp", "width": 16, "depth": 1, "temb_dim": 8, "fourier_octaves": 2}},
     "sample": {"n": 500, "batch_size": 500, "warmup": 20},
     "nll": {"n": 200, "batch_size": 100},
 }

@@ -45,7 +45,7 @@ def test_default_params_are_valid():
 @pytest.mark.parametrize("path,value,expected", [
     # unknown keys, at every level
     ("sampel", {"n": 1}, "params.yaml: sampel: unknown key; allowed: data, diffusion, train_ddpm, finetune_iddpm, "
-                         "train_classifier, sample, nll, guidance, sweep, guided_sweep, exact_sweep, evaluate"),
+                         "train_classifier, ddgan, train_ddgan, sample, nll, guidance, sweep, guided_sweep, exact_sweep, evaluate"),
     ("exact_sweep.exact-ddpm-4.model", "ddpm", "exact_sweep.exact-ddpm-4.model: unknown key; allowed: sampler, steps"),
     ("train_ddpm.learning_rate", 0.1, "train_ddpm.learning_rate: unknown key; allowed: seed, steps, batch_size, lr"),
     ("sweep.ddim-50.etaa", 0.5, "sweep.ddim-50.etaa: unknown key; allowed: sampler, steps, trajectory, eta"),
@@ -112,6 +112,21 @@ def test_default_params_are_valid():
     ("train_classifier.accuracy_buckets", 2000, "train_classifier.accuracy_buckets: 2000 exceeds diffusion.T = 1000"),
     ("train_classifier.weight_decay", None, "train_classifier.weight_decay: missing key"),
     ("guidance.label_seed", 0.5, "guidance.label_seed: expected an integer, got 0.5"),
+    # DDGAN
+    ("ddgan.T", [1, 0], "ddgan.T: every entry must be >= 1, got [1, 0]"),
+    ("ddgan.T", [4, 4], "ddgan.T: entries must be distinct, got [4, 4]"),
+    ("ddgan.T", 4, "ddgan.T: expected a list, got 4"),
+    ("ddgan.T", [1, "two"], "ddgan.T[1]: expected an integer, got 'two'"),
+    ("train_ddgan.schedule", "linear", "train_ddgan.schedule: 'linear' over ddgan.T = 2 steps: betas must lie in (0, 1]"),
+    ("train_ddgan.adam_betas", [0.5], "train_ddgan.adam_betas: must be two numbers in [0, 1), got [0.5]"),
+    ("train_ddgan.r1_every", 100, "train_ddgan.r1_every: must be in [1, log_every], so every logged window has an R1"),
+    ("train_ddgan.r1_gamma", -1, "train_ddgan.r1_gamma: must be >= 0, got -1.0"),
+    ("train_ddgan.lr_d", None, "train_ddgan.lr_d: missing key"),
+    ("train_ddgan.generator.name", "stylegan", "train_ddgan.generator.name: unknown network 'stylegan'; allowed: mlp"),
+    ("train_ddgan.generator.fourier_octaves", -1, "train_ddgan.generator.fourier_octaves: must be >= 0, got -1"),
+    ("train_ddgan.generator.nz", 0, "train_ddgan.generator.nz: must be > 0, got 0"),
+    ("train_ddgan.discriminator.nz", 8, "train_ddgan.discriminator.nz: unknown key for network 'mlp'; allowed: name, "
+                                        "width, depth, temb_dim, fourier_octaves"),
 ])
 def test_bad_params_name_the_key(path, value, expected):
     assert expected in error_of(with_change(path, value))
@@ -130,6 +145,18 @@ def test_cell_names_are_unique_across_sweeps():
     raw = copy.deepcopy(DEFAULT)
     raw["exact_sweep"]["ddim-50-s1"] = {"sampler": "ddim", "steps": 50, "scale": 1.0}
     assert "exact_sweep.ddim-50-s1: the name is also a guided_sweep cell; cell names must be unique" in error_of(raw)
+
+
+def test_ddgan_cells_follow_the_sweep_and_cannot_be_shadowed():
+    p = load_params(ROOT / "params.yaml")
+    names = list(p.cells())
+    assert [n for n in names if n.startswith("ddgan-")] == [f"ddgan-{T}" for T in p.ddgan.T]
+    assert names.index("ddim-eta1-50") < names.index("ddgan-1") < names.index("ddim-50-s0")
+    cell = p.cells()["ddgan-4"]
+    assert (cell.sampler, cell.steps, cell.model, cell.sampler_kwargs(), cell.has_likelihood) == ("ddgan", 4, "ddgan-4", {}, False)
+    raw = copy.deepcopy(DEFAULT)
+    raw["sweep"]["ddgan-4"] = {"model": "ddpm", "sampler": "ddim", "steps": 4}
+    assert "sweep.ddgan-4: the name is also a ddgan cell; cell names must be unique" in error_of(raw)
 
 
 def test_guided_cells_in_table_order_without_likelihood():
@@ -163,6 +190,9 @@ STAGE_CMDS = {
                          "plots/c.csv", "plots/c.png", "plots/acc.csv", "plots/acc.png"],
     "sample_guided": ["pipelines.sample_guided", "ddim-50-s1", "models/ddpm.pt", "models/clf.pt", "data/reference.npz",
                       "samples/ddim-50-s1.npz", "plots/ddim-50-s1.png"],
+    "train_ddgan": ["pipelines.train_ddgan", "4", "data/train.npz", "models/ddgan-4.pt", "plots/g.csv", "plots/g.png"],
+    "sample_ddgan": ["pipelines.sample_ddgan", "4", "models/ddgan-4.pt", "data/reference.npz", "samples/ddgan-4.npz",
+                     "plots/ddgan-4.png"],
     "evaluate": ["pipelines.evaluate", "samples", "data/train.npz", "data/reference.npz", "metrics/t.json",
                  "metrics/t.csv", "metrics/t.md", "metrics/t.png", "metrics/terms.png", "metrics/guidance.png"],
 }

@@ -20,7 +20,8 @@ def mlflow_runs(repo):
 
 def test_dvc_repro_end_to_end(tiny_repo):
     params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
-    cells = [*params["sweep"], *params["guided_sweep"], *params["exact_sweep"]]
+    ddgan = [f"ddgan-{T}" for T in params["ddgan"]["T"]]
+    cells = [*params["sweep"], *ddgan, *params["guided_sweep"], *params["exact_sweep"]]
     first = run(["dvc", "repro"], tiny_repo)
     assert "warning" not in first.stderr.lower(), first.stderr
 
@@ -54,6 +55,16 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert np.array_equal(s0["x"], unguided["x"]) and "y" in s0 and "y" not in unguided
     assert (by_cell.loc["ddim-50-s0", ["hq_fraction", "fid", "precision", "recall"]]
             == by_cell.loc["ddim-50", ["hq_fraction", "fid", "precision", "recall"]]).all()
+    # DDGAN rows: T generator calls, no sampler options, no bound, no targets
+    assert list(by_cell.loc[ddgan, "nfe"]) == params["ddgan"]["T"] and (by_cell.loc[ddgan, "sampler"] == "ddgan").all()
+    assert by_cell.loc[ddgan, ["nll", "target_hit", "scale", "eta", "variance"]].isna().all().all()
+    losses = pd.read_csv(tiny_repo / "plots/train_ddgan/4/losses.csv", dtype={"t": str})
+    assert list(losses.columns) == ["step", "t", "term", "value"]
+    assert set(losses["t"]) == {"all", "0", "1", "2", "3"} and set(losses["term"]) == {"d_loss", "g_loss", "r1"}
+    assert losses["value"].notna().all() and (losses[losses["term"] == "r1"]["value"] >= 0).all()
+    rendered = json.loads(run(["dvc", "plots", "show", "--json", "plots/train_ddgan/4/losses.csv"], tiny_repo).stdout)
+    encoding = rendered["data"]["plots/train_ddgan/4/losses.csv"][0]["content"]["encoding"]
+    assert encoding["color"]["field"] == "t" and encoding["row"]["field"] == "term"  # .dvc/plots/by_t.json
     assert (tiny_repo / "plots/train_classifier/accuracy.csv").read_text().startswith(
         "t_lo,t_hi,t_mid,accuracy,chance,bayes_accuracy\n")
     assert (table["wall_s_per_1k"][1:] > 0).all()
@@ -69,7 +80,8 @@ def test_dvc_repro_end_to_end(tiny_repo):
 
     stages = {"prepare", "train_ddpm", "finetune_iddpm", "train_classifier", "evaluate",
               *(f"sample@{c}" for c in params["sweep"]), *(f"sample_guided@{c}" for c in params["guided_sweep"]),
-              *(f"sample_exact@{c}" for c in params["exact_sweep"])}
+              *(f"sample_exact@{c}" for c in params["exact_sweep"]),
+              *(f"{stage}@{T}" for T in params["ddgan"]["T"] for stage in ("train_ddgan", "sample_ddgan"))}
     runs = mlflow_runs(tiny_repo)
     assert sorted(runs["tags.mlflow.runName"]) == sorted(stages)
     assert (runs["status"] == "FINISHED").all()
@@ -103,6 +115,14 @@ def test_dvc_repro_end_to_end(tiny_repo):
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     assert ran == sorted(["evaluate", "train_classifier", *(f"sample_guided@{c}" for c in params["guided_sweep"])])
+
+    # A new DDGAN T adds its two stages and reruns no other generator (T is in the cmd, not in their params).
+    params["ddgan"]["T"] = [*params["ddgan"]["T"], 2]
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro"], tiny_repo).stdout
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert ran == ["evaluate", "sample_ddgan@2", "train_ddgan@2"]
+    assert pd.read_csv(tiny_repo / "metrics/trilemma.csv").set_index("cell").loc["ddgan-2", "nfe"] == 2
 
 
 def test_sample_guided_refuses_a_classifier_from_another_schedule(tiny_repo):

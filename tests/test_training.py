@@ -202,11 +202,12 @@ def test_noise_aware_classifier_reaches_bayes_accuracy_by_t():
     assert (np.diff(bayes[:30]) < 0.02).all()  # the ceiling falls with t
 
 
-@pytest.mark.parametrize("stage", ["train_ddpm", "finetune_iddpm", "train_classifier"])
+@pytest.mark.parametrize("stage", ["train_ddpm", "finetune_iddpm", "train_classifier", "train_ddgan"])
 def test_killed_stage_resumes_to_the_same_checkpoint(tiny_repo, stage):
     """SIGKILL a trainer mid-run; the rerun resumes from <ckpt>.partial and ends where an unbroken run ends.
 
-    finetune_iddpm runs with the importance sampler, whose loss history must resume too.
+    finetune_iddpm runs with the importance sampler, whose loss history must resume too; train_ddgan
+    resumes two networks, two optimisers and the EMA of G.
     """
     long = {"steps": 1500, "checkpoint_every": 100, "log_every": 50}
     write_params(tiny_repo, {**TINY, stage: {**TINY[stage], **long},
@@ -219,6 +220,8 @@ def test_killed_stage_resumes_to_the_same_checkpoint(tiny_repo, stage):
         cmd = [sys.executable, "-m", "pipelines.finetune_iddpm", "models/ddpm.pt", "data/train.npz"]
     if stage == "train_classifier":
         cmd = [sys.executable, "-m", "pipelines.train_classifier", "data/train.npz", "data/reference.npz"]
+    if stage == "train_ddgan":
+        cmd = [sys.executable, "-m", "pipelines.train_ddgan", "4", "data/train.npz"]
     accuracy = ["accuracy.csv", "accuracy.png"] if stage == "train_classifier" else []
     outs = ["models/a.pt", "plots/a.csv", "plots/a.png", *(f"plots/a-{f}" for f in accuracy)]
     env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tiny_repo}/mlflow.db")
@@ -238,8 +241,9 @@ def test_killed_stage_resumes_to_the_same_checkpoint(tiny_repo, stage):
     a = torch.load(tiny_repo / "models/a.pt", weights_only=True)
     b = torch.load(tiny_repo / "models/b.pt", weights_only=True)
     assert a["step"] == b["step"] == 1500
-    for k in a["ema"]:
-        assert torch.equal(a["ema"][k], b["ema"][k]), k
+    for net in ("ema", "G", "D") if stage == "train_ddgan" else ("ema",):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), (net, k)
     assert (tiny_repo / "plots/a.csv").read_text() == (tiny_repo / "plots/b.csv").read_text()
     if accuracy:  # the held-out accuracy is measured after training: it too must not depend on the kill
         assert (tiny_repo / "plots/a-accuracy.csv").read_text() == (tiny_repo / "plots/b-accuracy.csv").read_text()

@@ -1,0 +1,100 @@
+"""Stage `train_ddgan@<T>`: a Denoising Diffusion GAN with T denoising steps (Xiao, Kreis & Vahdat 2022).
+
+    python -m pipelines.train_ddgan <T> <train.npz> <checkpoint.pt> <losses.csv> <losses.png>
+
+G(x_t, z, t) -> x0-hat and D(x_{t-1}, x_t, t) trained on T steps of params `train_ddgan.schedule`
+(DDGAN's discretised VP): the non-saturating loss, lazy R1 on real pairs, Adam with separate
+learning rates, the EMA of G (`components.ddgan.ddgan_train_step`). The checkpoint holds G, D,
+the EMA, both optimisers, the step and the RNG state; a `.partial` is written every
+`checkpoint_every` steps and a killed run resumes from it, bit for bit.
+
+The losses are written per t, the paper's stability figure: `losses.csv` in long form (step, t,
+term, value), t = 0..T-1 and `all`, terms d_loss, g_loss and r1 (a DVC plot coloured by t), and
+a PNG with one panel per term.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+
+from components.ddgan import GAN_CHECKPOINT_KEYS, GANState, ddgan_train_step, gan_checkpoint, gan_restore
+from components.networks import make_discriminator, make_generator
+from components.schedules import make_schedule
+from components.training import lr_at
+from pipelines.io import atomic_save_figure, atomic_torch_save, atomic_write_text, entry_point, load_dataset, parse_T, stage_args
+from pipelines.params import load_params
+from pipelines.plots import losses_by_t_figure
+from pipelines.tracking import StageRun, log_stage_run
+from pipelines.trainer import resume, scratch_config, train_loop
+
+TERMS = ("d_loss", "g_loss", "r1")
+
+
+def losses_by_t(history: dict[str, list], T: int) -> dict[str, dict[str, list[float]]]:
+    """term -> {"all" or "t<i>": its logged series}, from the history's columns `term` and `term_t<i>`."""
+    return {term: {"all": history[term], **{f"t{i}": history[f"{term}_t{i}"] for i in range(T)}} for term in TERMS}
+
+
+def losses_csv(steps: list[int], by_t: dict[str, dict[str, list[float]]]) -> str:
+    """Long form, one row per (step, t, term): the DVC plot colours lines by t."""
+    rows = [f"{s},{t[1:] if t != 'all' else t},{term},{values[j]:.6f}"
+            for term, series in by_t.items() for t, values in series.items() for j, s in enumerate(steps)]
+    return "step,t,term,value\n" + "\n".join(rows) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    T_arg, data_path, ckpt_path, csv_path, png_path = stage_args(
+        argv, ("T", "train.npz", "checkpoint.pt", "losses.csv", "losses.png"))
+    T = parse_T(T_arg)
+    params = load_params()
+    p = params.train_ddgan
+    ds = load_dataset(data_path)
+    data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
+    config = scratch_config(p, {"schedule": p.schedule, "T": T}, ds)
+    sched = make_schedule(p.schedule, T)
+    torch.manual_seed(p.seed)  # network initialisation
+    G = make_generator(p.generator.name, tuple(data.shape[1:]), **p.generator.kwargs)
+    D = make_discriminator(p.discriminator.name, tuple(data.shape[1:]), **p.discriminator.kwargs)
+    state = GANState.create(G, D, lr_g=p.lr, lr_d=p.lr_d, betas=tuple(p.adam_betas), seed=p.seed)
+    history: dict[str, list] = {"step": [], **{k: [] for k in TERMS},
+                                **{f"{k}_t{i}": [] for k in TERMS for i in range(T)}, "lr": []}
+
+    stage = f"train_ddgan@{T}"
+    partial = Path(f"{ckpt_path}.partial")
+    if resume(stage, partial, config, GAN_CHECKPOINT_KEYS, lambda ckpt: history.update(gan_restore(state, ckpt))):
+        print(f"{stage}: resuming from {partial} at step {state.step}")
+
+    def step(lr_g: float) -> dict[str, float]:
+        lr_d = lr_at(state.step, lr=p.lr_d, warmup_steps=p.warmup_steps, total_steps=p.steps, schedule=p.lr_schedule)
+        return ddgan_train_step(state, sched, data, batch_size=p.batch_size, lr_g=lr_g, lr_d=lr_d,
+                                r1_gamma=p.r1_gamma, r1_every=p.r1_every, ema_decay=p.ema_decay, grad_clip=p.grad_clip)
+
+    train_s, steps_per_s = train_loop(stage, p, state, step, history,
+                                      lambda: atomic_torch_save(partial, gan_checkpoint(state, config, history)))
+
+    atomic_torch_save(ckpt_path, gan_checkpoint(state, config, history))
+    by_t = losses_by_t(history, T)
+    atomic_write_text(csv_path, losses_csv(history["step"], by_t))
+    atomic_save_figure(png_path, losses_by_t_figure(history["step"], by_t, f"{stage}: DDGAN losses per t, "
+                                                    f"mean per log_every steps"))
+    partial.unlink(missing_ok=True)
+    n_g, n_d = (sum(x.numel() for x in net.parameters()) for net in (G, D))
+    final = {k: history[k][-1] for k in TERMS}
+    print(f"{stage}: {p.steps} steps, final D loss {final['d_loss']:.4f}, G loss {final['g_loss']:.4f}, "
+          f"R1 {final['r1']:.4g}; G {n_g} and D {n_d} parameters, {train_s:.1f} s in this run ({steps_per_s:.1f} steps/s)")
+    log_stage_run(StageRun(
+        stage, params={"T": T, "train_ddgan": dataclasses.asdict(p)},
+        metrics={**{f"final_{k}": v for k, v in final.items() if not math.isnan(v)}, "n_params_g": n_g,
+                 "n_params_d": n_d, "train_s": train_s, "steps_per_s": steps_per_s},
+        series={k: [(s, x) for s, x in zip(history["step"], v) if not math.isnan(x)] for k, v in history.items()
+                if k != "step"},
+        artifacts=[Path(csv_path), Path(png_path)], tags={"T": str(T)},
+    ))
+
+
+if __name__ == "__main__":
+    entry_point(main)
