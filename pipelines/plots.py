@@ -78,33 +78,39 @@ def row_kind(r: dict) -> str:
 
 
 def trilemma_figure(rows: list[dict], ceiling: dict | None = None):
-    """Quality (high-quality fraction) against wall time per 1k samples (log); colour = recall, marker = kind of row."""
-    fig, ax = plt.subplots(figsize=(8.5, 5.4))
+    """The trilemma in two panels over one time axis (log): quality (high-quality fraction) and coverage (recall);
+    colour = modes covered, marker = kind of row, DDGAN rows outlined in red and labelled in bold."""
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.6), sharex=True)
+    n_modes = max([r["modes"] for r in rows] + [(ceiling or {}).get("modes", 0), 1])
     sc = None
-    for i, r in enumerate(sorted(rows, key=lambda r: (r["wall_s_per_1k"], r["hq_fraction"]))):
-        gan = row_kind(r) == "ddgan"  # the rows the trilemma is about: DDGAN against the diffusion samplers
-        sc = ax.scatter(r["wall_s_per_1k"], r["hq_fraction"], c=[r["recall"]], cmap="viridis", vmin=0, vmax=1,
-                        marker=KIND_MARKERS.get(row_kind(r), "D"), s=(80 if gan else 30) + 2 * r["modes"],
-                        edgecolor="red" if gan else "k", lw=1.5 if gan else 0.5, zorder=4 if gan else 3)
-        ax.annotate(r["cell"], (r["wall_s_per_1k"], r["hq_fraction"]), fontsize=6, textcoords="offset points",
-                    xytext=(6, 6 if i % 2 else -10))
-    if ceiling is not None:
-        ax.axhline(ceiling["hq_fraction"], color="grey", ls="--", lw=0.8, label="train split (ceiling)")
-    kinds = {row_kind(r) for r in rows}
-    for kind, m in KIND_MARKERS.items():
-        if kind in kinds:
-            ax.scatter([], [], marker=m, color="grey", label=kind)
-    ax.legend(loc="center left", fontsize=7)
+    for ax, (key, label) in zip(axes, [("hq_fraction", "quality: high-quality fraction (within 3 std)"),
+                                       ("recall", "coverage: recall (k = 3)")]):
+        for i, r in enumerate(sorted(rows, key=lambda r: (r["wall_s_per_1k"], r[key]))):
+            gan = row_kind(r) == "ddgan"  # the rows the trilemma is about: DDGAN against the diffusion samplers
+            sc = ax.scatter(r["wall_s_per_1k"], r[key], c=[r["modes"]], cmap="viridis", vmin=0, vmax=n_modes,
+                            marker=KIND_MARKERS.get(row_kind(r), "D"), s=90 if gan else 36,
+                            edgecolor="red" if gan else "k", lw=1.6 if gan else 0.5, zorder=4 if gan else 3)
+            ax.annotate(r["cell"], (r["wall_s_per_1k"], r[key]), textcoords="offset points",
+                        xytext=(7, 5 if i % 2 else -9), fontsize=8 if gan else 5.5,
+                        fontweight="bold" if gan else "normal", color="darkred" if gan else "0.25")
+        if ceiling is not None:
+            ax.axhline(ceiling[key], color="grey", ls="--", lw=0.8, label="train split (ceiling)")
+        ax.set_xscale("log")
+        ax.set_xlabel("speed: wall time per 1,000 samples [s] (log)")
+        ax.set_ylabel(label)
+        ax.set_ylim(-0.03, 1.05)
+        ax.grid(alpha=0.3, which="both")
     t = [r["wall_s_per_1k"] for r in rows]
-    ax.set_xscale("log")
-    ax.set_xlim(min(t) / 1.6, max(t) * 5)
-    ax.set_xlabel("wall time per 1,000 samples [s] (log)")
-    ax.set_ylabel("high-quality fraction (within 3 std)")
-    ax.set_ylim(-0.03, 1.05)
-    ax.grid(alpha=0.3, which="both")
+    axes[0].set_xlim(min(t) / 1.6, max(t) * 3)
+    kinds = {row_kind(r) for r in rows}
+    handles = [plt.Line2D([], [], ls="--", color="grey", label="train split (ceiling)")] if ceiling else []
+    handles += [plt.Line2D([], [], ls="", marker=m, color="grey", markeredgecolor="red" if k == "ddgan" else "k",
+                           label=k) for k, m in KIND_MARKERS.items() if k in kinds]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=0.2, top=0.92, wspace=0.14, right=0.9)
     if sc is not None:
-        fig.colorbar(sc, ax=ax, label="recall (k=3)")
-    ax.set_title("Trilemma: quality vs sampling time; colour = recall, size = modes covered", fontsize=9)
+        fig.colorbar(sc, cax=fig.add_axes([0.915, 0.2, 0.012, 0.72]), label="modes covered")
+    fig.suptitle("Trilemma: quality and coverage against sampling time; colour = modes covered", fontsize=10)
     return fig
 
 
