@@ -193,8 +193,8 @@ class DDGANParams:
 class DDGANTrainParams(OptimParams):
     """train_ddgan: G and D of a Denoising Diffusion GAN on T steps of `schedule` (Xiao et al. 2022).
 
-    `lr` is the generator's, `lr_d` the discriminator's; both follow `lr_schedule`. EMA and
-    grad_clip apply to G (and grad_clip to D too); sampling uses G's EMA weights.
+    `lr` is the generator's, `lr_d` the discriminator's; both follow `lr_schedule`. The EMA is
+    G's (sampling uses it); grad_clip (0: off) applies to both networks.
     """
 
     schedule: str  # beta schedule over T steps, from components.schedules.SCHEDULES (DDGAN: ddgan_vp)

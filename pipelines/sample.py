@@ -6,9 +6,9 @@ Wall time is measured after an untimed warm-up batch and reported per 1,000 samp
 the number of network evaluations per sample. An ancestral (DDPM) cell is also a latent-variable
 model, so the stage computes its variational bound (DDPM eq. 5) on the held-out reference split,
 on the cell's own chain (the respaced one for fewer steps). `run_cell` is shared with
-`sample_exact`, `sample_guided` and `sample_ddgan`: a cell with a guidance `scale` draws one target label per
-sample (seed `guidance.label_seed`) and guides each batch towards its labels; the labels are
-saved with the samples for the target-hit rate.
+`sample_exact`, `sample_guided` and `sample_ddgan`: a cell with a guidance `scale` draws one
+target label per sample (seed `guidance.label_seed`) and guides each batch towards its labels;
+the labels are saved with the samples for the target-hit rate.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from components.data import LIKELIHOOD_DECODERS, Dataset, to_data
+from components.ddgan import Generator
 from components.guidance import Classifier, classifier_grad
 from components.likelihood import bound_per_dim, variational_bound
 from components.networks import make_classifier, make_generator, make_network
@@ -135,9 +136,9 @@ def bound(model: EpsModel, sched: Schedule, cell: CellParams, ref: Dataset, para
             "nll_terms": (torch.stack(terms).sum(0) / len(x0)).numpy(), "nll_prior": np.float64(sum(prior) / len(x0))}
 
 
-def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel, full: Schedule, shape: tuple[int, ...],
-             ref: Dataset, params: Params, samples_path: str, png_path: str, classifier: Classifier | None = None,
-             n_classes: int | None = None) -> None:
+def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Generator, full: Schedule,
+             shape: tuple[int, ...], ref: Dataset, params: Params, samples_path: str, png_path: str,
+             classifier: Classifier | None = None, n_classes: int | None = None) -> None:
     """Sample the cell (timed), compute its bound if it has one, write samples and scatter, log to MLflow.
 
     A cell with a guidance scale needs `classifier` (logits over `n_classes`) and draws its targets.
@@ -198,7 +199,8 @@ def main(argv: list[str]) -> None:
     ref = load_dataset(ref_path)
     check_cell_model(f"sweep.{cell_name}", cell, ckpt_path, cfg, ref_path, ref)
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
-    run_cell(f"sample@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, samples_path, png_path)
+    run_cell(f"sample@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, samples_path,
+             png_path)
 
 
 if __name__ == "__main__":
