@@ -94,7 +94,7 @@ def trilemma_figure(rows: list[dict], ceiling: dict | None = None):
                         xytext=(7, 5 if i % 2 else -9), fontsize=8 if gan else 5.5,
                         fontweight="bold" if gan else "normal", color="darkred" if gan else "0.25")
         if ceiling is not None:
-            ax.axhline(ceiling[key], color="grey", ls="--", lw=0.8, label="train split (ceiling)")
+            ax.axhline(ceiling[key], color="grey", ls="--", lw=0.8)  # in the figure legend's handles below
         ax.set_xscale("log")
         ax.set_xlabel("speed: wall time per 1,000 samples [s] (log)")
         ax.set_ylabel(label)
