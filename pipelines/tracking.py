@@ -1,4 +1,4 @@
-"""MLflow tracking for stages: one run per executed stage, fail-soft.
+"""MLflow tracking for stages: one run per executed stage, nested under a sweep's run if there is one; fail-soft.
 
 The tracking URI is explicit: `MLFLOW_TRACKING_URI` if set, else `sqlite:///<repo>/mlflow.db`
 (the repository root is the working directory DVC runs stages in). The experiment is
@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 DEFAULT_EXPERIMENT = "trilemma"
@@ -26,9 +26,9 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TI
 METRIC_BATCH, PARAM_BATCH = 1000, 100  # MLflow's log_batch limits
 
 
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, or a sqlite store at the repository root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+def tracking_uri(root: str | Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI, or a sqlite store at the repository root (`root`, else the working directory)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
 def experiment_name() -> str:
@@ -73,35 +73,82 @@ def _reachable(uri: str, timeout: float = 2.0) -> str | None:
         return f"cannot connect to {parsed.hostname}:{port} ({e.strerror or e})"
 
 
-def log_stage_run(run: StageRun) -> str | None:
-    """Log one stage run to MLflow; return its run id, or None after a one-line warning."""
+def _fail_soft(what: str, log: Callable[[str], Any], uri: str | None = None) -> Any:
+    """log(uri), or None after one warning line: tracking must never fail a stage or a sweep."""
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    uri = tracking_uri()
+    uri = uri or tracking_uri()
     why = _reachable(uri)
     if why is None:
         try:
-            return _log(uri, run)
-        except Exception as e:  # tracking must never fail the stage
+            return log(uri)
+        except Exception as e:
             why = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-    print(f"warning: MLflow tracking at {uri} unavailable, {run.stage} not logged: {why}", file=sys.stderr)
+    print(f"warning: MLflow tracking at {uri} unavailable, {what} not logged: {why}", file=sys.stderr)
     return None
 
 
-def _log(uri: str, run: StageRun) -> str:
+def log_stage_run(run: StageRun) -> str | None:
+    """Log one stage run to MLflow; return its run id, or None after a one-line warning.
+
+    An orchestrator nests it under its run by setting TRILEMMA_PARENT_RUN_ID (never in dvc.yaml's
+    cmd, so that stage hashes do not change).
+    """
+    return _fail_soft(run.stage, lambda uri: _log(uri, run))
+
+
+def start_parent_run(name: str, tags: dict[str, str], params: dict[str, Any], uri: str) -> str | None:
+    """Open a RUNNING run for a whole sweep, under which stage runs nest; its id, or None after a warning."""
+    def log(uri: str) -> str:
+        client = _client(uri)
+        run_id = client.create_run(_experiment_id(client), run_name=name, tags={"mlflow.runName": name, **tags}).info.run_id
+        _write(client, run_id, StageRun(name, params=params))
+        return run_id
+    return _fail_soft(f"sweep run {name}", log, uri)
+
+
+def log_to_run(run_id: str, run: StageRun, uri: str, status: str | None = None) -> bool:
+    """Log `run`'s contents into the existing run `run_id`, and end it with `status` if given; False after a warning.
+
+    Tables and artifacts overwrite their files, so logging the same contents again changes nothing.
+    """
+    def log(uri: str) -> bool:
+        client = _client(uri)
+        _write(client, run_id, run)
+        if status:
+            client.set_terminated(run_id, status=status)
+        return True
+    return bool(_fail_soft(f"{run.stage} of run {run_id}", log, uri))
+
+
+def _client(uri: str):
     import mlflow
-    from mlflow.entities import Metric, Param
 
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def _experiment_id(client) -> str:
     exp = client.get_experiment_by_name(experiment_name())
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment_name())
+    return exp.experiment_id if exp else client.create_experiment(experiment_name())
+
+
+def _log(uri: str, run: StageRun) -> str:
+    client = _client(uri)
     tags = {"dvc.stage": run.stage, "mlflow.runName": run.stage, **run.tags}
     parent = os.environ.get("TRILEMMA_PARENT_RUN_ID")  # set by an orchestrator, never in dvc.yaml's cmd
     if parent:
         tags["mlflow.parentRunId"] = parent
-    mlrun = client.create_run(exp_id, run_name=run.stage, tags=tags)
-    run_id = mlrun.info.run_id
+    run_id = client.create_run(_experiment_id(client), run_name=run.stage, tags=tags).info.run_id
+    _write(client, run_id, run)
+    client.set_terminated(run_id)
+    return run_id
+
+
+def _write(client, run_id: str, run: StageRun) -> None:
+    """Params, metrics (step 0) and series, tables and artifacts of `run`, in MLflow's batch sizes."""
+    from mlflow.entities import Metric, Param
+
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, 0) for k, v in run.metrics.items()]
     metrics += [Metric(k, float(v), now, int(s)) for k, pts in run.series.items() for s, v in pts]
@@ -114,5 +161,3 @@ def _log(uri: str, run: StageRun) -> str:
         client.log_table(run_id, data=table, artifact_file=name)
     for path in run.artifacts:
         client.log_artifact(run_id, str(path))
-    client.set_terminated(run_id)
-    return run_id

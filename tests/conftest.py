@@ -62,7 +62,10 @@ def write_params(repo: Path, overrides: dict) -> None:
 @pytest.fixture
 def tiny_repo(tmp_path: Path) -> Path:
     """A fresh git + DVC repository holding this project's tracked files and tiny params."""
-    repo = tmp_path / "repo"
+    return make_tiny_repo(tmp_path / "repo")
+
+
+def make_tiny_repo(repo: Path) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for f in files:

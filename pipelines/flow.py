@@ -1,0 +1,440 @@
+"""Prefect flow `diffusion`: dvc.yaml's DAG run as Prefect tasks, with device slots and one MLflow run per sweep.
+
+    python -m pipelines.flow serve                    # serve deployment diffusion/full-sweep from this checkout
+    prefect deployment run diffusion/full-sweep --watch
+
+dvc.yaml stays the only declaration of the DAG. The flow reads the stage graph through DVC's Python API
+(`Repo().index.graph`) and runs each stage with `dvc --wait-for-lock repro --single-item <stage>`, so DVC
+decides what is stale and hashes, commits and caches exactly as under `dvc repro`. The flow adds scheduling:
+
+- Independent stages run at the same time: each stage is a task that waits on its upstream stages.
+- A stage with `meta: {gpu: N}` holds N slots of the global concurrency limit `gpu-slots-<host>` while it
+  runs (`strict=True`, so a missing limit is an error, not a silent no-op). The flow sets the limit to
+  `gpu_slots` when it starts: by default, one per visible GPU, or 1 on a host without one. Each such stage
+  gets its own GPUs through CUDA_VISIBLE_DEVICES.
+- The wall-time columns of the trilemma table are measured inside the sampling stages, so stages that
+  compute on the CPU must not share it unasked: `meta: {cpu: N}` takes slots of `cpu-slots-<host>`
+  (`cpu_slots`, default 1), and on a host without a GPU the GPU stages compute on the CPU and hold a CPU
+  slot too. With the defaults, a CPU-only host runs the timed stages one at a time, as `dvc repro` does.
+- Stages that `dvc status` finds up to date when the flow starts, and that are not downstream of a stale
+  one, are reported and skipped: no task, no slot. A stage downstream of a stale one is checked again
+  (`dvc status`) once its upstream stages have run, before it takes a slot.
+- A failed stage is retried `retries` times; its output streams into Prefect's logs as it runs, and the
+  flow fails with its last error line. A rerun resumes from DVC's state and redoes no finished stage.
+- The sweep is one MLflow run; each stage's run nests under it through TRILEMMA_PARENT_RUN_ID in the
+  stage's environment (never in dvc.yaml's cmd, so stage hashes do not change). A final task logs the
+  table and plots from the evaluation stage's DVC metrics and plots files, even when every stage was
+  skipped. MLflow being down costs a warning, never the sweep.
+- At the end `dvc status` must be clean; the flow returns the trilemma table's path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.futures import wait
+from prefect.runtime import flow_run, task_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
+
+from pipelines.params import PARAMS_FILE, load_params
+from pipelines.tracking import StageRun, log_to_run, start_parent_run, tracking_uri
+
+DEPLOYMENT = "full-sweep"
+RESOURCES = ("gpu", "cpu")  # stage meta keys that take slots of a host-wide concurrency limit
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start (bad targets or stage meta) or did not finish (a stage failed, status not clean)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One dvc.yaml stage as the flow schedules it."""
+
+    name: str                     # DVC's address, e.g. `train_ddgan@4`
+    rank: int                     # place in the plan (upstream first, then dvc.yaml's order): who gets a free slot
+    upstream: tuple[str, ...]     # stages whose outputs it reads
+    slots: dict[str, int]         # limit kind -> slots held while it runs, e.g. {"gpu": 1}
+    stale: bool                   # `dvc status` reports it when the flow starts
+    after_stale: bool             # downstream of a stale stage: up to date only once its upstream have run
+    table: bool = False           # declares DVC metrics: the evaluation stage, whose files make the table
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What every stage task shares: the repository, the stage environment, the limits and the local slot queue.
+
+    Tasks get it through prefect's `quote`, so that they all share the one `Slots` rather than copies.
+    """
+
+    root: str
+    env: dict[str, str]
+    limits: dict[str, str]        # kind -> global concurrency limit name
+    slots: Slots
+
+
+class Slots:
+    """This flow run's share of the host's slots, handed to waiting stages in plan order as soon as they free.
+
+    Stages queue here before they take the global limits' slots: Prefect answers a full limit with a
+    Retry-After of up to 30 s, which left the devices idle between stages. Past this queue the global slots
+    are free unless another flow run on the host holds them. Stages holding GPU slots are lent GPU ids,
+    least-loaded first, for CUDA_VISIBLE_DEVICES.
+    """
+
+    def __init__(self, capacity: dict[str, int], gpus: list[str]):
+        self.free, self.gpus, self.load = dict(capacity), list(gpus), {d: 0 for d in gpus}
+        self.waiting: dict[int, dict[str, int]] = {}  # rank in the plan -> slots wanted
+        self.cond = threading.Condition()
+
+    def _fits(self, need: dict[str, int]) -> bool:
+        return all(self.free[k] >= n for k, n in need.items())
+
+    def take(self, rank: int, need: dict[str, int]) -> list[str]:
+        """Block until `need` fits and no earlier stage that fits is waiting; take it, and the GPU ids lent."""
+        with self.cond:
+            self.waiting[rank] = need
+            while not self._fits(need) or any(r < rank and self._fits(n) for r, n in self.waiting.items()):
+                self.cond.wait()
+            del self.waiting[rank]
+            for k, n in need.items():
+                self.free[k] -= n
+            ids = sorted(self.gpus, key=lambda d: self.load[d])[:need.get("gpu", 0)]
+            for d in ids:
+                self.load[d] += 1
+            self.cond.notify_all()  # later stages may fit in what is left
+            return ids
+
+    def give(self, need: dict[str, int], ids: list[str]) -> None:
+        with self.cond:
+            for k, n in need.items():
+                self.free[k] += n
+            for d in ids:
+                self.load[d] -= 1
+            self.cond.notify_all()
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids a stage may be given: CUDA_VISIBLE_DEVICES if set, else what `nvidia-smi -L` lists, else none."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        ids = [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+        return [] if ids[:1] == ["-1"] else ids
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def limit_names() -> dict[str, str]:
+    """Host-wide limits: flow runs on one host share its devices, other hosts have their own."""
+    host = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-") or "host"
+    return {kind: f"{kind}-slots-{host}" for kind in RESOURCES}
+
+
+def stage_slots(name: str, meta: dict | None, on_gpu_host: bool) -> dict[str, int]:
+    """Slots a stage holds, from its dvc.yaml `meta`; on a host without a GPU, GPU stages hold a CPU slot too."""
+    slots = {}
+    for kind in RESOURCES:
+        n = (meta or {}).get(kind)
+        if n is None:
+            continue
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise SweepError(f"dvc.yaml: stage {name}: meta.{kind} must be a positive integer, got {n!r}")
+        slots[kind] = n
+    if "gpu" in slots and not on_gpu_host:
+        slots["cpu"] = max(slots.get("cpu", 0), 1)
+    return slots
+
+
+def read_plan(root: Path, targets: list[str] | None, on_gpu_host: bool) -> list[Stage]:
+    """The stages to run (all, or `targets` and their upstream), upstream first, with their state at flow start."""
+    import networkx as nx
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # edges run from a stage to the stages it depends on
+        by_name = {s.addressing: s for s in graph.nodes}
+        if targets:
+            unknown = [t for t in targets if t not in by_name]
+            if unknown:
+                raise SweepError(f"targets: no stage {unknown[0]!r} in dvc.yaml (stages: {', '.join(by_name)})")
+            keep = set().union(*({by_name[t], *nx.descendants(graph, by_name[t])} for t in targets))
+            graph = graph.subgraph(keep).copy()
+        try:
+            stale = set(repo.status(targets=targets, with_deps=True))
+        except DvcException as e:
+            raise SweepError(f"dvc status: {e}") from e
+    order = {s: i for i, s in enumerate(by_name)}
+    stages, after_stale = [], set()
+    for s in nx.lexicographical_topological_sort(graph.reverse(copy=False), key=lambda s: order[s.addressing]):
+        if not getattr(s, "cmd", None):  # a .dvc data source, not a stage that computes
+            continue
+        upstream = tuple(u.addressing for u in graph.successors(s) if getattr(u, "cmd", None))
+        if any(u in stale or u in after_stale for u in upstream):
+            after_stale.add(s.addressing)
+        stages.append(Stage(s.addressing, len(stages), upstream, stage_slots(s.addressing, s.meta, on_gpu_host),
+                            s.addressing in stale, s.addressing in after_stale, any(o.metric for o in s.outs)))
+    return stages
+
+
+def status_clean(root: Path, targets: list[str] | None) -> dict:
+    """`dvc status` of the swept stages: {} when every output matches dvc.lock."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return repo.status(targets=targets, with_deps=True)
+
+
+def _dvc(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dvc", *args]
+
+
+# DVC's hints after a commit, not news to a scheduler
+HINTS = ("To track the changes with git", "git add dvc.lock", "To enable auto staging", "dvc config core.autostage",
+         "Use `dvc push`")
+
+
+# what `dvc repro --single-item` prints when it runs a stage, or restores its outputs from the run-cache
+RAN = {"Running stage '": "ran", "is cached - skipping run": "restored"}
+
+
+def _stream(cmd: list[str], cwd: str, env: dict[str, str], logger) -> tuple[int, list[str], str]:
+    """Run cmd, sending each output line to Prefect's log as it comes; exit code, last lines, and what DVC did."""
+    tail: deque[str] = deque(maxlen=40)
+    did = "up to date"
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            if not line or line.strip().startswith(HINTS):
+                continue
+            tail.append(line)
+            if did == "up to date":
+                did = next((v for k, v in RAN.items() if k in line), did)
+            level = logger.warning if line.lower().startswith("warning") else \
+                logger.error if line.lower().startswith(("error", "traceback")) else logger.info
+            level(line)
+    return proc.returncode, list(tail), did
+
+
+def stage_error(lines: list[str]) -> str:
+    """The stage's own last error line, not DVC's summary of it."""
+    own = [line for line in lines if not line.startswith("ERROR: failed to reproduce")]
+    return (own or lines or ["no output"])[-1]
+
+
+@task(name="stage", cache_policy=NO_CACHE, retry_delay_seconds=1)
+def run_stage(stage: Stage, sweep: Sweep) -> dict:
+    """`dvc repro --single-item` one stage, holding its slots; a report row."""
+    logger = get_run_logger()
+    row = {"stage": stage.name, "attempts": task_run.get_run_count(), "slot_wait_s": 0.0}
+    if stage.slots and not stage.stale:  # its upstream reran: up to date if their outputs came out identical
+        if subprocess.run(_dvc("--wait-for-lock", "status", "--quiet", stage.name), cwd=sweep.root, env=sweep.env,
+                          capture_output=True).returncode == 0:
+            logger.info(f"{stage.name}: up to date after its upstream stages ran; no slot taken")
+            return {**row, "status": "up to date"}
+    names, occupy = [sweep.limits[k] for k in stage.slots], max(stage.slots.values(), default=0)
+    t0 = time.time()
+    gpus = sweep.slots.take(stage.rank, stage.slots)
+    queued = time.time()
+    try:
+        with concurrency(names, occupy=occupy, strict=True) if names else nullcontext():
+            env = {**sweep.env, "CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else sweep.env
+            started = time.time()
+            code, lines, status = _stream(_dvc("--wait-for-lock", "repro", "--single-item", stage.name), sweep.root, env, logger)
+            ended = time.time()
+    finally:
+        sweep.slots.give(stage.slots, gpus)
+    if code != 0:
+        raise SweepError(f"stage {stage.name} failed: {stage_error(lines)} (dvc repro exited {code})")
+    return {**row, "status": status, "slot_wait_s": round(started - t0, 3), "lease_s": round(started - queued, 3),
+            "started": started, "ended": ended, "seconds": round(ended - started, 3), "gpus": ",".join(gpus)}
+
+
+def table_files(root: Path, stage_name: str) -> dict[str, list[Path]]:
+    """The evaluation stage's outputs by kind, as dvc.yaml declares them: metrics, csv tables, figures, text."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        (stage,) = repo.stage.collect(stage_name)
+        outs = [(Path(o.fs_path), o) for o in stage.outs]
+    kinds: dict[str, list[Path]] = {"metrics": [], "tables": [], "figures": [], "text": []}
+    for path, out in outs:
+        kind = "metrics" if out.metric else "tables" if path.suffix == ".csv" else \
+            "figures" if path.suffix in (".png", ".svg") else "text" if path.suffix in (".md", ".txt") else None
+        if kind:
+            kinds[kind].append(path)
+    return kinds
+
+
+@task(name="log-table", cache_policy=NO_CACHE)
+def log_table(root: str, table_stage: str, parent: str | None, uri: str, report: list[dict]) -> str | None:
+    """Log the sweep's report and the trilemma table (metrics, csv, markdown, figures) to the sweep's MLflow run.
+
+    Reads the files DVC tracks, so it works the same whether the stages ran now or were up to date.
+    Returns the table's path (the markdown output), or None where the evaluation stage was not swept.
+    """
+    import json
+
+    import pandas as pd
+
+    files = table_files(Path(root), table_stage) if table_stage else {}
+    metrics = {}
+    for path in files.get("metrics", []):
+        for cell, values in json.loads(path.read_text()).items():
+            metrics |= {f"{cell}.{k}": v for k, v in values.items() if isinstance(v, (int, float))}
+    tables = {"stages.json": pd.DataFrame(report)}
+    tables |= {f"{p.stem}.json": pd.read_csv(p) for p in files.get("tables", [])}
+    artifacts = files.get("text", []) + files.get("figures", [])
+    if parent:
+        log_to_run(parent, StageRun("trilemma table", metrics=metrics, tables=tables, artifacts=artifacts), uri)
+    return str(files["text"][0]) if files.get("text") else None
+
+
+@flow(name="diffusion", task_runner=ThreadPoolTaskRunner(), validate_parameters=True)
+def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1, targets: list[str] | None = None,
+              repo: str = ".") -> str | None:
+    """Run dvc.yaml's stages (all, or `targets` and their upstream) as Prefect tasks; the trilemma table's path.
+
+    gpu_slots: stages with `meta: {gpu: N}` that may run at once (default: visible GPUs, or 1 without one).
+    cpu_slots: the same for `meta: {cpu: N}`, and for GPU stages on a host without a GPU.
+    retries: times a failed stage is run again before the flow fails.
+    """
+    logger = get_run_logger()
+    root = Path(repo).resolve()
+    if not (root / "dvc.yaml").is_file():
+        raise SweepError(f"repo: no dvc.yaml in {root}")
+    for name, value in (("gpu_slots", gpu_slots), ("cpu_slots", cpu_slots)):
+        if value is not None and value < 1:
+            raise SweepError(f"{name}: must be at least 1, got {value}")
+    if retries < 0:
+        raise SweepError(f"retries: must be at least 0, got {retries}")
+    load_params(root / PARAMS_FILE)  # a bad params.yaml fails here, in one line, before any stage starts
+    gpus = visible_gpus()
+    capacity = {"gpu": gpu_slots or len(gpus) or 1, "cpu": cpu_slots}
+    plan = read_plan(root, targets, on_gpu_host=bool(gpus))
+    for s in plan:
+        for kind, n in s.slots.items():
+            if n > capacity[kind]:
+                raise SweepError(f"dvc.yaml: stage {s.name} needs {n} {kind} slots, but {kind}_slots is {capacity[kind]}")
+
+    from prefect import get_client
+
+    limits = limit_names()
+    with get_client(sync_client=True) as client:
+        for kind, name in limits.items():
+            client.upsert_global_concurrency_limit_by_name(name, capacity[kind])
+    logger.info(f"slots: {', '.join(f'{limits[k]} = {capacity[k]}' for k in RESOURCES)}; GPUs: {gpus or 'none'}")
+
+    uri = tracking_uri(root)
+    run_name = f"{DEPLOYMENT} {flow_run.get_name() or ''}".strip()
+    parent = start_parent_run(run_name, {"prefect.flow_run_id": str(flow_run.get_id() or ""), "host": socket.gethostname()},
+                              {"gpu_slots": capacity["gpu"], "cpu_slots": capacity["cpu"], "retries": retries,
+                               "targets": ",".join(targets or []) or "all"}, uri)
+    if parent is None:
+        logger.warning(f"MLflow at {uri} unreachable: the sweep runs untracked")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    env.pop("TRILEMMA_PARENT_RUN_ID", None)
+    if parent:
+        env["TRILEMMA_PARENT_RUN_ID"] = parent
+    sweep = Sweep(str(root), env, limits, Slots(capacity, gpus))
+
+    todo = [s for s in plan if s.stale or s.after_stale]
+    skipped = [s.name for s in plan if s not in todo]
+    logger.info(f"{len(skipped)} of {len(plan)} stages up to date, skipped: {', '.join(skipped) or 'none'}")
+    futures = {}
+    for s in todo:
+        futures[s.name] = run_stage.with_options(task_run_name=s.name, retries=retries).submit(
+            s, quote(sweep), wait_for=[futures[u] for u in s.upstream if u in futures])
+    wait(list(futures.values()))
+
+    report = [{"stage": name, "status": "up to date", "attempts": 0} for name in skipped]
+    failures = []
+    for name, fut in futures.items():
+        state = fut.state
+        if state.is_completed():
+            report.append(fut.result())
+        elif state.is_failed():
+            err = str(fut.result(raise_on_failure=False))
+            failures.append(err)
+            report.append({"stage": name, "status": "failed", "attempts": retries + 1, "error": err})
+        else:
+            report.append({"stage": name, "status": "not run (upstream failed)", "attempts": 0})
+    ran = [r["stage"] for r in report if r["status"] in ("ran", "restored")]
+    logger.info(f"ran {len(ran)} stages: {', '.join(ran) or 'none'}")
+
+    table_stage = next((s.name for s in reversed(plan) if s.table), None)
+    if failures:
+        log_table(str(root), None, parent, uri, report)
+        if parent:
+            log_to_run(parent, StageRun("sweep status"), uri, status="FAILED")
+        raise SweepError(failures[0] if len(failures) == 1 else f"{len(failures)} stages failed; first: {failures[0]}")
+    table = log_table(str(root), table_stage, parent, uri, report)
+    dirty = status_clean(root, targets)
+    if parent:
+        log_to_run(parent, StageRun("sweep status"), uri, status="FAILED" if dirty else "FINISHED")
+    if dirty:
+        raise SweepError(f"dvc status is not clean after the sweep: {dirty}")
+    logger.info(f"trilemma table: {table}")
+    return table
+
+
+def server_problem(url: str | None, timeout: float = 3.0) -> str | None:
+    """None if the Prefect API at `url` answers its health check within `timeout` seconds, else why not."""
+    import httpx
+
+    if not url:
+        return ("PREFECT_API_URL is not set; start a server (prefect server start) and point at it: "
+                "prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api")
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout).raise_for_status()
+    except httpx.HTTPError as e:
+        return f"Prefect server at {url} is unreachable ({type(e).__name__}: {e}); start it with `prefect server start`"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from prefect.settings import get_current_settings
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.flow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help=f"serve deployment diffusion/{DEPLOYMENT} from this checkout (one machine, no worker)")
+    parser.parse_args(argv)
+    why = server_problem(get_current_settings().api.url)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    from prefect.settings import PREFECT_RUNNER_POLL_FREQUENCY, temporary_settings
+
+    os.chdir(Path(__file__).resolve().parents[1])  # flow runs start here: the repository root
+    # Prefect polls for new runs every 10 s by default; a local server answers a poll a second with ease.
+    poll = {} if "PREFECT_RUNNER_POLL_FREQUENCY" in os.environ else {PREFECT_RUNNER_POLL_FREQUENCY: 1}
+    with temporary_settings(updates=poll):
+        diffusion.serve(name=DEPLOYMENT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

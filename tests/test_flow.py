@@ -1,0 +1,248 @@
+"""Prefect runs the DVC DAG: a real `prefect server` on 127.0.0.1, the deployment served or on a process worker,
+a real DVC repository and MLflow store. Servers and workers are stopped by PID at the end of each test."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import run, stage_env
+
+pytestmark = pytest.mark.slow
+
+DEPLOYMENT = "diffusion/full-sweep"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prefect_env(tmp_path: Path, port: int) -> dict[str, str]:
+    return {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_CLI_COLORS": "false", "COLUMNS": "200"}
+
+
+def start(cmd: list[str], cwd: Path, log: Path, **env: str) -> subprocess.Popen:
+    """A long-running process in its own session (so its children stop with it), output to a file."""
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, cwd=cwd, env=stage_env(**env), stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop(proc: subprocess.Popen, signals=(signal.SIGTERM,)) -> None:
+    """Stop a process started by `start` and its children, by PID; a Prefect worker needs SIGTERM then SIGINT."""
+    for sig in (*signals, signal.SIGKILL):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the session, e.g. a flow run's subprocess
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """`prefect server start` on a free port of 127.0.0.1 with its own database; its environment for clients."""
+    port = free_port()
+    env = prefect_env(tmp_path, port)
+    proc = start(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], tmp_path,
+                 tmp_path / "server.log", **env)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.5)
+        yield env
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def served(prefect_server, tiny_repo, tmp_path):
+    """`python -m pipelines.flow serve` in the tiny repository: deployment diffusion/full-sweep, ready to run."""
+    proc = start(["python", "-m", "pipelines.flow", "serve"], tiny_repo, tmp_path / "serve.log", **prefect_server)
+    try:
+        deadline = time.time() + 60
+        while run(["prefect", "deployment", "inspect", DEPLOYMENT], tiny_repo, check=False,
+                  **prefect_server).returncode != 0:
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(1)
+        yield prefect_server
+    finally:
+        stop(proc)
+
+
+def deployment_run(repo: Path, env: dict[str, str], check: bool = True, **params) -> subprocess.CompletedProcess:
+    cmd = ["prefect", "deployment", "run", DEPLOYMENT, "--watch", "--watch-timeout", "800"]
+    if params:
+        cmd += ["--params", json.dumps(params)]
+    return run(cmd, repo, check=check, **env)
+
+
+def sweep_runs(repo: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The MLflow store's sweep (parent) runs, oldest first, and its stage runs."""
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["trilemma"], order_by=["start_time ASC"])
+    nested = runs["tags.mlflow.parentRunId"].notna()
+    return runs[~nested].reset_index(drop=True), runs[nested].reset_index(drop=True)
+
+
+def table_of(repo: Path, run_id: str, name: str) -> pd.DataFrame:
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    path = client.download_artifacts(run_id, name, str(repo / f"dl-{run_id}"))
+    return pd.read_json(path, orient="split")
+
+
+def all_stages(repo: Path) -> set[str]:
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    return {"prepare", "train_ddpm", "finetune_iddpm", "train_classifier", "evaluate",
+            *(f"sample@{c}" for c in p["sweep"]), *(f"sample_guided@{c}" for c in p["guided_sweep"]),
+            *(f"sample_exact@{c}" for c in p["exact_sweep"]),
+            *(f"{s}@{T}" for T in p["ddgan"]["T"] for s in ("train_ddgan", "sample_ddgan"))}
+
+
+def test_full_sweep_through_the_served_deployment(served, tiny_repo):
+    """Two slots of each kind: the whole DAG with two stages at a time, DVC committing them side by side."""
+    stages = all_stages(tiny_repo)
+    t0 = time.time()
+    cold = deployment_run(tiny_repo, served, gpu_slots=2, cpu_slots=2)
+    cold_s = time.time() - t0
+    assert "Completed" in cold.stdout, cold.stdout
+
+    parents, nested = sweep_runs(tiny_repo)
+    assert len(parents) == 1 and parents.loc[0, "status"] == "FINISHED"
+    parent = parents.loc[0, "run_id"]
+    assert sorted(nested["tags.mlflow.runName"]) == sorted(stages)  # every stage ran, once, nested in the sweep
+    assert (nested["tags.mlflow.parentRunId"] == parent).all() and (nested["status"] == "FINISHED").all()
+    report = table_of(tiny_repo, parent, "stages.json").set_index("stage")
+    assert set(report.index) == stages and (report["status"] == "ran").all() and (report["attempts"] == 1).all()
+    assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
+
+    # The parent run holds the trilemma table, from DVC's metrics and plots files.
+    table = pd.read_csv(tiny_repo / "metrics/trilemma.csv").set_index("cell")
+    logged = table_of(tiny_repo, parent, "trilemma.json").set_index("cell")
+    assert list(logged.index) == list(table.index)
+    assert parents.loc[0, "metrics.ddpm-1000.hq_fraction"] == pytest.approx(table.loc["ddpm-1000", "hq_fraction"])
+    client = mlflow.MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
+    assert {"trilemma.md", "trilemma.png", "guidance.png"} <= {a.path for a in client.list_artifacts(parent)}
+
+    # A second run recomputes nothing: no stage runs, no stage run is logged, and the table is logged again.
+    t0 = time.time()
+    noop = deployment_run(tiny_repo, served)
+    noop_s = time.time() - t0
+    assert "Completed" in noop.stdout, noop.stdout
+    parents, again = sweep_runs(tiny_repo)
+    assert len(parents) == 2 and len(again) == len(nested)
+    second = parents.loc[1, "run_id"]
+    assert (table_of(tiny_repo, second, "stages.json")["status"] == "up to date").all()
+    assert list(table_of(tiny_repo, second, "trilemma.json")["cell"]) == list(table.index)
+    print(f"\ncold sweep {cold_s:.1f} s, no-op sweep {noop_s:.1f} s (prefect deployment run --watch)")
+
+
+def test_gpu_slots_decide_whether_independent_stages_overlap(served, tiny_repo):
+    """train_ddpm and train_classifier both need only `prepare`; meta {gpu: 1} makes them take a GPU slot each."""
+    def training_intervals(**params):
+        deployment_run(tiny_repo, served, targets=["train_ddpm", "train_classifier"], **params)
+        parents, _ = sweep_runs(tiny_repo)
+        report = table_of(tiny_repo, parents["run_id"].iloc[-1], "stages.json").set_index("stage")
+        assert (report.loc[["train_ddpm", "train_classifier"], "status"] == "ran").all()
+        return [tuple(report.loc[s, ["started", "ended"]]) for s in ("train_ddpm", "train_classifier")]
+
+    # On this CPU host, GPU stages hold a CPU slot too: cpu_slots=2 leaves the GPU limit as the one that binds.
+    (a0, a1), (b0, b1) = training_intervals(gpu_slots=2, cpu_slots=2)
+    assert max(a0, b0) < min(a1, b1), "two slots: the trainings should overlap"
+
+    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    params["train_ddpm"]["steps"] = params["train_classifier"]["steps"] = 20
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (a0, a1), (b0, b1) = training_intervals(gpu_slots=1, cpu_slots=2)
+    assert a1 <= b0 or b1 <= a0, "one slot: the trainings should run one after the other"
+
+
+def test_failing_stage_is_retried_then_fails_the_flow_on_a_worker(prefect_server, tiny_repo, tmp_path):
+    """The prefect.yaml path: work pool, `deploy --all`, a process worker. A rerun resumes from DVC's state."""
+    dvc_yaml = tiny_repo / "dvc.yaml"
+    original = dvc_yaml.read_text()
+    crash = ("python -c \"open('attempts.log', 'a').write('attempt\\n'); "
+             "raise SystemExit('injected crash in train_classifier')\" && ")
+    dvc = yaml.safe_load(original)
+    dvc["stages"]["train_classifier"]["cmd"] = crash + dvc["stages"]["train_classifier"]["cmd"]
+    dvc_yaml.write_text(yaml.safe_dump(dvc, sort_keys=False))
+    env = prefect_server
+    run(["prefect", "work-pool", "create", "gpu-pool", "--type", "process"], tiny_repo, **env)
+    run(["prefect", "--no-prompt", "deploy", "--all"], tiny_repo, **env)
+    worker = start(["prefect", "worker", "start", "--pool", "gpu-pool"], tiny_repo, tmp_path / "worker.log", **env)
+    try:
+        failed = deployment_run(tiny_repo, env, check=False, targets=["train_classifier"], retries=1)
+        assert failed.returncode != 0 and "Failed" in failed.stdout, failed.stdout
+        assert (tiny_repo / "attempts.log").read_text().count("attempt") == 2  # the first try and one retry
+        flow_run = re.search(r"UUID: ([0-9a-f-]{36})", failed.stdout).group(1)
+        logs = run(["prefect", "flow-run", "logs", flow_run], tiny_repo, **env).stdout
+        assert "stage train_classifier failed: injected crash in train_classifier (dvc repro exited 255)" in logs
+        parents, nested = sweep_runs(tiny_repo)
+        assert parents["status"].tolist() == ["FAILED"] and nested["tags.mlflow.runName"].tolist() == ["prepare"]
+
+        # Fixed, the deployment resumes: prepare is up to date and only train_classifier runs.
+        dvc_yaml.write_text(original)
+        fixed = deployment_run(tiny_repo, env, targets=["train_classifier"], retries=1)
+        assert "Completed" in fixed.stdout, fixed.stdout
+        parents, nested = sweep_runs(tiny_repo)
+        report = table_of(tiny_repo, parents["run_id"].iloc[-1], "stages.json").set_index("stage")
+        assert report["status"].to_dict() == {"prepare": "up to date", "train_classifier": "ran"}
+        assert sorted(nested["tags.mlflow.runName"]) == ["prepare", "train_classifier"]
+    finally:
+        stop(worker, signals=(signal.SIGTERM, signal.SIGINT))
+
+
+def test_mlflow_down_warns_and_the_sweep_completes(prefect_server, tiny_repo):
+    dead = f"http://127.0.0.1:{free_port()}"
+    t0 = time.time()
+    proc = run(["python", "-c", "from pipelines.flow import diffusion; print('table', diffusion(targets=['prepare']))"],
+               tiny_repo, MLFLOW_TRACKING_URI=dead, **prefect_server)
+    assert time.time() - t0 < 120
+    assert f"MLflow at {dead} unreachable: the sweep runs untracked" in proc.stderr
+    assert "warning: MLflow tracking at" in proc.stderr  # the stage's own warning, streamed into the flow's log
+    assert "Finished in state Completed" in proc.stderr and (tiny_repo / "data/train.npz").exists()
+    assert "up to date" in run(["dvc", "status", "prepare"], tiny_repo).stdout
+
+
+def test_unreachable_prefect_server_fails_within_seconds(tiny_repo, tmp_path):
+    env = prefect_env(tmp_path, free_port())
+    t0 = time.time()
+    serve = run(["python", "-m", "pipelines.flow", "serve"], tiny_repo, check=False, **env)
+    assert time.time() - t0 < 20 and serve.returncode == 2
+    assert serve.stderr.strip().splitlines() == [
+        f"error: Prefect server at {env['PREFECT_API_URL']} is unreachable (ConnectError: All connection attempts "
+        "failed); start it with `prefect server start`"]
+    t0 = time.time()
+    trigger = run(["prefect", "deployment", "run", DEPLOYMENT], tiny_repo, check=False, **env)
+    assert time.time() - t0 < 20 and trigger.returncode != 0
+    assert "ConnectError: All connection attempts failed" in trigger.stdout + trigger.stderr
