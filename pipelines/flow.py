@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections import deque
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +86,7 @@ class Sweep:
     env: dict[str, str]
     limits: dict[str, str]        # kind -> global concurrency limit name
     slots: Slots
+    pull: bool = False            # `dvc repro --pull`: restore from the default remote's run-cache
 
 
 class Slots:
@@ -164,13 +165,26 @@ def stage_slots(name: str, meta: dict | None, on_gpu_host: bool) -> dict[str, in
     return slots
 
 
+@contextmanager
+def dvc_repo(root: Path):
+    """DVC's Repo at `root`, with the working directory there: DVC addresses stages relative to it."""
+    from dvc.repo import Repo
+
+    before = os.getcwd()
+    os.chdir(root)
+    try:
+        with Repo(str(root)) as repo:
+            yield repo
+    finally:
+        os.chdir(before)
+
+
 def read_plan(root: Path, targets: list[str] | None, on_gpu_host: bool) -> list[Stage]:
     """The stages to run (all, or `targets` and their upstream), upstream first, with their state at flow start."""
     import networkx as nx
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    with dvc_repo(root) as repo:
         graph = repo.index.graph  # edges run from a stage to the stages it depends on
         by_name = {s.addressing: s for s in graph.nodes}
         if targets:
@@ -198,9 +212,7 @@ def read_plan(root: Path, targets: list[str] | None, on_gpu_host: bool) -> list[
 
 def status_clean(root: Path, targets: list[str] | None) -> dict:
     """`dvc status` of the swept stages: {} when every output matches dvc.lock."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
+    with dvc_repo(root) as repo:
         return repo.status(targets=targets, with_deps=True)
 
 
@@ -260,7 +272,8 @@ def run_stage(stage: Stage, sweep: Sweep) -> dict:
         with concurrency(names, occupy=occupy, strict=True) if names else nullcontext():
             env = {**sweep.env, "CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else sweep.env
             started = time.time()
-            code, lines, status = _stream(_dvc("--wait-for-lock", "repro", "--single-item", stage.name), sweep.root, env, logger)
+            repro = ["--wait-for-lock", "repro", "--single-item", *(["--pull"] if sweep.pull else []), stage.name]
+            code, lines, status = _stream(_dvc(*repro), sweep.root, env, logger)
             ended = time.time()
     finally:
         sweep.slots.give(stage.slots, gpus)
@@ -272,9 +285,7 @@ def run_stage(stage: Stage, sweep: Sweep) -> dict:
 
 def table_files(root: Path, stage_name: str) -> dict[str, list[Path]]:
     """The evaluation stage's outputs by kind, as dvc.yaml declares them: metrics, csv tables, figures, text."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
+    with dvc_repo(root) as repo:
         (stage,) = repo.stage.collect(stage_name)
         outs = [(Path(o.fs_path), o) for o in stage.outs]
     kinds: dict[str, list[Path]] = {"metrics": [], "tables": [], "figures": [], "text": []}
@@ -310,25 +321,81 @@ def log_table(root: str, table_stage: str, parent: str | None, uri: str, report:
     return str(files["text"][0]) if files.get("text") else None
 
 
+def default_remote(root: Path) -> str:
+    """The repository's default DVC remote, which `share_cache` pulls from and pushes to."""
+    proc = subprocess.run(_dvc("remote", "default"), cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise SweepError("share_cache: the repository has no default DVC remote; add one with "
+                         "`dvc remote add -d <name> <url>`")
+    return proc.stdout.strip()
+
+
+def push_cache(root: Path, logger) -> None:
+    """`dvc push --run-cache`: the sweep's outputs and stage runs, for other hosts to restore."""
+    proc = subprocess.run(_dvc("--wait-for-lock", "push", "--run-cache"), cwd=root, capture_output=True, text=True)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    if proc.returncode != 0:
+        raise SweepError(f"dvc push --run-cache: {stage_error(lines)}")
+    logger.info(f"dvc push --run-cache: {lines[-1] if lines else 'nothing to push'}")
+
+
+def open_limits(capacity: dict[str, int]) -> dict[str, str]:
+    """Create or resize this host's global concurrency limits; their names by kind."""
+    from prefect import get_client
+
+    limits = limit_names()
+    with get_client(sync_client=True) as client:
+        for kind, name in limits.items():
+            client.upsert_global_concurrency_limit_by_name(name, capacity[kind])
+    return limits
+
+
+def stage_environment(uri: str, parent: str | None) -> dict[str, str]:
+    """The stages' environment: this Python's bin first on PATH, the sweep's tracking URI and parent run."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    env.pop("TRILEMMA_PARENT_RUN_ID", None)
+    return env | ({"TRILEMMA_PARENT_RUN_ID": parent} if parent else {})
+
+
+def collect(futures: dict, skipped: list[str], retries: int) -> tuple[list[dict], list[str]]:
+    """The report, one row per stage, and the failed stages' errors."""
+    report = [{"stage": name, "status": "up to date", "attempts": 0} for name in skipped]
+    failures = []
+    for name, fut in futures.items():
+        if fut.state.is_completed():
+            report.append(fut.result())
+        elif fut.state.is_failed():
+            failures.append(str(fut.result(raise_on_failure=False)))
+            report.append({"stage": name, "status": "failed", "attempts": retries + 1, "error": failures[-1]})
+        else:
+            report.append({"stage": name, "status": "not run (upstream failed)", "attempts": 0})
+    return report, failures
+
+
 @flow(name="diffusion", task_runner=ThreadPoolTaskRunner(), validate_parameters=True)
 def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1, targets: list[str] | None = None,
-              repo: str = ".") -> str | None:
+              share_cache: bool = False, repo: str = ".") -> str | None:
     """Run dvc.yaml's stages (all, or `targets` and their upstream) as Prefect tasks; the trilemma table's path.
 
     gpu_slots: stages with `meta: {gpu: N}` that may run at once (default: visible GPUs, or 1 without one).
     cpu_slots: the same for `meta: {cpu: N}`, and for GPU stages on a host without a GPU.
     retries: times a failed stage is run again before the flow fails.
+    targets: stages to run with their upstream, like `dvc repro <targets>`; default all.
+    share_cache: stages run with `dvc repro --pull` against the default DVC remote, and a clean sweep ends
+        with `dvc push --run-cache`: hosts sharing the remote restore a stage another host ran, not rerun it.
+    repo: the repository (default: the working directory).
     """
     logger = get_run_logger()
     root = Path(repo).resolve()
     if not (root / "dvc.yaml").is_file():
         raise SweepError(f"repo: no dvc.yaml in {root}")
-    for name, value in (("gpu_slots", gpu_slots), ("cpu_slots", cpu_slots)):
-        if value is not None and value < 1:
-            raise SweepError(f"{name}: must be at least 1, got {value}")
-    if retries < 0:
-        raise SweepError(f"retries: must be at least 0, got {retries}")
+    for name, value, least in (("gpu_slots", gpu_slots, 1), ("cpu_slots", cpu_slots, 1), ("retries", retries, 0)):
+        if value is not None and value < least:
+            raise SweepError(f"{name}: must be at least {least}, got {value}")
     load_params(root / PARAMS_FILE)  # a bad params.yaml fails here, in one line, before any stage starts
+    if share_cache:
+        logger.info(f"share_cache: DVC remote {default_remote(root)!r}")
     gpus = visible_gpus()
     capacity = {"gpu": gpu_slots or len(gpus) or 1, "cpu": cpu_slots}
     plan = read_plan(root, targets, on_gpu_host=bool(gpus))
@@ -336,28 +403,18 @@ def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1
         for kind, n in s.slots.items():
             if n > capacity[kind]:
                 raise SweepError(f"dvc.yaml: stage {s.name} needs {n} {kind} slots, but {kind}_slots is {capacity[kind]}")
-
-    from prefect import get_client
-
-    limits = limit_names()
-    with get_client(sync_client=True) as client:
-        for kind, name in limits.items():
-            client.upsert_global_concurrency_limit_by_name(name, capacity[kind])
+    limits = open_limits(capacity)
     logger.info(f"slots: {', '.join(f'{limits[k]} = {capacity[k]}' for k in RESOURCES)}; GPUs: {gpus or 'none'}")
 
     uri = tracking_uri(root)
-    run_name = f"{DEPLOYMENT} {flow_run.get_name() or ''}".strip()
-    parent = start_parent_run(run_name, {"prefect.flow_run_id": str(flow_run.get_id() or ""), "host": socket.gethostname()},
-                              {"gpu_slots": capacity["gpu"], "cpu_slots": capacity["cpu"], "retries": retries,
-                               "targets": ",".join(targets or []) or "all"}, uri)
+    parent = start_parent_run(
+        f"{DEPLOYMENT} {flow_run.get_name() or ''}".strip(),
+        {"prefect.flow_run_id": str(flow_run.get_id() or ""), "host": socket.gethostname()},
+        {"gpu_slots": capacity["gpu"], "cpu_slots": capacity["cpu"], "retries": retries,
+         "targets": ",".join(targets or []) or "all", "share_cache": share_cache}, uri)
     if parent is None:
         logger.warning(f"MLflow at {uri} unreachable: the sweep runs untracked")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
-    env.pop("TRILEMMA_PARENT_RUN_ID", None)
-    if parent:
-        env["TRILEMMA_PARENT_RUN_ID"] = parent
-    sweep = Sweep(str(root), env, limits, Slots(capacity, gpus))
+    sweep = Sweep(str(root), stage_environment(uri, parent), limits, Slots(capacity, gpus), pull=share_cache)
 
     todo = [s for s in plan if s.stale or s.after_stale]
     skipped = [s.name for s in plan if s not in todo]
@@ -367,34 +424,21 @@ def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1
         futures[s.name] = run_stage.with_options(task_run_name=s.name, retries=retries).submit(
             s, quote(sweep), wait_for=[futures[u] for u in s.upstream if u in futures])
     wait(list(futures.values()))
-
-    report = [{"stage": name, "status": "up to date", "attempts": 0} for name in skipped]
-    failures = []
-    for name, fut in futures.items():
-        state = fut.state
-        if state.is_completed():
-            report.append(fut.result())
-        elif state.is_failed():
-            err = str(fut.result(raise_on_failure=False))
-            failures.append(err)
-            report.append({"stage": name, "status": "failed", "attempts": retries + 1, "error": err})
-        else:
-            report.append({"stage": name, "status": "not run (upstream failed)", "attempts": 0})
+    report, failures = collect(futures, skipped, retries)
     ran = [r["stage"] for r in report if r["status"] in ("ran", "restored")]
-    logger.info(f"ran {len(ran)} stages: {', '.join(ran) or 'none'}")
+    logger.info(f"ran or restored {len(ran)} stages: {', '.join(ran) or 'none'}")
 
-    table_stage = next((s.name for s in reversed(plan) if s.table), None)
-    if failures:
-        log_table(str(root), None, parent, uri, report)
-        if parent:
-            log_to_run(parent, StageRun("sweep status"), uri, status="FAILED")
-        raise SweepError(failures[0] if len(failures) == 1 else f"{len(failures)} stages failed; first: {failures[0]}")
+    table_stage = None if failures else next((s.name for s in reversed(plan) if s.table), None)
     table = log_table(str(root), table_stage, parent, uri, report)
-    dirty = status_clean(root, targets)
+    dirty = {} if failures else status_clean(root, targets)
     if parent:
-        log_to_run(parent, StageRun("sweep status"), uri, status="FAILED" if dirty else "FINISHED")
+        log_to_run(parent, StageRun("sweep status"), uri, status="FAILED" if failures or dirty else "FINISHED")
+    if failures:
+        raise SweepError(failures[0] if len(failures) == 1 else f"{len(failures)} stages failed; first: {failures[0]}")
     if dirty:
         raise SweepError(f"dvc status is not clean after the sweep: {dirty}")
+    if share_cache:
+        push_cache(root, logger)
     logger.info(f"trilemma table: {table}")
     return table
 

@@ -111,7 +111,7 @@ def sweep_runs(repo: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The MLflow store's sweep (parent) runs, oldest first, and its stage runs."""
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["trilemma"], order_by=["start_time ASC"])
-    nested = runs["tags.mlflow.parentRunId"].notna()
+    nested = runs.get("tags.mlflow.parentRunId", pd.Series(None, index=runs.index, dtype=object)).notna()
     return runs[~nested].reset_index(drop=True), runs[nested].reset_index(drop=True)
 
 
@@ -220,6 +220,24 @@ def test_failing_stage_is_retried_then_fails_the_flow_on_a_worker(prefect_server
         assert sorted(nested["tags.mlflow.runName"]) == ["prepare", "train_classifier"]
     finally:
         stop(worker, signals=(signal.SIGTERM, signal.SIGINT))
+
+
+def test_a_shared_dvc_remote_lets_another_checkout_restore_instead_of_recompute(prefect_server, tiny_repo, tmp_path):
+    """The scale-out path: two hosts' checkouts share a DVC remote; the second restores what the first ran."""
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], tiny_repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a shared remote"], tiny_repo)
+    other = tmp_path / "other-host"
+    run(["git", "clone", "-q", str(tiny_repo), str(other)], tmp_path)
+    sweep = "from pipelines.flow import diffusion; diffusion(targets=['train_classifier'], share_cache=True)"
+    run(["python", "-c", sweep], tiny_repo, **prefect_server)
+    run(["python", "-c", sweep], other, **prefect_server)
+
+    parents, nested = sweep_runs(other)
+    report = table_of(other, parents["run_id"].iloc[-1], "stages.json").set_index("stage")
+    assert report["status"].to_dict() == {"prepare": "restored", "train_classifier": "restored"}
+    assert nested.empty  # no stage command ran on the second host
+    assert (other / "models/classifier.pt").read_bytes() == (tiny_repo / "models/classifier.pt").read_bytes()
+    assert "up to date" in run(["dvc", "status", "train_classifier"], other).stdout
 
 
 def test_mlflow_down_warns_and_the_sweep_completes(prefect_server, tiny_repo):
