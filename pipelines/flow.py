@@ -26,6 +26,8 @@ decides what is stale and hashes, commits and caches exactly as under `dvc repro
   table and plots from the evaluation stage's DVC metrics and plots files, even when every stage was
   skipped. MLflow being down costs a warning, never the sweep.
 - At the end `dvc status` must be clean; the flow returns the trilemma table's path.
+- `share_cache`: hosts sharing the default DVC remote restore each other's stages from its run-cache
+  (`dvc repro --pull`, then `dvc push --run-cache`).
 """
 
 from __future__ import annotations
@@ -197,16 +199,16 @@ def read_plan(root: Path, targets: list[str] | None, on_gpu_host: bool) -> list[
             stale = set(repo.status(targets=targets, with_deps=True))
         except DvcException as e:
             raise SweepError(f"dvc status: {e}") from e
-    order = {s: i for i, s in enumerate(by_name)}
-    stages, after_stale = [], set()
-    for s in nx.lexicographical_topological_sort(graph.reverse(copy=False), key=lambda s: order[s.addressing]):
-        if not getattr(s, "cmd", None):  # a .dvc data source, not a stage that computes
-            continue
-        upstream = tuple(u.addressing for u in graph.successors(s) if getattr(u, "cmd", None))
-        if any(u in stale or u in after_stale for u in upstream):
-            after_stale.add(s.addressing)
-        stages.append(Stage(s.addressing, len(stages), upstream, stage_slots(s.addressing, s.meta, on_gpu_host),
-                            s.addressing in stale, s.addressing in after_stale, any(o.metric for o in s.outs)))
+        order = {s: i for i, s in enumerate(by_name)}
+        stages, after_stale = [], set()
+        for s in nx.lexicographical_topological_sort(graph.reverse(copy=False), key=lambda s: order[s.addressing]):
+            if not getattr(s, "cmd", None):  # a .dvc data source, not a stage that computes
+                continue
+            upstream = tuple(u.addressing for u in graph.successors(s) if getattr(u, "cmd", None))
+            if any(u in stale or u in after_stale for u in upstream):
+                after_stale.add(s.addressing)
+            stages.append(Stage(s.addressing, len(stages), upstream, stage_slots(s.addressing, s.meta, on_gpu_host),
+                                s.addressing in stale, s.addressing in after_stale, any(o.metric for o in s.outs)))
     return stages
 
 
@@ -298,7 +300,7 @@ def table_files(root: Path, stage_name: str) -> dict[str, list[Path]]:
 
 
 @task(name="log-table", cache_policy=NO_CACHE)
-def log_table(root: str, table_stage: str, parent: str | None, uri: str, report: list[dict]) -> str | None:
+def log_table(root: str, table_stage: str | None, parent: str | None, uri: str, report: list[dict]) -> str | None:
     """Log the sweep's report and the trilemma table (metrics, csv, markdown, figures) to the sweep's MLflow run.
 
     Reads the files DVC tracks, so it works the same whether the stages ran now or were up to date.
