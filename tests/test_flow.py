@@ -257,10 +257,10 @@ def test_unreachable_prefect_server_fails_within_seconds(tiny_repo, tmp_path):
     t0 = time.time()
     serve = run(["python", "-m", "pipelines.flow", "serve"], tiny_repo, check=False, **env)
     assert time.time() - t0 < 20 and serve.returncode == 2
-    assert serve.stderr.strip().splitlines() == [
-        f"error: Prefect server at {env['PREFECT_API_URL']} is unreachable (ConnectError: All connection attempts "
-        "failed); start it with `prefect server start`"]
+    (line,) = serve.stderr.strip().splitlines()  # httpx words the refusal in more than one way
+    assert line.startswith(f"error: Prefect server at {env['PREFECT_API_URL']} is unreachable (ConnectError: ")
+    assert line.endswith("); start it with `prefect server start`")
     t0 = time.time()
     trigger = run(["prefect", "deployment", "run", DEPLOYMENT], tiny_repo, check=False, **env)
     assert time.time() - t0 < 20 and trigger.returncode != 0
-    assert "ConnectError: All connection attempts failed" in trigger.stdout + trigger.stderr
+    assert "httpx.ConnectError" in trigger.stdout + trigger.stderr
