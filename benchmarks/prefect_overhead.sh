@@ -13,7 +13,8 @@ part=${1:-both}
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PATH=$here/.venv/bin:$PATH PREFECT_SERVER_ANALYTICS_ENABLED=false
 work=$(mktemp -d)
-seconds() { python -c "import sys, time; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$1"; }
+now() { date +%s.%N; }
+seconds() { awk -v t0="$1" -v t1="$(now)" 'BEGIN { printf "%.1f", t1 - t0 }'; }
 
 if [[ $part == flow || $part == both ]]; then
   git clone -q "$here" "$work/flow" && cd "$work/flow"
@@ -22,11 +23,11 @@ if [[ $part == flow || $part == both ]]; then
   until curl -sf "$PREFECT_API_URL/health" > /dev/null; do sleep 1; done
   setsid python -m pipelines.flow serve > "$work/serve.log" 2>&1 & serve=$!
   until prefect deployment inspect diffusion/full-sweep > /dev/null 2>&1; do sleep 1; done
-  t=$(python -c "import time; print(time.time())")
+  t=$(now)
   prefect deployment run diffusion/full-sweep --watch --watch-timeout 7200 > "$work/cold-run.log" 2>&1
   echo "flow: cold sweep, exit $?, $(seconds "$t") s"
   for i in 1 2 3; do
-    t=$(python -c "import time; print(time.time())")
+    t=$(now)
     prefect deployment run diffusion/full-sweep --watch > /dev/null 2>&1
     echo "flow: no-op sweep, exit $?, $(seconds "$t") s"
   done
@@ -36,11 +37,11 @@ fi
 
 if [[ $part == dvc || $part == both ]]; then
   git clone -q "$here" "$work/dvc" && cd "$work/dvc"
-  t=$(python -c "import time; print(time.time())")
+  t=$(now)
   dvc repro > "$work/dvc-repro.log" 2>&1
   echo "dvc: cold repro, exit $?, $(seconds "$t") s"
   for i in 1 2 3; do
-    t=$(python -c "import time; print(time.time())")
+    t=$(now)
     dvc repro > /dev/null 2>&1
     echo "dvc: no-op repro, exit $?, $(seconds "$t") s"
   done

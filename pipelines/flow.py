@@ -74,7 +74,7 @@ class Stage:
     slots: dict[str, int]         # limit kind -> slots held while it runs, e.g. {"gpu": 1}
     stale: bool                   # `dvc status` reports it when the flow starts
     after_stale: bool             # downstream of a stale stage: up to date only once its upstream have run
-    table: bool = False           # declares DVC metrics: the evaluation stage, whose files make the table
+    table: dict[str, list[Path]]  # the evaluation stage's files by kind (see table_files); {} for the others
 
 
 @dataclass(frozen=True)
@@ -208,8 +208,22 @@ def read_plan(root: Path, targets: list[str] | None, on_gpu_host: bool) -> list[
             if any(u in stale or u in after_stale for u in upstream):
                 after_stale.add(s.addressing)
             stages.append(Stage(s.addressing, len(stages), upstream, stage_slots(s.addressing, s.meta, on_gpu_host),
-                                s.addressing in stale, s.addressing in after_stale, any(o.metric for o in s.outs)))
+                                s.addressing in stale, s.addressing in after_stale, table_files(s.outs)))
     return stages
+
+
+def table_files(outs) -> dict[str, list[Path]]:
+    """A stage's outputs by kind, as dvc.yaml declares them: metrics, csv tables, figures, text; {} without metrics."""
+    if not any(o.metric for o in outs):
+        return {}
+    kinds: dict[str, list[Path]] = {"metrics": [], "tables": [], "figures": [], "text": []}
+    for out in outs:
+        path = Path(out.fs_path)
+        kind = "metrics" if out.metric else "tables" if path.suffix == ".csv" else \
+            "figures" if path.suffix in (".png", ".svg") else "text" if path.suffix in (".md", ".txt") else None
+        if kind:
+            kinds[kind].append(path)
+    return kinds
 
 
 def status_clean(root: Path, targets: list[str] | None) -> dict:
@@ -285,32 +299,18 @@ def run_stage(stage: Stage, sweep: Sweep) -> dict:
             "started": started, "ended": ended, "seconds": round(ended - started, 3), "gpus": ",".join(gpus)}
 
 
-def table_files(root: Path, stage_name: str) -> dict[str, list[Path]]:
-    """The evaluation stage's outputs by kind, as dvc.yaml declares them: metrics, csv tables, figures, text."""
-    with dvc_repo(root) as repo:
-        (stage,) = repo.stage.collect(stage_name)
-        outs = [(Path(o.fs_path), o) for o in stage.outs]
-    kinds: dict[str, list[Path]] = {"metrics": [], "tables": [], "figures": [], "text": []}
-    for path, out in outs:
-        kind = "metrics" if out.metric else "tables" if path.suffix == ".csv" else \
-            "figures" if path.suffix in (".png", ".svg") else "text" if path.suffix in (".md", ".txt") else None
-        if kind:
-            kinds[kind].append(path)
-    return kinds
-
-
 @task(name="log-table", cache_policy=NO_CACHE)
-def log_table(root: str, table_stage: str | None, parent: str | None, uri: str, report: list[dict]) -> str | None:
+def log_table(files: dict[str, list[Path]], parent: str | None, uri: str, report: list[dict]) -> str | None:
     """Log the sweep's report and the trilemma table (metrics, csv, markdown, figures) to the sweep's MLflow run.
 
-    Reads the files DVC tracks, so it works the same whether the stages ran now or were up to date.
-    Returns the table's path (the markdown output), or None where the evaluation stage was not swept.
+    Reads the files DVC tracks (`files`, from the plan), so it works the same whether the stages ran now or
+    were up to date. Returns the table's path (the markdown output), or None where the evaluation stage was
+    not swept.
     """
     import json
 
     import pandas as pd
 
-    files = table_files(Path(root), table_stage) if table_stage else {}
     metrics = {}
     for path in files.get("metrics", []):
         for cell, values in json.loads(path.read_text()).items():
@@ -430,8 +430,8 @@ def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1
     ran = [r["stage"] for r in report if r["status"] in ("ran", "restored")]
     logger.info(f"ran or restored {len(ran)} stages: {', '.join(ran) or 'none'}")
 
-    table_stage = None if failures else next((s.name for s in reversed(plan) if s.table), None)
-    table = log_table(str(root), table_stage, parent, uri, report)
+    files = {} if failures else next((s.table for s in reversed(plan) if s.table), {})
+    table = log_table(files, parent, uri, report)
     dirty = {} if failures else status_clean(root, targets)
     if parent:
         log_to_run(parent, StageRun("sweep status"), uri, status="FAILED" if failures or dirty else "FINISHED")
