@@ -200,12 +200,15 @@ def read_plan(root: Path, targets: list[str] | None, on_gpu_host: bool) -> list[
         except DvcException as e:
             raise SweepError(f"dvc status: {e}") from e
         order = {s: i for i, s in enumerate(by_name)}
+        # a guard stage's outputs never change (meta guard, e.g. the params validation stamp): rerunning it makes
+        # no stage after it stale; the flow validates params itself before any stage starts
+        guards = {s.addressing for s in graph.nodes if (getattr(s, "meta", None) or {}).get("guard")}
         stages, after_stale = [], set()
         for s in nx.lexicographical_topological_sort(graph.reverse(copy=False), key=lambda s: order[s.addressing]):
             if not getattr(s, "cmd", None):  # a .dvc data source, not a stage that computes
                 continue
             upstream = tuple(u.addressing for u in graph.successors(s) if getattr(u, "cmd", None))
-            if any(u in stale or u in after_stale for u in upstream):
+            if any((u in stale or u in after_stale) and u not in guards for u in upstream):
                 after_stale.add(s.addressing)
             stages.append(Stage(s.addressing, len(stages), upstream, stage_slots(s.addressing, s.meta, on_gpu_host),
                                 s.addressing in stale, s.addressing in after_stale, table_files(s.outs)))

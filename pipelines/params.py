@@ -2,16 +2,24 @@
 
 `load_params()` turns params.yaml into frozen, typed dataclasses and rejects, with a one-line
 message naming the key and what is allowed: unknown keys, missing keys, wrong types, values
-out of range, unknown names (sampler, network, schedule, trajectory, ...). Every stage calls it
-before any compute, so a bad value fails fast and touches no output.
+out of range, unknown names (sampler, network, schedule, trajectory, ...). The file itself must
+be UTF-8 YAML whose document is a mapping, with no key given twice (the message names the line).
 
-`python -m pipelines.params [params.yaml]` validates a file and exits non-zero on error.
+Every number is finite and in its range; every integer fits in 64 bits and seeds lie in
+[0, 2^63); sizes have upper bounds a run could meet (MAX_* below). Cell names become DVC stage
+names, file names and command arguments, so they match NAME: no shell, path or space characters.
+
+The DAG's first stage, `validate` (`python -m pipelines.params params.yaml <stamp>`), runs this
+before DVC deletes any other stage's outputs; every stage also calls it before any compute.
+`python -m pipelines.params [params.yaml]` validates a file and exits 2 with one line on error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
+import re
 import sys
 import types
 import typing
@@ -21,7 +29,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from components.data import DATASETS, MIXTURES
+from components.data import DATASETS
 from components.diffusion import VARIANCES
 from components.features import FEATURE_EXTRACTORS
 from components.networks import CLASSIFIERS, DISCRIMINATORS, GENERATORS, NETWORKS
@@ -30,11 +38,22 @@ from components.schedules import SCHEDULES, TRAJECTORIES, make_schedule
 from components.training import LR_SCHEDULES, TIMESTEP_SAMPLERS
 
 PARAMS_FILE = "params.yaml"
+# The `validate` stage's output: constant, so it orders the DAG after validation without invalidating any stage.
+STAMP_TEXT = "params.yaml passed pipelines.params validation"
 
 # Trained models a sweep cell can sample from: the EMA weights of models/<name>.pt (dvc.yaml), written
 # by train_ddpm and finetune_iddpm. Only iddpm has a variance output.
 TRAINED_MODELS = ("ddpm", "iddpm")
 LEARNED_VARIANCE_MODELS = ("iddpm",)
+
+# A name that reaches a stage name, a path or a command line (sweep cells).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+SEED_LIMIT = 2**63  # seeds lie in [0, 2^63): numpy's and torch's generators take them all
+MAX_T = 100_000  # diffusion steps (DDPM 1000, iDDPM 4000); schedules are float64 tables of this length
+MAX_POINTS = 10**8  # points in a data split or a cell's samples
+MAX_BATCH = 10**6
+MAX_STEPS = 10**9  # optimiser steps
+MAX_WIDTH = 2**16  # any integer option of a network (widths, depths, embedding sizes)
 
 
 class ParamsError(ValueError):
@@ -53,6 +72,26 @@ def _require(ok: bool, name: str, message: str) -> None:
         raise ParamsError(f"{name}: {message}")
 
 
+def _between(name: str, value: int | float, lo: int | float, hi: int | float) -> None:
+    """Field `name` must lie in [lo, hi]."""
+    _require(lo <= value <= hi, name, f"must be in [{lo:,}, {hi:,}], got {value:,}")
+
+
+def _seed(name: str, value: int) -> None:
+    _require(0 <= value < SEED_LIMIT, name, f"a seed must be in [0, 2^63), got {value}")
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: its repr, on one line, at most 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _key(k: Any) -> str:
+    """A mapping key for an error message's key path: as written if it is a short printable string, else _show."""
+    return k if isinstance(k, str) and k.isprintable() and 0 < len(k) <= 60 else _show(k)
+
+
 @dataclass(frozen=True)
 class DataParams:
     name: str  # data set, from components.data.DATASETS
@@ -63,9 +102,10 @@ class DataParams:
 
     def __post_init__(self):
         _choice("name", self.name, DATASETS, "data set")
-        _require(self.n_train > 0, "n_train", "must be > 0")
-        _require(self.n_reference > 0, "n_reference", "must be > 0")
-        _require(self.std > 0, "std", "must be > 0")
+        _seed("seed", self.seed)
+        _between("n_train", self.n_train, 1, MAX_POINTS)
+        _between("n_reference", self.n_reference, 1, MAX_POINTS)
+        _require(0 < self.std <= 1e6, "std", f"must be in (0, 1e6] (float32 data), got {self.std}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +115,7 @@ class DiffusionParams:
 
     def __post_init__(self):
         _choice("schedule", self.schedule, SCHEDULES, "schedule")
-        _require(self.T >= 2, "T", f"must be >= 2, got {self.T}")
+        _between("T", self.T, 2, MAX_T)
 
 
 @dataclass(frozen=True)
@@ -124,15 +164,16 @@ class OptimParams:
     checkpoint_every: int  # resume-checkpoint interval, in steps
 
     def __post_init__(self):
-        _require(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
-        _require(self.batch_size > 0, "batch_size", "must be > 0")
+        _seed("seed", self.seed)
+        _between("steps", self.steps, 1, MAX_STEPS)
+        _between("batch_size", self.batch_size, 1, MAX_BATCH)
         _require(self.lr > 0, "lr", "must be > 0")
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES, "lr schedule")
         _require(0 <= self.warmup_steps <= self.steps, "warmup_steps", "must be in [0, steps]")
         _require(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
         _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
-        _require(self.log_every > 0, "log_every", "must be > 0")
-        _require(self.checkpoint_every > 0, "checkpoint_every", "must be > 0")
+        _between("log_every", self.log_every, 1, MAX_STEPS)
+        _between("checkpoint_every", self.checkpoint_every, 1, MAX_STEPS)
         # resuming at a log boundary keeps the loss curve identical to an unbroken run
         _require(self.checkpoint_every % self.log_every == 0, "checkpoint_every", "must be a multiple of log_every")
 
@@ -157,7 +198,7 @@ class FinetuneParams(OptimParams):
         super().__post_init__()
         _require(self.lambda_vlb >= 0, "lambda_vlb", f"must be >= 0, got {self.lambda_vlb}")
         _choice("timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS, "timestep sampler")
-        _require(self.importance_history >= 1, "importance_history", "must be >= 1")
+        _between("importance_history", self.importance_history, 1, 10_000)
         _require(0 < self.importance_uniform <= 1, "importance_uniform", "must be in (0, 1]")
 
 
@@ -181,7 +222,7 @@ class DDGANParams:
 
     def __post_init__(self):
         _require(len(self.T) > 0, "T", "must list at least one number of denoising steps")
-        _require(all(T >= 1 for T in self.T), "T", f"every entry must be >= 1, got {self.T}")
+        _require(all(1 <= T <= MAX_T for T in self.T), "T", f"every entry must be in [1, {MAX_T:,}], got {self.T}")
         _require(len(set(self.T)) == len(self.T), "T", f"entries must be distinct, got {self.T}")
 
     def cells(self) -> dict[str, "GANCellParams"]:
@@ -220,6 +261,9 @@ class DDGANTrainParams(OptimParams):
 class GuidanceParams:
     label_seed: int  # target labels y ~ U{0..K-1}, one per sample, the same in every guided cell
 
+    def __post_init__(self):
+        _seed("label_seed", self.label_seed)
+
 
 @dataclass(frozen=True)
 class SampleParams:
@@ -229,9 +273,10 @@ class SampleParams:
     warmup: int  # samples in the untimed warm-up batch
 
     def __post_init__(self):
-        _require(self.n > 0, "n", "must be > 0")
-        _require(self.batch_size > 0, "batch_size", "must be > 0")
-        _require(self.warmup >= 0, "warmup", "must be >= 0")
+        _between("n", self.n, 1, MAX_POINTS)
+        _seed("seed", self.seed)
+        _between("batch_size", self.batch_size, 1, MAX_BATCH)
+        _between("warmup", self.warmup, 0, MAX_BATCH)
 
 
 @dataclass(frozen=True)
@@ -241,8 +286,9 @@ class NllParams:
     batch_size: int
 
     def __post_init__(self):
-        _require(self.n > 0, "n", "must be > 0")
-        _require(self.batch_size > 0, "batch_size", "must be > 0")
+        _between("n", self.n, 1, MAX_POINTS)
+        _seed("seed", self.seed)
+        _between("batch_size", self.batch_size, 1, MAX_BATCH)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,11 +306,12 @@ class CellParams:
     def __post_init__(self):
         _choice("sampler", self.sampler, SAMPLERS, "sampler")
         _choice("trajectory", self.trajectory, TRAJECTORIES, "trajectory")
-        _require(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+        _between("steps", self.steps, 1, MAX_T)
         _require(self.scale is None or self.scale >= 0, "scale", f"must be >= 0, got {self.scale}")
         if self.sampler == "ddim":
             _require(self.variance is None, "variance", "applies to sampler ddpm only")
-            _require(self.eta is None or self.eta >= 0, "eta", f"must be >= 0, got {self.eta}")
+            # DDIM eq. 16: above 1, sigma_t^2 can exceed 1 - abar_{t-1} and the direction term's root is of a negative
+            _require(self.eta is None or 0 <= self.eta <= 1, "eta", f"must be in [0, 1], got {self.eta}")
         else:
             _require(self.eta is None, "eta", "applies to sampler ddim only")
             if self.variance is not None:
@@ -308,7 +355,7 @@ class GANCellParams(CellParams):
     sampler: str = "ddgan"
 
     def __post_init__(self):
-        _require(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+        _between("steps", self.steps, 1, MAX_T)
 
     def sampler_kwargs(self) -> dict[str, Any]:
         return {}
@@ -323,9 +370,9 @@ class EvaluateParams:
 
     def __post_init__(self):
         _choice("features", self.features, FEATURE_EXTRACTORS, "feature extractor")
-        _require(self.k >= 1, "k", "must be >= 1")
+        _between("k", self.k, 1, 1000)
         _require(self.n_std > 0, "n_std", "must be > 0")
-        _require(self.min_mode_count >= 1, "min_mode_count", "must be >= 1")
+        _between("min_mode_count", self.min_mode_count, 1, MAX_POINTS)
 
 
 @dataclass(frozen=True)
@@ -367,19 +414,27 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return _build(tp, value, key)
     if origin is list:
         if not isinstance(value, list):
-            raise ParamsError(f"{key}: expected a list, got {value!r}")
+            raise ParamsError(f"{key}: expected a list, got {_show(value)}")
         return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
+    if origin is dict:  # the sweeps: name -> cell
         if not isinstance(value, dict):
-            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+            raise ParamsError(f"{key}: expected a mapping, got {_show(value)}")
+        for k in value:
+            if not isinstance(k, str) or not NAME.fullmatch(k):
+                hint = "; write 0.5 as 0_5, for example" if isinstance(k, str) and re.search(r"\d\.\d", k) else ""
+                raise ParamsError(f"{key}: cell name {_show(k)} is not allowed: use 1 to 64 letters, digits, '_' or '-', "
+                                  f"starting with a letter or digit (it becomes a stage name, a file name and a command "
+                                  f"argument){hint}")
         return {k: _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
-    ok = isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not ok:
-        raise ParamsError(f"{key}: expected {_TYPE_NAMES.get(tp, tp.__name__)}, got {value!r}")
+    if tp in (int, float) and isinstance(value, int) and not isinstance(value, bool):
+        _require(-SEED_LIMIT <= value < SEED_LIMIT, key, f"{_show(value)} does not fit in 64 bits")
+        return float(value) if tp is float else value
+    if not isinstance(value, tp) or isinstance(value, bool) and tp is not bool:
+        raise ParamsError(f"{key}: expected {_TYPE_NAMES.get(tp, tp.__name__)}, got {_show(value)}")
+    if tp is float:
+        _require(math.isfinite(value), key, f"must be a finite number, got {value}")
     return value
 
 
@@ -388,12 +443,12 @@ def _build(cls: type, raw: Any, key: str) -> Any:
     if issubclass(cls, NetworkParams):
         return _build_network(cls, raw, key)
     if not isinstance(raw, dict):
-        raise ParamsError(f"{key}: expected a mapping, got {raw!r}")
+        raise ParamsError(f"{key}: expected a mapping, got {_show(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    unknown = sorted(set(raw) - set(fields))
+    unknown = [k for k in raw if k not in fields]
     if unknown:
-        raise ParamsError(f"{key}.{unknown[0]}: unknown key; allowed: {', '.join(fields)}")
+        raise ParamsError(f"{key}.{_key(unknown[0])}: unknown key; allowed: {', '.join(fields)}")
     missing = [n for n, f in fields.items() if n not in raw and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -412,8 +467,8 @@ def _build_network(cls: type[NetworkParams], raw: Any, key: str) -> NetworkParam
         raise ParamsError(f"{key}.name: missing key; allowed networks: {', '.join(registry)}")
     raw = dict(raw)
     name = raw.pop("name")
-    if name not in registry:
-        raise ParamsError(f"{key}.name: unknown network {name!r}; allowed: {', '.join(registry)}")
+    if not isinstance(name, str) or name not in registry:
+        raise ParamsError(f"{key}.name: unknown network {_show(name)}; allowed: {', '.join(registry)}")
     sig = inspect.signature(registry[name])
     hints = typing.get_type_hints(registry[name].__init__)
     # set by the stage, not by params: the data's shape, the variance head, the data's classes
@@ -421,21 +476,26 @@ def _build_network(cls: type[NetworkParams], raw: Any, key: str) -> NetworkParam
     kwargs = {}
     for k, v in raw.items():
         if k not in allowed:
-            raise ParamsError(f"{key}.{k}: unknown key for network {name!r}; allowed: name, {', '.join(allowed)}")
+            raise ParamsError(f"{key}.{_key(k)}: unknown key for network {name!r}; allowed: name, "
+                              f"{', '.join(allowed)}")
         kwargs[k] = _convert(v, hints.get(k, Any), f"{key}.{k}")
         off = sig.parameters[k].default == 0  # an option whose default is 0 is off at 0, e.g. fourier_octaves
-        if isinstance(kwargs[k], int) and (kwargs[k] < 0 if off else kwargs[k] <= 0):
-            raise ParamsError(f"{key}.{k}: must be {'>= 0' if off else '> 0'}, got {v}")
+        if isinstance(kwargs[k], int) and not isinstance(kwargs[k], bool):
+            _between(f"{key}.{k}", kwargs[k], 0 if off else 1, MAX_WIDTH)
     return cls(name, kwargs)
 
 
 def _cross_checks(p: Params) -> None:
     """Constraints between sections."""
-    if p.exact_sweep and p.data.name not in MIXTURES:
+    if p.exact_sweep and not DATASETS[p.data.name].mixture:
         raise ParamsError(f"exact_sweep: the exact eps* needs a Gaussian-mixture data set; allowed with data.name: "
-                          f"{', '.join(MIXTURES)}")
+                          f"{', '.join(name for name, spec in DATASETS.items() if spec.mixture)}")
     if p.nll.n > p.data.n_reference:
         raise ParamsError(f"nll.n: {p.nll.n} exceeds data.n_reference = {p.data.n_reference}")
+    # precision/recall (k-NN radii) need more than k points in the reference split and in every scored set
+    if p.evaluate.k >= min(p.sample.n, p.data.n_reference):
+        raise ParamsError(f"evaluate.k: {p.evaluate.k} must be below sample.n = {p.sample.n} and data.n_reference = "
+                          f"{p.data.n_reference}")
     if p.train_classifier.accuracy_buckets > p.diffusion.T:
         raise ParamsError(f"train_classifier.accuracy_buckets: {p.train_classifier.accuracy_buckets} exceeds "
                           f"diffusion.T = {p.diffusion.T}")
@@ -448,8 +508,6 @@ def _cross_checks(p: Params) -> None:
     for section, cells in (("sweep", p.sweep), ("guided_sweep", p.guided_sweep), ("exact_sweep", p.exact_sweep)):
         for name, cell in cells.items():
             key = f"{section}.{name}"
-            if "." in name:  # DVC reads params keys as dotted paths: sweep.a.5 would be key 5 of cell a
-                raise ParamsError(f"{key}: a cell name cannot contain '.'; write 0.5 as 0_5, for example")
             if name in seen:
                 raise ParamsError(f"{key}: the name is also a {seen[name]} cell; cell names must be unique")
             seen[name] = section
@@ -469,6 +527,10 @@ def _cross_checks(p: Params) -> None:
 
 def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     """Validate a parsed params mapping; raise ParamsError with a one-line message naming the key."""
+    if not isinstance(raw, dict):
+        kind = "an empty document" if raw is None else f"a {type(raw).__name__}"
+        raise ParamsError(f"{source}: expected a mapping of sections ({', '.join(f.name for f in dataclasses.fields(Params))}), "
+                          f"got {kind}")
     try:
         params = _build(Params, raw, "")
         _cross_checks(params)
@@ -477,26 +539,76 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     return params
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml."""
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                line = first.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: SafeLoader reports it
+                continue
+            if line != key_node.start_mark.line + 1:
+                raise ParamsError(f"line {key_node.start_mark.line + 1}: duplicate key {_show(key)} (first given at line {line})")
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document of a UTF-8 file; ParamsError naming the file (and the line) for a missing file, bytes that
+    are not UTF-8, YAML syntax errors and duplicate keys."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
+    except OSError as e:
+        raise ParamsError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ParamsError(f"{path}: line {line}: not UTF-8 (byte 0x{data[e.start]:02x})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except ParamsError as e:
+        raise ParamsError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse_params(raw, str(path))
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        what = getattr(e, "problem", None) or (str(e).splitlines() or ["syntax error"])[0]
+        raise ParamsError(f"{path}: {where}not valid YAML ({what})") from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    return parse_params(read_yaml(path), str(path))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m pipelines.params [params.yaml [stamp]]`: validate; as the DAG's `validate` stage, also write `stamp`.
+
+    The stamp's bytes never change, so the stages after `validate` rerun only for their own
+    params: `validate` orders them after itself without ever invalidating them.
+    """
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) > 2:
+        print("usage: python -m pipelines.params [params.yaml [stamp]]", file=sys.stderr)
+        return 2
     path = argv[0] if argv else PARAMS_FILE
     try:
         load_params(path)
     except ParamsError as e:
+        from pipelines.restore import restore_after_failure
+
+        restore_after_failure()  # as the validate stage: the stamp DVC deleted goes back
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if len(argv) == 2:
+        stamp = Path(argv[1])
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(f"{STAMP_TEXT}\n")
     print(f"{path}: ok")
     return 0
 

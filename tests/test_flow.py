@@ -143,7 +143,9 @@ def test_full_sweep_through_the_served_deployment(served, tiny_repo):
     assert sorted(nested["tags.mlflow.runName"]) == sorted(stages)  # every stage ran, once, nested in the sweep
     assert (nested["tags.mlflow.parentRunId"] == parent).all() and (nested["status"] == "FINISHED").all()
     report = table_of(tiny_repo, parent, "stages.json").set_index("stage")
-    assert set(report.index) == stages and (report["status"] == "ran").all() and (report["attempts"] == 1).all()
+    # the validate stage runs first and logs no MLflow run: it checks params.yaml and computes nothing
+    assert set(report.index) == stages | {"validate"} and (report["status"] == "ran").all()
+    assert (report["attempts"] == 1).all()
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
 
     # The parent run holds the trilemma table, from DVC's metrics and plots files.
@@ -216,7 +218,7 @@ def test_failing_stage_is_retried_then_fails_the_flow_on_a_worker(prefect_server
         assert "Completed" in fixed.stdout, fixed.stdout
         parents, nested = sweep_runs(tiny_repo)
         report = table_of(tiny_repo, parents["run_id"].iloc[-1], "stages.json").set_index("stage")
-        assert report["status"].to_dict() == {"prepare": "up to date", "train_classifier": "ran"}
+        assert report["status"].to_dict() == {"validate": "up to date", "prepare": "up to date", "train_classifier": "ran"}
         assert sorted(nested["tags.mlflow.runName"]) == ["prepare", "train_classifier"]
     finally:
         stop(worker, signals=(signal.SIGTERM, signal.SIGINT))
@@ -234,7 +236,7 @@ def test_a_shared_dvc_remote_lets_another_checkout_restore_instead_of_recompute(
 
     parents, nested = sweep_runs(other)
     report = table_of(other, parents["run_id"].iloc[-1], "stages.json").set_index("stage")
-    assert report["status"].to_dict() == {"prepare": "restored", "train_classifier": "restored"}
+    assert report["status"].to_dict() == {"validate": "restored", "prepare": "restored", "train_classifier": "restored"}
     assert nested.empty  # no stage command ran on the second host
     assert (other / "models/classifier.pt").read_bytes() == (tiny_repo / "models/classifier.pt").read_bytes()
     assert "up to date" in run(["dvc", "status", "train_classifier"], other).stdout

@@ -14,18 +14,18 @@ from conftest import run
 def test_plan_follows_dvc_yaml_and_dvc_status(tiny_repo):
     plan = {s.name: s for s in read_plan(tiny_repo, None, on_gpu_host=False)}
     order = list(plan)
-    assert order[0] == "prepare" and order[-1] == "evaluate"
+    assert order[:2] == ["validate", "prepare"] and order[-1] == "evaluate"
     assert all(order.index(u) < order.index(name) for name, s in plan.items() for u in s.upstream)
     assert set(plan["sample_guided@ddim-50-s1"].upstream) == {"train_ddpm", "train_classifier", "prepare"}
     # GPU stages hold a CPU slot on a host without a GPU; sample_exact is CPU-bound; prepare holds nothing.
     assert plan["train_ddpm"].slots == {"gpu": 1, "cpu": 1} and plan["sample_exact@exact-ddim-4"].slots == {"cpu": 1}
     assert plan["prepare"].slots == {} and plan["evaluate"].table and not plan["prepare"].table
-    assert read_plan(tiny_repo, ["train_ddpm"], on_gpu_host=True)[1].slots == {"gpu": 1}
+    assert read_plan(tiny_repo, ["train_ddpm"], on_gpu_host=True)[2].slots == {"gpu": 1}
     assert all(s.stale for s in plan.values())  # nothing built yet
 
     run(["dvc", "repro", "prepare"], tiny_repo)
     plan = {s.name: s for s in read_plan(tiny_repo, ["train_classifier"], on_gpu_host=False)}
-    assert list(plan) == ["prepare", "train_classifier"]
+    assert list(plan) == ["validate", "prepare", "train_classifier"]
     assert not plan["prepare"].stale and plan["train_classifier"].stale and not plan["train_classifier"].after_stale
 
     # A new data param makes prepare stale; train_classifier's own deps are unchanged until prepare reruns.
@@ -36,9 +36,17 @@ def test_plan_follows_dvc_yaml_and_dvc_status(tiny_repo):
     plan = {s.name: s for s in read_plan(tiny_repo, ["train_classifier"], on_gpu_host=False)}
     assert plan["prepare"].stale and not plan["train_classifier"].stale and plan["train_classifier"].after_stale
 
+    # Any params edit reruns the validate stage, whose stamp never changes: it makes nothing after it stale.
+    run(["dvc", "repro", "train_classifier"], tiny_repo)
+    params["train_classifier"]["steps"] += 10
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    plan = {s.name: s for s in read_plan(tiny_repo, ["train_classifier"], on_gpu_host=False)}
+    assert plan["validate"].stale and not plan["prepare"].stale and not plan["prepare"].after_stale
+    assert plan["train_classifier"].stale and not plan["train_classifier"].after_stale
+
 
 def test_unknown_target_names_the_stage(tiny_repo):
-    with pytest.raises(SweepError, match=r"^targets: no stage 'train_dpm' in dvc.yaml \(stages: prepare, "):
+    with pytest.raises(SweepError, match=r"^targets: no stage 'train_dpm' in dvc.yaml \(stages: validate, prepare, "):
         read_plan(tiny_repo, ["train_dpm"], on_gpu_host=False)
 
 

@@ -94,19 +94,19 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert len(mlflow_runs(tiny_repo)) == len(stages)
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
 
-    # Changing one cell's params reruns that cell and the evaluation, nothing else.
+    # Changing one cell's params reruns that cell and the evaluation, nothing else (but the validation of params.yaml).
     params["sweep"]["ddim-10"]["eta"] = 0.5
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["evaluate", "sample@ddim-10"]
+    assert ran == ["evaluate", "sample@ddim-10", "validate"]
 
     # Fine-tuning again reruns the iDDPM cells only: the DDPM and exact cells do not read models/iddpm.pt.
     params["finetune_iddpm"]["steps"] = 20
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == sorted(["evaluate", "finetune_iddpm", *(f"sample@{c}" for c in params["sweep"]
+    assert ran == sorted(["validate", "evaluate", "finetune_iddpm", *(f"sample@{c}" for c in params["sweep"]
                                                           if params["sweep"][c]["model"] == "iddpm")])
 
     # Retraining the classifier reruns the guided cells only.
@@ -114,14 +114,14 @@ def test_dvc_repro_end_to_end(tiny_repo):
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == sorted(["evaluate", "train_classifier", *(f"sample_guided@{c}" for c in params["guided_sweep"])])
+    assert ran == sorted(["validate", "evaluate", "train_classifier", *(f"sample_guided@{c}" for c in params["guided_sweep"])])
 
     # A new DDGAN T adds its two stages and reruns no other generator (T is in the cmd, not in their params).
     params["ddgan"]["T"] = [*params["ddgan"]["T"], 2]
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["evaluate", "sample_ddgan@2", "train_ddgan@2"]
+    assert ran == ["evaluate", "sample_ddgan@2", "train_ddgan@2", "validate"]
     assert pd.read_csv(tiny_repo / "metrics/trilemma.csv").set_index("cell").loc["ddgan-2", "nfe"] == 2
 
 
