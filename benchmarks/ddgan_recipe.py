@@ -54,7 +54,7 @@ def main() -> None:
     a = ap.parse_args()
     pin_malloc_thresholds()
 
-    train, ref = load_dataset("data/train.npz"), load_dataset("data/reference.npz")
+    train, ref = (load_dataset(f"data/{split}.npz", params.data.name) for split in ("train", "reference"))
     data = torch.from_numpy(train.to_model(train.x))
     sched = make_schedule(p.schedule, a.T)
     torch.manual_seed(p.seed)

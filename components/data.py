@@ -6,7 +6,9 @@ network and sampler works in normalised units while every metric stays in data u
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -74,8 +76,55 @@ def gaussians25_splits(n_train: int, n_reference: int, std: float, seed: int) ->
     return splits
 
 
-DATASETS = {"gaussians25": gaussians25_splits}
-MIXTURES = ("gaussians25",)  # data sets whose splits carry modes and mode_std: an exact eps* exists
-# How L_0 scores each data set (components/likelihood.py DECODERS): real-valued points get the
-# continuous Gaussian density; 8-bit images will get the discretized decoder (bits/dim).
-LIKELIHOOD_DECODERS = {"gaussians25": "continuous"}
+@dataclass(frozen=True)
+class DataSpec:
+    """What the registry knows of a data set: how to build its splits and what a valid split holds."""
+
+    build: Callable[[int, int, float, int], dict[str, Dataset]]  # (n_train, n_reference, std, seed) -> splits
+    shape: tuple[int, ...]  # one sample's shape
+    dtype: type  # x's dtype, data units
+    n_classes: int  # labels y lie in [0, n_classes)
+    decoder: str  # how L_0 scores it (components/likelihood.py DECODERS): continuous points, discretized 8-bit images
+    mixture: bool  # splits carry the mixture's modes and mode_std, so an exact eps* exists
+
+
+DATASETS: dict[str, DataSpec] = {
+    "gaussians25": DataSpec(gaussians25_splits, shape=(2,), dtype=np.float32, n_classes=25, decoder="continuous",
+                            mixture=True),
+}
+
+
+def split_problem(ds: Dataset, spec: DataSpec) -> str | None:
+    """What makes `ds` unusable as a split of the data set `spec` describes (one phrase), or None if it is sound.
+
+    Checks x's shape, dtype and finiteness, one label in range per sample, a finite model-space map
+    with scale > 0, and for mixtures the mode centres and a finite mode_std > 0.
+    """
+    x, y = ds.x, ds.y
+    shape = "(N, " + ", ".join(map(str, spec.shape)) + ")"
+    if x.ndim != 1 + len(spec.shape) or x.shape[1:] != spec.shape:
+        return f"x has shape {x.shape}, expected {shape}"
+    if len(x) == 0:
+        return "x is empty"
+    if x.dtype != spec.dtype:
+        return f"x has dtype {x.dtype}, expected {np.dtype(spec.dtype)}"
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        return f"x has {int((~np.isfinite(x)).sum())} non-finite values"
+    if y.shape != (len(x),):
+        return f"y has shape {y.shape}, expected ({len(x)},): one label per sample"
+    if y.dtype != np.int64:
+        return f"y has dtype {y.dtype}, expected int64"
+    if y.min() < 0 or y.max() >= spec.n_classes:
+        return f"labels y span [{y.min()}, {y.max()}], expected [0, {spec.n_classes - 1}]"
+    if not (math.isfinite(ds.shift) and math.isfinite(ds.scale) and ds.scale > 0):
+        return f"model-space map shift {ds.shift}, scale {ds.scale}: expected finite numbers and scale > 0"
+    if spec.mixture:
+        if ds.modes is None or ds.mode_std is None:
+            return "no mixture modes and mode_std"
+        if ds.modes.shape != (spec.n_classes, *spec.shape):
+            return f"modes has shape {ds.modes.shape}, expected {(spec.n_classes, *spec.shape)}"
+        if not np.isfinite(ds.modes).all():
+            return "modes has non-finite values"
+        if not (math.isfinite(ds.mode_std) and ds.mode_std > 0):
+            return f"mode_std {ds.mode_std}: expected a finite number > 0"
+    return None

@@ -110,6 +110,10 @@ class GANState:
         return cls(G, D, copy.deepcopy(G).requires_grad_(False), torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas),
                    torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas), torch.Generator().manual_seed(seed))
 
+    def networks(self) -> dict[str, nn.Module]:
+        """The networks whose weights a checkpoint holds, by name."""
+        return {"G": self.G, "D": self.D, "ema": self.ema}
+
 
 def _optimizer_step(opt: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, lr: float, grad_clip: float) -> None:
     """Backward, optional global-norm clip, one Adam step at `lr`."""

@@ -156,6 +156,10 @@ class TrainState:
                else torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay))
         return cls(model, ema, opt, generator)
 
+    def networks(self) -> dict[str, nn.Module]:
+        """The networks whose weights a checkpoint holds, by name."""
+        return {"model": self.model, "ema": self.ema}
+
 
 def optimizer_step(state: TrainState, loss: torch.Tensor, *, lr: float, grad_clip: float,
                    ema_decay: float) -> dict[str, float]:

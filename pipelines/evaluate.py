@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.data import LIKELIHOOD_DECODERS
+from components.data import DATASETS
 from components.gaussian_mixture import mixture_log_prob
 from components.metrics import reference_set, sample_metrics, target_hit_rate
 from pipelines.io import (
-    InputError, atomic_save_figure, atomic_write_json, atomic_write_text, entry_point, load_dataset, load_npz, stage_args,
+    InputError, atomic_save_figure, atomic_write_json, atomic_write_text, entry_point, load_dataset, load_samples,
+    stage_args,
 )
 from pipelines.params import load_params
 from pipelines.plots import guidance_figure, trilemma_figure, vlb_terms_figure
@@ -74,9 +75,10 @@ def main(argv: list[str]) -> None:
                "trilemma.png", "vlb_terms.png", "guidance.png"))
     params = load_params()
     e = params.evaluate
-    ref = load_dataset(ref_path)
-    train = load_dataset(train_path)
-    cells = {name: load_npz(Path(samples_dir) / f"{name}.npz", ("x", "nfe", "wall_s_per_1k")) for name in params.cells()}
+    spec = DATASETS[params.data.name]
+    ref = load_dataset(ref_path, params.data.name)
+    train = load_dataset(train_path, params.data.name)
+    cells = {name: load_samples(Path(samples_dir) / f"{name}.npz", spec, params.sample.n) for name in params.cells()}
 
     reference = reference_set(ref.x, e.features, e.k)
 
@@ -107,7 +109,7 @@ def main(argv: list[str]) -> None:
     by_cell = {r["cell"]: {k: r[k] for k in METRICS if _present(r.get(k))} for r in rows}  # DVC metrics and MLflow
     atomic_write_json(json_path, by_cell)
     atomic_write_text(csv_path, df.to_csv(index=False))
-    unit = NLL_UNITS[LIKELIHOOD_DECODERS[params.data.name]]
+    unit = NLL_UNITS[spec.decoder]
     header = (f"Trilemma table: {len(rows) - 1} sampler cells, {n} samples each, metrics in data units against the "
               f"{len(ref.x)}-point reference split; wall time per 1,000 samples after warm-up. "
               f"Row `data` is the train split (the ceiling); model `exact` rows sample with the mixture's closed-form eps* "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from components.data import LIKELIHOOD_DECODERS
+from components.data import DATASETS
 from components.diffusion import q_sample, split_output
 from components.networks import add_variance_output, make_network
 from components.schedules import make_schedule
@@ -26,7 +26,7 @@ from components.training import (
     CHECKPOINT_KEYS, TrainState, checkpoint, hybrid_train_step, make_timestep_sampler, restore,
 )
 from pipelines.io import (
-    InputError, atomic_torch_save, data_fingerprint, entry_point, load_checkpoint, load_dataset, stage_args,
+    InputError, atomic_torch_save, data_fingerprint, entry_point, first_line, load_checkpoint, load_dataset, stage_args,
 )
 from pipelines.params import load_params
 from pipelines.tracking import StageRun, log_stage_run
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
         argv, ("ddpm.pt", "train.npz", "checkpoint.pt", "loss.csv", "loss.png"))
     params = load_params()
     p = params.finetune_iddpm
-    ds = load_dataset(data_path)
+    ds = load_dataset(data_path, params.data.name)
     src = load_checkpoint(ddpm_path, ("ema", "config"))
     src_cfg = src["config"]
     if src_cfg["data"]["sha256"] != data_fingerprint(ds.x):
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> None:
     if src_cfg["network"].get("out_mult", 1) != 1:
         raise InputError(f"{ddpm_path}: already has a variance output; expected an eps-only DDPM checkpoint")
     data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
-    decoder = LIKELIHOOD_DECODERS[params.data.name]
+    decoder = DATASETS[params.data.name].decoder
     config = {
         "network": {**src_cfg["network"], "out_mult": 2},
         "data_shape": src_cfg["data_shape"],
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> None:
     try:
         add_variance_output(src["ema"], net)
     except (ValueError, RuntimeError) as e:
-        raise InputError(f"{ddpm_path}: EMA weights do not fit its network config ({str(e).splitlines()[0][:120]})") from None
+        raise InputError(f"{ddpm_path}: EMA weights do not fit its network config ({first_line(e)})") from None
     state = TrainState.create(net, p.lr, p.seed)
     timesteps = make_timestep_sampler(p.timestep_sampler, len(sched), p.importance_history, p.importance_uniform)
     history: dict[str, list] = {"step": [], "loss": [], "l_simple": [], "l_vlb": [], "lr": []}
@@ -98,12 +98,11 @@ def main(argv: list[str]) -> None:
         "finetune_iddpm", p, state,
         lambda lr: hybrid_train_step(state, sched, data, timesteps, batch_size=p.batch_size, lambda_vlb=p.lambda_vlb,
                                      decoder=decoder, lr=lr, grad_clip=p.grad_clip, ema_decay=p.ema_decay),
-        history, lambda: save(partial))
+        history, save, partial)
 
     save(ckpt_path)
     write_history(csv_path, png_path, history,
                   f"finetune_iddpm: L_hybrid = L_simple + {p.lambda_vlb:g} T L_t (L_t in bits/dim), mean per log_every steps")
-    partial.unlink(missing_ok=True)
     last = {k: history[k][-1] for k in ("loss", "l_simple", "l_vlb")}
     frac = variance_fraction(state.ema, sched, data[:2000], p.seed)
     print("finetune_iddpm: EMA frac = (v+1)/2 by t: " + ", ".join(f"{t}: {f:.3f}" for t, f in frac.items()))
@@ -117,6 +116,7 @@ def main(argv: list[str]) -> None:
                 "frac_by_t": list(frac.items())},
         artifacts=[Path(csv_path), Path(png_path)],
     ))
+    partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

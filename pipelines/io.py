@@ -2,24 +2,31 @@
 
 Every output is written to a temporary file beside its target and renamed into place, so a
 killed stage never leaves a half-written file, and a failed stage leaves the old one intact.
+A temporary file carries its writer's PID; the next start of a stage that names the target
+removes those whose writer is dead. Checkpoints are pickled from a canonical copy, so their
+bytes are a function of their contents: a resumed run writes the file an unbroken run writes.
 """
 
 from __future__ import annotations
 
 import ctypes
+import glob
 import hashlib
 import io
 import json
 import os
+import re
+import signal
 import sys
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from components.data import Dataset
+from components.data import DATASETS, Dataset, DataSpec, split_problem
 from pipelines.params import ParamsError
 
 
@@ -31,11 +38,20 @@ class InputError(ValueError):
     """An input file (data, checkpoint, samples) that cannot be used; the message names the file."""
 
 
+class NonFiniteError(ArithmeticError):
+    """A computation that produced non-finite numbers (a diverged training run, a sampler that blew up)."""
+
+
+# What a stage reports in one line on stderr, with exit status 2: the user's params, files or run went wrong.
+ONE_LINE_ERRORS = (ParamsError, InputError, NonFiniteError)
+_TEMPORARY = re.compile(r"\.(\d+)\.[^.]+\.tmp$")  # .<target name>.<writer pid>.<random>.tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write bytes to `path` via a temporary file in the same directory and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -62,9 +78,61 @@ def atomic_save_npz(path: str | Path, **arrays: Any) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(paths: list[str]) -> list[Path]:
+    """Remove the temporary files that killed writers of `paths` (and of their `.partial`) left beside them.
+
+    A temporary file of a live writer is kept: two stages may write beside each other.
+    """
+    removed = []
+    for p in map(Path, paths):
+        if not p.name or not p.parent.is_dir():
+            continue
+        for tmp in p.parent.glob(f".{glob.escape(p.name)}.*.tmp"):
+            m = _TEMPORARY.search(tmp.name)
+            if m is None or not _alive(int(m.group(1))):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
+
+
+def canonical(obj: Any) -> Any:
+    """A copy of a checkpoint's object tree whose pickle is a function of its contents alone.
+
+    pickle writes an object seen twice as a back-reference, by identity: a resumed run whose
+    config strings are other objects than an unbroken run's pickled to other bytes with equal
+    contents, so DVC saw a new output. Interned strings, fresh containers and tensors with
+    storages of their own make equal contents pickle identically.
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone(memory_format=torch.contiguous_format)
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, OrderedDict):  # a state_dict, with the _metadata load_state_dict reads
+        out = OrderedDict((canonical(k), canonical(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = canonical(obj._metadata)
+        return out
+    if isinstance(obj, dict):
+        return {canonical(k): canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(canonical(v) for v in obj)
+    return obj
+
+
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """torch.save of `canonical(obj)`, atomically: equal contents, equal bytes."""
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(canonical(obj), buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -94,13 +162,36 @@ def save_dataset(path: str | Path, ds: Dataset) -> None:
     atomic_save_npz(path, x=ds.x, y=ds.y, shift=np.float64(ds.shift), scale=np.float64(ds.scale), **extra)
 
 
-def load_dataset(path: str | Path) -> Dataset:
-    a = load_npz(path, ("x", "y", "shift", "scale"))
-    modes = a.get("modes")
-    return Dataset(
-        x=a["x"], y=a["y"], shift=float(a["shift"]), scale=float(a["scale"]), modes=modes,
-        mode_std=float(a["mode_std"]) if modes is not None else None,
-    )
+def _number(path: str | Path, arrays: dict[str, np.ndarray], key: str) -> float:
+    a = arrays[key]
+    if a.shape != () or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise InputError(f"{path}: {key} must be a single number, got an array of shape {a.shape} and dtype {a.dtype}")
+    return float(a)
+
+
+def load_dataset(path: str | Path, name: str) -> Dataset:
+    """A split of data set `name`, checked against what the registry knows of it (`split_problem`)."""
+    spec = DATASETS[name]
+    mixture = ("modes", "mode_std") if spec.mixture else ()
+    a = load_npz(path, ("x", "y", "shift", "scale", *mixture))
+    ds = Dataset(x=a["x"], y=a["y"], shift=_number(path, a, "shift"), scale=_number(path, a, "scale"),
+                 modes=a.get("modes"), mode_std=_number(path, a, "mode_std") if spec.mixture else None)
+    problem = split_problem(ds, spec)
+    if problem:
+        raise InputError(f"{path}: not a {name} split: {problem}")
+    return ds
+
+
+def load_samples(path: str | Path, spec: DataSpec, n: int) -> dict[str, np.ndarray]:
+    """A sample stage's output: n finite samples x of the data set's shape, with their NFE and wall time."""
+    a = load_npz(path, ("x", "nfe", "wall_s_per_1k"))
+    x = a["x"]
+    if x.shape != (n, *spec.shape) or not np.issubdtype(x.dtype, np.floating):
+        raise InputError(f"{path}: x has shape {x.shape} and dtype {x.dtype}, expected {(n, *spec.shape)} floats "
+                         f"(params sample.n = {n}); rerun its stage")
+    if not np.isfinite(x).all():
+        raise InputError(f"{path}: {int((~np.isfinite(x)).sum())} non-finite values in x; rerun its stage")
+    return a
 
 
 def data_fingerprint(x: np.ndarray) -> str:
@@ -120,13 +211,33 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...]) -> dict:
     except FileNotFoundError:
         raise InputError(f"{path}: checkpoint not found") from None
     except Exception as e:
-        raise InputError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise InputError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {first_line(e)})") from None
     if not isinstance(ckpt, dict):
         raise InputError(f"{path}: not a trilemma checkpoint (expected a dict)")
     missing = [k for k in required if k not in ckpt]
     if missing:
         raise InputError(f"{path}: not a trilemma checkpoint (missing {', '.join(missing)})")
+    bad = first_nonfinite({k: v for k, v in ckpt.items() if k != "history"})  # a loss history may hold NaN gaps
+    if bad:
+        raise InputError(f"{path}: non-finite values in {bad}: the run that wrote it diverged; retrain it")
     return ckpt
+
+
+def first_line(e: BaseException, limit: int = 120) -> str:
+    """An exception's message for a one-line error: its first line, shortened."""
+    return (str(e).splitlines() or [""])[0][:limit]
+
+
+def first_nonfinite(obj: Any, key: str = "") -> str | None:
+    """The key path of the first floating-point tensor in a nested dict/list with a NaN or inf, else None."""
+    if isinstance(obj, torch.Tensor):
+        return (key or "tensor") if obj.is_floating_point() and not torch.isfinite(obj).all() else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        bad = first_nonfinite(v, f"{key}.{k}" if key else str(k))
+        if bad:
+            return bad
+    return None
 
 
 def pin_malloc_thresholds() -> bool:
@@ -148,18 +259,46 @@ def pin_malloc_thresholds() -> bool:
     return all(libc.mallopt(option, value) == 1 for option, value in settings)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: the stage stops as a Ctrl-C stops it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
 def entry_point(main: Callable[[list[str]], None]) -> None:
-    """Run a stage's main(argv) with pinned malloc thresholds; bad params or inputs end in one line on
-    stderr and exit status 2."""
+    """Run a stage's main(argv): pinned malloc thresholds, stale temporaries of its paths removed first.
+
+    Bad params, inputs or non-finite results end in one line on stderr and exit status 2; an
+    interrupt (SIGINT, SIGTERM) in one line and 128 + the signal. Under `dvc repro`, which deleted
+    the stage's outputs before starting it, any failure first puts back the outputs dvc.lock
+    records (pipelines/restore.py): a failed stage loses nothing.
+    """
+    from pipelines.restore import restore_after_failure
+
     pin_malloc_thresholds()
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    argv = sys.argv[1:]
+    remove_stale_temporaries(argv)
     try:
-        main(sys.argv[1:])
-    except (ParamsError, InputError) as e:
+        main(argv)
+    except ONE_LINE_ERRORS as e:
+        restore_after_failure()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; outputs left as they were (rerun to resume)", file=sys.stderr)
-        sys.exit(130)
+    except Interrupted as e:
+        restore_after_failure()
+        print(f"interrupted ({e}); committed outputs kept, rerun to resume", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except Exception:
+        restore_after_failure()
+        raise
 
 
 def stage_args(argv: list[str], names: tuple[str, ...]) -> list[str]:

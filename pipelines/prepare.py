@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from components.data import DATASETS
+from components.data import DATASETS, split_problem
 from pipelines.io import entry_point, save_dataset, stage_args
-from pipelines.params import load_params
+from pipelines.params import ParamsError, load_params
 from pipelines.tracking import StageRun, log_stage_run
 
 
 def main(argv: list[str]) -> None:
     train_path, reference_path = stage_args(argv, ("train.npz", "reference.npz"))
     p = load_params().data
-    splits = DATASETS[p.name](p.n_train, p.n_reference, p.std, p.seed)
+    spec = DATASETS[p.name]
+    splits = spec.build(p.n_train, p.n_reference, p.std, p.seed)
+    for split, ds in splits.items():  # what every stage's loader will check, before anything is written
+        problem = split_problem(ds, spec)
+        if problem:
+            raise ParamsError(f"params.yaml: data: its {split} split of {p.name} is unusable: {problem}")
     save_dataset(train_path, splits["train"])
     save_dataset(reference_path, splits["reference"])
     train = splits["train"]

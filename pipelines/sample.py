@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.data import LIKELIHOOD_DECODERS, Dataset, to_data
+from components.data import DATASETS, Dataset, to_data
 from components.ddgan import Generator
 from components.guidance import Classifier, classifier_grad
 from components.likelihood import bound_per_dim, variational_bound
@@ -29,8 +29,8 @@ from components.networks import make_classifier, make_generator, make_network
 from components.samplers import SAMPLERS, EpsModel, sample_ddgan
 from components.schedules import Schedule, make_schedule, make_trajectory, respace
 from pipelines.io import (
-    InputError, atomic_save_figure, atomic_save_npz, entry_point, load_checkpoint, load_dataset, progress_enabled,
-    stage_args,
+    InputError, NonFiniteError, atomic_save_figure, atomic_save_npz, entry_point, first_line, load_checkpoint,
+    load_dataset, progress_enabled, stage_args,
 )
 from pipelines.params import CellParams, Params, ParamsError, load_params
 from pipelines.plots import samples_figure
@@ -49,7 +49,7 @@ def _load_ema(ckpt_path: str, build) -> tuple[torch.nn.Module, dict]:
         net = build(cfg)
         net.load_state_dict(ckpt["ema"])
     except (ValueError, TypeError, RuntimeError, KeyError) as e:
-        raise InputError(f"{ckpt_path}: EMA weights do not fit the network in its config ({str(e).splitlines()[0][:120]})") from None
+        raise InputError(f"{ckpt_path}: EMA weights do not fit the network in its config ({first_line(e)})") from None
     return net.eval().requires_grad_(False), cfg
 
 
@@ -120,7 +120,7 @@ def guide_for(classifier: Classifier | None, y: torch.Tensor, scale: float | Non
 
 def bound(model: EpsModel, sched: Schedule, cell: CellParams, ref: Dataset, params: Params) -> dict[str, np.ndarray]:
     """The cell's variational bound on the first nll.n reference points: mean, standard error, per-term means."""
-    nll, decoder = params.nll, LIKELIHOOD_DECODERS[params.data.name]
+    nll, decoder = params.nll, DATASETS[params.data.name].decoder
     x0 = torch.from_numpy(ref.to_model(ref.x[: nll.n]))  # (n, ...) model space
     dims = math.prod(x0.shape[1:])
     generator = torch.Generator().manual_seed(nll.seed)
@@ -158,6 +158,9 @@ def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Gen
     x = draw(sampler, model, sched, p.n, p.batch_size, shape, generator, kwargs, progress_enabled(),
              guide_for(classifier, y, cell.scale) if guided else None)
     wall = time.perf_counter() - t0
+    bad = int((~torch.isfinite(x)).any(dim=tuple(range(1, x.dim()))).sum())
+    if bad:
+        raise NonFiniteError(f"{stage}: {bad} of {p.n} samples are non-finite: the sampler diverged; nothing written")
 
     likelihood, nll_s = {}, 0.0
     if cell.has_likelihood:
@@ -196,7 +199,7 @@ def main(argv: list[str]) -> None:
         raise ParamsError(f"params.yaml: sweep.{cell_name}: no such cell; allowed: {', '.join(params.sweep)}")
     cell = params.sweep[cell_name]
     model, cfg = load_ema_model(ckpt_path)  # its config fixes the schedule, T and model space
-    ref = load_dataset(ref_path)
+    ref = load_dataset(ref_path, params.data.name)
     check_cell_model(f"sweep.{cell_name}", cell, ckpt_path, cfg, ref_path, ref)
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
     run_cell(f"sample@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, samples_path,

@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
     if cell_name not in cells:
         raise ParamsError(f"params.yaml: ddgan.T: no entry {T}; allowed: {', '.join(map(str, params.ddgan.T))}")
     G, cfg = load_ema_generator(ckpt_path)
-    ref = load_dataset(ref_path)
+    ref = load_dataset(ref_path, params.data.name)
     if cfg["diffusion"]["T"] != T:
         raise InputError(f"{ckpt_path}: trained with T={cfg['diffusion']['T']}, not {T}; rerun train_ddgan@{T}")
     if (ref.shift, ref.scale) != (cfg["data"]["shift"], cfg["data"]["scale"]):

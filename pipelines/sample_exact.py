@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
     params = load_params()
     if cell_name not in params.exact_sweep:
         raise ParamsError(f"params.yaml: exact_sweep.{cell_name}: no such cell; allowed: {', '.join(params.exact_sweep)}")
-    ref = load_dataset(ref_path)
+    ref = load_dataset(ref_path, params.data.name)
     if ref.modes is None:
         raise InputError(f"{ref_path}: exact_sweep needs a data set with mixture modes")
     full = make_schedule(params.diffusion.schedule, params.diffusion.T)

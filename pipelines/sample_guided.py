@@ -25,7 +25,7 @@ def main(argv: list[str]) -> None:
     cell = params.guided_sweep[cell_name]
     model, cfg = load_ema_model(ckpt_path)
     classifier, clf_cfg = load_ema_classifier(clf_path)
-    ref = load_dataset(ref_path)
+    ref = load_dataset(ref_path, params.data.name)
     check_cell_model(f"guided_sweep.{cell_name}", cell, ckpt_path, cfg, ref_path, ref)
     # The classifier must know the model's noise levels and data: the same schedule, T and training data.
     if clf_cfg["diffusion"] != cfg["diffusion"]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.data import MIXTURES
+from components.data import DATASETS
 from components.gaussian_mixture import mixture_classifier
 from components.networks import make_classifier
 from components.schedules import make_schedule
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
         argv, ("train.npz", "reference.npz", "classifier.pt", "loss.csv", "loss.png", "accuracy.csv", "accuracy.png"))
     params = load_params()
     p, diff = params.train_classifier, params.diffusion
-    ds, ref = load_dataset(train_path), load_dataset(ref_path)
+    ds, ref = load_dataset(train_path, params.data.name), load_dataset(ref_path, params.data.name)
     data, labels = torch.from_numpy(ds.to_model(ds.x)), torch.from_numpy(ds.y)
     config = scratch_config(p, dataclasses.asdict(diff), ds, n_classes=ds.n_classes)
     sched = make_schedule(diff.schedule, diff.T)
@@ -47,6 +47,9 @@ def main(argv: list[str]) -> None:
     state = TrainState.create(net, p.lr, p.seed, weight_decay=p.weight_decay)
     history: dict[str, list] = {"step": [], "loss": [], "accuracy": [], "lr": []}
 
+    def save(path) -> None:
+        atomic_torch_save(path, checkpoint(state, config, history))
+
     partial = Path(f"{ckpt_path}.partial")
     if resume("train_classifier", partial, config, CHECKPOINT_KEYS, lambda ckpt: history.update(restore(state, ckpt))):
         print(f"train_classifier: resuming from {partial} at step {state.step}")
@@ -54,26 +57,25 @@ def main(argv: list[str]) -> None:
         "train_classifier", p, state,
         lambda lr: classifier_train_step(state, sched, data, labels, batch_size=p.batch_size, lr=lr,
                                          grad_clip=p.grad_clip, ema_decay=p.ema_decay),
-        history, lambda: atomic_torch_save(partial, checkpoint(state, config, history)))
+        history, save, partial)
 
     # Held-out accuracy by t-range, the EMA classifier against the Bayes-optimal one (same x0, t and noise).
     x_ref, y_ref = torch.from_numpy(ref.to_model(ref.x)), torch.from_numpy(ref.y)
     edges, acc = accuracy_by_t(state.ema, sched, x_ref, y_ref, p.accuracy_buckets, torch.Generator().manual_seed(p.seed))
     curves = {"accuracy": acc, "chance": np.full(len(acc), 1 / ds.n_classes)}
-    if params.data.name in MIXTURES:
+    if DATASETS[params.data.name].mixture:
         exact = mixture_classifier(sched, ref.to_model(ref.modes), ref.mode_std * ref.scale)
         curves["bayes_accuracy"] = accuracy_by_t(exact, sched, x_ref, y_ref, p.accuracy_buckets,
                                                  torch.Generator().manual_seed(p.seed))[1]
     mid = (edges[:-1] + edges[1:] - 1) / 2
 
-    atomic_torch_save(ckpt_path, checkpoint(state, config, history))
+    save(ckpt_path)
     write_history(csv_path, png_path, history, "train_classifier: cross-entropy and accuracy over t ~ U[0, T), "
                                                "mean per log_every steps")
     rows = [f"{lo},{hi},{m:g}," + ",".join(f"{c[i]:.6f}" for c in curves.values())
             for i, (lo, hi, m) in enumerate(zip(edges[:-1], edges[1:], mid))]
     atomic_write_text(acc_csv, "t_lo,t_hi,t_mid," + ",".join(curves) + "\n" + "\n".join(rows) + "\n")
     atomic_save_figure(acc_png, accuracy_by_t_figure(edges, curves, diff.T))
-    partial.unlink(missing_ok=True)
     n_params = sum(x.numel() for x in net.parameters())
     print("train_classifier: held-out accuracy by t-range: " + ", ".join(
         f"[{lo}, {hi}): {a:.3f}" + (f" (Bayes {curves['bayes_accuracy'][i]:.3f})" if "bayes_accuracy" in curves else "")
@@ -88,6 +90,7 @@ def main(argv: list[str]) -> None:
                 **{f"{k}_by_t": list(zip(mid.astype(int).tolist(), v.tolist())) for k, v in curves.items()}},
         artifacts=[Path(csv_path), Path(png_path), Path(acc_csv), Path(acc_png)],
     ))
+    partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

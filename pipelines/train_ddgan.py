@@ -6,7 +6,7 @@ G(x_t, z, t) -> x0-hat and D(x_{t-1}, x_t, t) trained on T steps of params `trai
 (DDGAN's discretised VP): the non-saturating loss, lazy R1 on real pairs, Adam with separate
 learning rates, the EMA of G (`components.ddgan.ddgan_train_step`). The checkpoint holds G, D,
 the EMA, both optimisers, the step and the RNG state; a `.partial` is written every
-`checkpoint_every` steps and a killed run resumes from it, bit for bit.
+`checkpoint_every` steps and after the last; a killed run resumes from it, byte for byte.
 
 The losses are written per t, the paper's stability figure: `losses.csv` in long form (step, t,
 term, value), t = 0..T-1 and `all`, terms d_loss, g_loss and r1 (a DVC plot coloured by t), and
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
     T = parse_T(T_arg)
     params = load_params()
     p = params.train_ddgan
-    ds = load_dataset(data_path)
+    ds = load_dataset(data_path, params.data.name)
     data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
     config = scratch_config(p, {"schedule": p.schedule, "T": T}, ds)
     sched = make_schedule(p.schedule, T)
@@ -73,15 +73,16 @@ def main(argv: list[str]) -> None:
         return ddgan_train_step(state, sched, data, batch_size=p.batch_size, lr_g=lr_g, lr_d=lr_d,
                                 r1_gamma=p.r1_gamma, r1_every=p.r1_every, ema_decay=p.ema_decay, grad_clip=p.grad_clip)
 
-    train_s, steps_per_s = train_loop(stage, p, state, step, history,
-                                      lambda: atomic_torch_save(partial, gan_checkpoint(state, config, history)))
+    def save(path) -> None:
+        atomic_torch_save(path, gan_checkpoint(state, config, history))
 
-    atomic_torch_save(ckpt_path, gan_checkpoint(state, config, history))
+    train_s, steps_per_s = train_loop(stage, p, state, step, history, save, partial, finite=("d_loss", "g_loss"))
+
+    save(ckpt_path)
     by_t = losses_by_t(history, T)
     atomic_write_text(csv_path, losses_csv(history["step"], by_t))
     atomic_save_figure(png_path, losses_by_t_figure(history["step"], by_t, f"{stage}: DDGAN losses per t, "
                                                     f"mean per log_every steps"))
-    partial.unlink(missing_ok=True)
     n_g, n_d = (sum(x.numel() for x in net.parameters()) for net in (G, D))
     final = {k: history[k][-1] for k in TERMS}
     print(f"{stage}: {p.steps} steps, final D loss {final['d_loss']:.4f}, G loss {final['g_loss']:.4f}, "
@@ -94,6 +95,7 @@ def main(argv: list[str]) -> None:
                 if k != "step"},
         artifacts=[Path(csv_path), Path(png_path)], tags={"T": str(T)},
     ))
+    partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
     python -m pipelines.train_ddpm <train.npz> <checkpoint.pt> <loss.csv> <loss.png>
 
-A resume checkpoint `<checkpoint.pt>.partial` is written every `checkpoint_every` steps; a
-killed run picks it up (if its config matches) and finishes bit-for-bit as an unbroken run would.
+A resume checkpoint `<checkpoint.pt>.partial` is written every `checkpoint_every` steps and after
+the last; a killed run picks it up (if its config matches) and finishes byte for byte as an
+unbroken run would. It is removed once the outputs are written and logged.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main(argv: list[str]) -> None:
     data_path, ckpt_path, csv_path, png_path = stage_args(argv, ("train.npz", "checkpoint.pt", "loss.csv", "loss.png"))
     params = load_params()
     p, diff = params.train_ddpm, params.diffusion
-    ds = load_dataset(data_path)
+    ds = load_dataset(data_path, params.data.name)
     data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
     config = scratch_config(p, dataclasses.asdict(diff), ds)
     sched = make_schedule(diff.schedule, diff.T)
@@ -35,6 +36,9 @@ def main(argv: list[str]) -> None:
     state = TrainState.create(net, p.lr, p.seed)
     history: dict[str, list] = {"step": [], "loss": [], "lr": []}
 
+    def save(path) -> None:
+        atomic_torch_save(path, checkpoint(state, config, history))
+
     partial = Path(f"{ckpt_path}.partial")
     if resume("train_ddpm", partial, config, CHECKPOINT_KEYS, lambda ckpt: history.update(restore(state, ckpt))):
         print(f"train_ddpm: resuming from {partial} at step {state.step}")
@@ -42,11 +46,10 @@ def main(argv: list[str]) -> None:
         "train_ddpm", p, state,
         lambda lr: train_step(state, sched, data, batch_size=p.batch_size, lr=lr, grad_clip=p.grad_clip,
                               ema_decay=p.ema_decay),
-        history, lambda: atomic_torch_save(partial, checkpoint(state, config, history)))
+        history, save, partial)
 
-    atomic_torch_save(ckpt_path, checkpoint(state, config, history))
+    save(ckpt_path)
     write_history(csv_path, png_path, history, "train_ddpm: L_simple, mean per log_every steps")
-    partial.unlink(missing_ok=True)
     n_params = sum(x.numel() for x in net.parameters())
     print(f"train_ddpm: {p.steps} steps, final loss {history['loss'][-1]:.4f}, {n_params} parameters, "
           f"{train_s:.1f} s in this run ({steps_per_s:.1f} steps/s)")
@@ -56,6 +59,7 @@ def main(argv: list[str]) -> None:
         series={"loss": list(zip(history["step"], history["loss"])), "lr": list(zip(history["step"], history["lr"]))},
         artifacts=[Path(csv_path), Path(png_path)],
     ))
+    partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""The loop every trainer stage shares: LR schedule, loss history, resume checkpoints, progress bar.
+"""The loop every trainer stage shares: LR schedule, loss history, resume checkpoints, divergence guard, progress bar.
 
 A stage builds its state and a `step_fn(lr) -> metrics` from components.training, then calls
-`resume` and `train_loop`; what is trained and how stays in the stage.
+`resume` and `train_loop`; what is trained and how stays in the stage. After the loop the stage
+writes its outputs, logs them, and only then removes the resume checkpoint: a run killed at any
+point after the last step resumes there and redoes no training.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from tqdm.auto import tqdm
 
 from components.data import Dataset
 from components.training import lr_at
-from pipelines.io import atomic_save_figure, atomic_write_text, data_config, load_checkpoint, progress_enabled
+from pipelines.io import (
+    InputError, NonFiniteError, atomic_save_figure, atomic_write_text, data_config, first_nonfinite, load_checkpoint,
+    progress_enabled,
+)
 from pipelines.params import NetworkParams, OptimParams
 from pipelines.plots import loss_curve_figure
 
@@ -41,7 +46,10 @@ def resume(stage: str, partial: Path, config: dict, required: tuple[str, ...],
     """Restore from `partial` if it exists and was made with this config; True if restored."""
     if not partial.exists():
         return False
-    ckpt = load_checkpoint(partial, required)
+    try:
+        ckpt = load_checkpoint(partial, required)
+    except InputError as e:
+        raise InputError(f"{e}; delete it to start {stage} afresh") from None
     if ckpt["config"] != config:
         print(f"{stage}: {partial} was made with other params or data; starting afresh")
         return False
@@ -50,19 +58,35 @@ def resume(stage: str, partial: Path, config: dict, required: tuple[str, ...],
 
 
 def train_loop(stage: str, p: OptimParams, state, step_fn: Callable[[float], dict[str, float]],
-               history: dict[str, list], save_partial: Callable[[], None]) -> tuple[float, float]:
+               history: dict[str, list], save: Callable[[Path], None], partial: Path,
+               finite: tuple[str, ...] = ("loss",)) -> tuple[float, float]:
     """Call step_fn(lr) until state.step reaches p.steps; return (seconds, steps per second) of this run.
 
     Every `log_every` steps the mean of each metric named in `history` (besides "step" and "lr")
-    over those steps is appended, NaN values left out (a metric not computed at every step); every `checkpoint_every` steps `save_partial()` is called.
+    over those steps is appended, NaN values left out (a metric not computed at every step).
+    Every `checkpoint_every` steps, and after the last, `save(partial)` writes the resume checkpoint.
+
+    Divergence guard: the metrics named in `finite` must be finite after every step, and the
+    weights of `state.networks()` before every save; otherwise NonFiniteError names the step and
+    the last good checkpoint, and nothing more is written.
     """
     keys = [k for k in history if k not in ("step", "lr")]
     window: dict[str, list[float]] = {k: [] for k in keys}
     start_step, t0 = state.step, time.perf_counter()
+    last_good = state.step if state.step > 0 else None  # resumed from `partial` at this step
+
+    def diverged(what: str) -> NonFiniteError:
+        kept = (f"last good checkpoint {partial} (step {last_good})" if last_good is not None
+                else f"no checkpoint saved yet (checkpoint_every = {p.checkpoint_every})")
+        return NonFiniteError(f"{stage}: {what} at step {state.step}: training diverged, nothing written; {kept}")
+
     with tqdm(total=p.steps, initial=state.step, disable=not progress_enabled(), desc=stage, unit="step") as bar:
         while state.step < p.steps:
             lr = lr_at(state.step, lr=p.lr, warmup_steps=p.warmup_steps, total_steps=p.steps, schedule=p.lr_schedule)
             metrics = step_fn(lr)
+            for k in finite:
+                if not math.isfinite(metrics[k]):
+                    raise diverged(f"{k} is {metrics[k]}")
             for k in keys:
                 window[k].append(metrics[k])
             bar.update()
@@ -73,8 +97,12 @@ def train_loop(stage: str, p: OptimParams, state, step_fn: Callable[[float], dic
                     window[k] = []
                 history["lr"].append(lr)
                 bar.set_postfix(loss=f"{history[keys[0]][-1]:.4f}", lr=f"{lr:.2e}")
-            if state.step % p.checkpoint_every == 0 and state.step < p.steps:
-                save_partial()
+            if state.step % p.checkpoint_every == 0 or state.step == p.steps:
+                bad = first_nonfinite({name: net.state_dict() for name, net in state.networks().items()})
+                if bad:
+                    raise diverged(f"non-finite weights in {bad}")
+                save(partial)
+                last_good = state.step
     train_s = time.perf_counter() - t0
     return train_s, (state.step - start_step) / max(train_s, 1e-9)
 

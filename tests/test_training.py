@@ -1,11 +1,7 @@
 """Training pieces: L_simple, L_hybrid, timestep samplers, LR schedule, EMA, and checkpoints that resume exactly."""
 
 import io
-import os
-import signal
-import subprocess
-import sys
-import time
+import math
 
 import numpy as np
 import pytest
@@ -20,8 +16,10 @@ from components.training import (
     LossSecondMomentTimesteps, TrainState, UniformTimesteps, accuracy_by_t, checkpoint, classifier_train_step,
     ema_update, hybrid_losses, hybrid_train_step, lr_at, restore, train_step,
 )
+from pipelines.io import NonFiniteError, atomic_torch_save
+from pipelines.params import OptimParams
+from pipelines.trainer import train_loop
 
-from conftest import run, stage_env, write_params, TINY
 
 SCHED = make_schedule("linear", 100)
 DATA = torch.randn(512, 2)
@@ -202,51 +200,76 @@ def test_noise_aware_classifier_reaches_bayes_accuracy_by_t():
     assert (np.diff(bayes[:30]) < 0.02).all()  # the ceiling falls with t
 
 
-@pytest.mark.parametrize("stage", ["train_ddpm", "finetune_iddpm", "train_classifier", "train_ddgan"])
-def test_killed_stage_resumes_to_the_same_checkpoint(tiny_repo, stage):
-    """SIGKILL a trainer mid-run; the rerun resumes from <ckpt>.partial and ends where an unbroken run ends.
+def _optim(**over) -> OptimParams:
+    kw = dict(seed=0, steps=20, batch_size=32, lr=1e-2, lr_schedule="cosine", warmup_steps=2, ema_decay=0.9, grad_clip=1.0,
+              log_every=5, checkpoint_every=5)
+    return OptimParams(**{**kw, **over})
 
-    finetune_iddpm runs with the importance sampler, whose loss history must resume too; train_ddgan
-    resumes two networks, two optimisers and the EMA of G.
-    """
-    long = {"steps": 1500, "checkpoint_every": 100, "log_every": 50}
-    write_params(tiny_repo, {**TINY, stage: {**TINY[stage], **long},
-                             "finetune_iddpm": {**TINY["finetune_iddpm"], "timestep_sampler": "loss_second_moment",
-                                                **(long if stage == "finetune_iddpm" else {})}})
-    run([sys.executable, "-m", "pipelines.prepare", "data/train.npz", "data/reference.npz"], tiny_repo)
-    cmd = [sys.executable, "-m", "pipelines.train_ddpm", "data/train.npz"]
-    if stage == "finetune_iddpm":
-        run(cmd + ["models/ddpm.pt", "plots/d.csv", "plots/d.png"], tiny_repo)
-        cmd = [sys.executable, "-m", "pipelines.finetune_iddpm", "models/ddpm.pt", "data/train.npz"]
-    if stage == "train_classifier":
-        cmd = [sys.executable, "-m", "pipelines.train_classifier", "data/train.npz", "data/reference.npz"]
-    if stage == "train_ddgan":
-        cmd = [sys.executable, "-m", "pipelines.train_ddgan", "4", "data/train.npz"]
-    accuracy = ["accuracy.csv", "accuracy.png"] if stage == "train_classifier" else []
-    outs = ["models/a.pt", "plots/a.csv", "plots/a.png", *(f"plots/a-{f}" for f in accuracy)]
-    env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tiny_repo}/mlflow.db")
-    proc = subprocess.Popen(cmd + outs, cwd=tiny_repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    partial = tiny_repo / "models/a.pt.partial"
-    deadline = time.time() + 120
-    while not partial.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert partial.exists() and not (tiny_repo / "models/a.pt").exists(), "the kill came too late to test resuming"
 
-    resumed = run(cmd + outs, tiny_repo)
-    assert "resuming from models/a.pt.partial at step" in resumed.stdout
-    assert not partial.exists()
-    run(cmd + ["models/b.pt", "plots/b.csv", "plots/b.png", *(f"plots/b-{f}" for f in accuracy)], tiny_repo)
-    a = torch.load(tiny_repo / "models/a.pt", weights_only=True)
-    b = torch.load(tiny_repo / "models/b.pt", weights_only=True)
-    assert a["step"] == b["step"] == 1500
-    for net in ("ema", "G", "D") if stage == "train_ddgan" else ("ema",):
-        for k in a[net]:
-            assert torch.equal(a[net][k], b[net][k]), (net, k)
-    assert (tiny_repo / "plots/a.csv").read_text() == (tiny_repo / "plots/b.csv").read_text()
-    if accuracy:  # the held-out accuracy is measured after training: it too must not depend on the kill
-        assert (tiny_repo / "plots/a-accuracy.csv").read_text() == (tiny_repo / "plots/b-accuracy.csv").read_text()
-    if stage == "finetune_iddpm":
-        assert torch.equal(a["timestep_sampler"]["losses"], b["timestep_sampler"]["losses"])
-        assert int(a["timestep_sampler"]["counts"].min()) >= 10  # the importance sampler was in use
+def _looped(p: OptimParams, partial, state=None, history=None, fault=None):
+    """train_loop over L_simple on DATA with atomic, canonical resume checkpoints at `partial`; `fault(step, metrics)`
+    may change the metrics or raise, to inject a failure."""
+    state = state or fresh_state()
+    history = history if history is not None else {"step": [], "loss": [], "lr": []}
+
+    def step_fn(lr):
+        metrics = train_step(state, SCHED, DATA, batch_size=p.batch_size, lr=lr, grad_clip=p.grad_clip,
+                             ema_decay=p.ema_decay)
+        return fault(state.step, metrics) if fault else metrics
+
+    def save(path):
+        atomic_torch_save(path, checkpoint(state, {"cfg": "x"}, history))
+
+    train_loop("t", p, state, step_fn, history, save, partial)
+    return state, history, save
+
+
+def test_a_resumed_loop_writes_the_bytes_an_unbroken_one_writes(tmp_path):
+    """Killed between resume checkpoints, resumed from the last one: the final checkpoint is byte-identical."""
+    p = _optim()
+    _, _, save = _looped(p, tmp_path / "a.partial")
+    save(tmp_path / "a.pt")
+
+    def interrupt(step, metrics):
+        if step == 13:
+            raise KeyboardInterrupt
+        return metrics
+
+    with pytest.raises(KeyboardInterrupt):
+        _looped(p, tmp_path / "b.partial", fault=interrupt)
+    state = fresh_state(seed=7)  # everything must come from the resume checkpoint
+    ckpt = torch.load(tmp_path / "b.partial", weights_only=True)
+    assert ckpt["step"] == 10
+    history = restore(state, ckpt)
+    _, _, save = _looped(p, tmp_path / "b.partial", state=state, history=history)
+    save(tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert (tmp_path / "b.partial").read_bytes() == (tmp_path / "a.pt").read_bytes()  # saved after the last step too
+
+
+def test_a_non_finite_loss_stops_the_loop_naming_the_last_good_checkpoint(tmp_path):
+    def nan_at_12(step, metrics):
+        return {**metrics, "loss": math.nan} if step == 12 else metrics
+
+    with pytest.raises(NonFiniteError) as e:
+        _looped(_optim(), tmp_path / "m.partial", fault=nan_at_12)
+    assert str(e.value) == (f"t: loss is nan at step 12: training diverged, nothing written; last good checkpoint "
+                            f"{tmp_path / 'm.partial'} (step 10)")
+    assert torch.load(tmp_path / "m.partial", weights_only=True)["step"] == 10
+    with pytest.raises(NonFiniteError, match=r"^t: loss is inf at step 3: .*; no checkpoint saved yet \(checkpoint_every = 5\)$"):
+        _looped(_optim(), tmp_path / "n.partial", fault=lambda step, m: {**m, "loss": math.inf} if step == 3 else m)
+    assert not (tmp_path / "n.partial").exists()
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    state = fresh_state()
+
+    def poison(step, metrics):
+        if step == 9:  # after the step's loss was computed: only the weights tell
+            with torch.no_grad():
+                state.ema.inp.weight[0, 0] = math.inf
+        return metrics
+
+    with pytest.raises(NonFiniteError, match=r"^t: non-finite weights in ema.inp.weight at step 10: training diverged"):
+        _looped(_optim(), tmp_path / "w.partial", state=state, fault=poison)
+    assert torch.load(tmp_path / "w.partial", weights_only=True)["step"] == 5
