@@ -4,15 +4,18 @@ The tracking URI is explicit: `MLFLOW_TRACKING_URI` if set, else `sqlite:///<rep
 (the repository root is the working directory DVC runs stages in). The experiment is
 `MLFLOW_EXPERIMENT_NAME`, else "trilemma".
 
-Tracking never fails a stage: if the server is unreachable, or answers too slowly, the stage's
-outputs are already written, and logging prints one warning line and gives up within seconds
-instead of MLflow's default of minutes of retries.
+Tracking never fails a stage: if the store is unusable (a server that is down or answers too
+slowly, a local sqlite file that is locked, corrupt or cannot be created), the stage's outputs are
+already written, and logging prints one warning line and gives up within seconds instead of
+MLflow's default of minutes of retries (about 4 minutes for a refused HTTP connection, about
+100 s for a SQL store it cannot open).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass, field
@@ -60,12 +63,22 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _reachable(uri: str, timeout: float = 2.0) -> str | None:
-    """None if an http(s) tracking server accepts a TCP connection (or the store is local), else why not."""
+DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def _unusable(uri: str, timeout: float = 2.0) -> str | None:
+    """Why the store at `uri` cannot take a run, found within seconds; None if it looks usable.
+
+    A server (HTTP or a database) must accept a TCP connection; a local sqlite store must be a
+    database that a writer can lock, or a file that can be created.
+    """
     parsed = urlparse(uri)
-    if parsed.scheme not in ("http", "https"):
+    scheme = parsed.scheme.split("+")[0]  # postgresql+psycopg2 -> postgresql
+    if scheme == "sqlite":
+        return _sqlite_problem(uri, timeout)
+    port = parsed.port or DEFAULT_PORTS.get(scheme)
+    if not parsed.hostname or not port:
         return None
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
         with socket.create_connection((parsed.hostname, port), timeout=timeout):
             return None
@@ -73,12 +86,35 @@ def _reachable(uri: str, timeout: float = 2.0) -> str | None:
         return f"cannot connect to {parsed.hostname}:{port} ({e.strerror or e})"
 
 
+def _sqlite_problem(uri: str, timeout: float) -> str | None:
+    """Why a sqlite store cannot take a run (missing and uncreatable, corrupt, locked by a writer), or None."""
+    path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    if not uri.startswith("sqlite:///") or not path.name:  # sqlite:// is in memory
+        return None
+    if not path.exists():
+        ancestor = next(p for p in path.parents if p.exists())
+        return None if ancestor.is_dir() and os.access(ancestor, os.W_OK) else f"cannot create {path}"
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout)
+    except sqlite3.Error as e:
+        return f"cannot open {path} ({e})"
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master")  # reads the schema: a file that is no database fails here
+        con.execute("BEGIN IMMEDIATE")  # the lock every write takes: another writer holding it fails after `timeout`
+        con.rollback()
+    except sqlite3.Error as e:
+        return f"{path}: {e}"
+    finally:
+        con.close()
+    return None
+
+
 def _fail_soft(what: str, log: Callable[[str], Any], uri: str | None = None) -> Any:
     """log(uri), or None after one warning line: tracking must never fail a stage or a sweep."""
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     uri = uri or tracking_uri()
-    why = _reachable(uri)
+    why = _unusable(uri)
     if why is None:
         try:
             return log(uri)

@@ -1,6 +1,7 @@
 """MLflow tracking: real sqlite store; unreachable or silent servers warn in one line within seconds."""
 
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -98,3 +99,46 @@ def test_stage_completes_when_tracking_is_down(tiny_repo):
                MLFLOW_TRACKING_URI=f"http://127.0.0.1:{_free_port()}")
     assert (tiny_repo / "data/train.npz").exists() and (tiny_repo / "data/reference.npz").exists()
     assert [line for line in proc.stderr.splitlines() if line.startswith("warning: MLflow")] != []
+
+
+def _hold_lock(db, mode: str) -> subprocess.Popen:
+    """Another process holding a sqlite lock on `db` (EXCLUSIVE: no reader either; IMMEDIATE: no other writer)."""
+    code = (f"import sqlite3, sys, time; c = sqlite3.connect({str(db)!r}, isolation_level=None); c.execute('BEGIN {mode}'); "
+            f"print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "uncreatable", "locked exclusive", "locked by a writer"])
+def test_an_unusable_local_store_warns_in_one_line_within_seconds(fault, tmp_path, monkeypatch, capsys):
+    """MLflow retries a sqlite store it cannot open for about 100 s; a stage gives up in seconds."""
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.chdir(tmp_path)
+    holder = None
+    if fault == "corrupt":
+        db.write_bytes(bytes(range(256)) * 20)
+    elif fault == "uncreatable":
+        (tmp_path / "file").write_text("a file, not a folder")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}")
+    else:
+        assert log_stage_run(StageRun("prepare", metrics={"x": 1.0})) is not None  # a working store, then locked
+        capsys.readouterr()
+        holder = _hold_lock(db, "EXCLUSIVE" if fault == "locked exclusive" else "IMMEDIATE")
+    try:
+        t0 = time.time()
+        assert log_stage_run(StageRun("prepare", metrics={"x": 1.0})) is None
+        assert time.time() - t0 < 10
+    finally:
+        if holder:
+            holder.kill()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: MLflow tracking at sqlite:///") and "not logged" in err[0], err
+
+
+def test_a_database_server_that_is_down_is_found_within_seconds(monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://u:p@127.0.0.1:{_free_port()}/mlflow")
+    t0 = time.time()
+    assert log_stage_run(StageRun("prepare", metrics={"x": 1.0})) is None
+    assert time.time() - t0 < 10 and "cannot connect to 127.0.0.1" in capsys.readouterr().err
