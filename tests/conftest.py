@@ -31,6 +31,17 @@ TINY = {
 }
 
 
+# The tiny budgets with one cell of each kind: every stage module of the DAG, built in about two minutes.
+SMALL_SWEEPS = {
+    "ddgan": {"T": [1, 2]},
+    "sweep": {"ddpm-4": {"model": "ddpm", "sampler": "ddpm", "steps": 4, "variance": "small"},
+              "iddpm-4": {"model": "iddpm", "sampler": "ddpm", "steps": 4, "variance": "learned"},
+              "ddim-4": {"model": "ddpm", "sampler": "ddim", "steps": 4, "eta": 0.0}},
+    "guided_sweep": {"ddim-4-s1": {"model": "ddpm", "sampler": "ddim", "steps": 4, "eta": 0.0, "scale": 1.0}},
+    "exact_sweep": {"exact-ddim-4": {"sampler": "ddim", "steps": 4, "eta": 0.0}},
+}
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
@@ -54,9 +65,10 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess
     return proc
 
 
-def write_params(repo: Path, overrides: dict) -> None:
+def write_params(repo: Path, overrides: dict, replace: dict | None = None) -> None:
+    """The default params with `overrides` merged in and the sections of `replace` replaced whole."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, overrides), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump({**_merge(params, overrides), **(replace or {})}, sort_keys=False))
 
 
 @pytest.fixture
