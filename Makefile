@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 	touch $@
 
-# Validate params.yaml first: DVC deletes a stage's outputs before running it, so a typo
-# must fail here, before any output is touched.
+# Validate params.yaml first. The DAG's validate stage does the same for a plain `dvc repro`, but a
+# file that is not UTF-8 or YAML, or gives a key twice, fails inside DVC (which reads params.yaml to
+# build dvc.yaml's stages) before any stage runs, in DVC's words; this check says it in one line.
 repro: $(STAMP)
 	$(BIN)/python -m pipelines.params
 	$(BIN)/dvc repro

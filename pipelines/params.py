@@ -48,7 +48,7 @@ LEARNED_VARIANCE_MODELS = ("iddpm",)
 
 # A name that reaches a stage name, a path or a command line (sweep cells).
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-SEED_LIMIT = 2**63  # seeds lie in [0, 2^63): numpy's and torch's generators take them all
+INT64 = 2**63  # integers lie in [-2^63, 2^63); seeds in [0, 2^63), which numpy's and torch's generators all take
 MAX_T = 100_000  # diffusion steps (DDPM 1000, iDDPM 4000); schedules are float64 tables of this length
 MAX_POINTS = 10**8  # points in a data split or a cell's samples
 MAX_BATCH = 10**6
@@ -78,7 +78,7 @@ def _between(name: str, value: int | float, lo: int | float, hi: int | float) ->
 
 
 def _seed(name: str, value: int) -> None:
-    _require(0 <= value < SEED_LIMIT, name, f"a seed must be in [0, 2^63), got {value}")
+    _require(0 <= value < INT64, name, f"a seed must be in [0, 2^63), got {value}")
 
 
 def _show(value: Any) -> str:
@@ -429,9 +429,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if tp in (int, float) and isinstance(value, int) and not isinstance(value, bool):
-        _require(-SEED_LIMIT <= value < SEED_LIMIT, key, f"{_show(value)} does not fit in 64 bits")
+        _require(-INT64 <= value < INT64, key, f"{_show(value)} does not fit in 64 bits")
         return float(value) if tp is float else value
-    if not isinstance(value, tp) or isinstance(value, bool) and tp is not bool:
+    if not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool):
         raise ParamsError(f"{key}: expected {_TYPE_NAMES.get(tp, tp.__name__)}, got {_show(value)}")
     if tp is float:
         _require(math.isfinite(value), key, f"must be a finite number, got {value}")

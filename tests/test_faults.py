@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from components.data import DATASETS
 from pipelines.io import ONE_LINE_ERRORS, InputError, load_dataset, save_dataset
-from pipelines.params import NAME, SEED_LIMIT, ParamsError, load_params
+from pipelines.params import NAME, INT64, ParamsError, load_params
 
 from conftest import ROOT, SMALL_SWEEPS, TINY, make_tiny_repo, run, stage_env, write_params
 
@@ -533,7 +533,7 @@ def _check_contract(obj, key: str = "") -> None:
     elif isinstance(obj, float):
         assert np.isfinite(obj), key
     elif isinstance(obj, int) and not isinstance(obj, bool):
-        assert -SEED_LIMIT <= obj < SEED_LIMIT, key
+        assert -INT64 <= obj < INT64, key
         if key.endswith("seed"):
             assert obj >= 0, key
 
