@@ -279,7 +279,7 @@ def entry_point(main: Callable[[list[str]], None]) -> None:
     the stage's outputs before starting it, any failure first puts back the outputs dvc.lock
     records (pipelines/restore.py): a failed stage loses nothing.
     """
-    from pipelines.restore import restore_after_failure
+    from pipelines.restore import restore_after_failure  # restore.py writes with this module's atomic writer
 
     pin_malloc_thresholds()
     signal.signal(signal.SIGTERM, _interrupt)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
+
+from pipelines.io import atomic_write_bytes
 
 
 def _md5(path: Path) -> str:
@@ -56,15 +56,7 @@ def restore_outputs(root: Path, stage: str) -> list[str]:
             src = Path(cache.oid_to_path(md5))
             if not src.is_file():
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-            os.close(fd)
-            try:
-                shutil.copyfile(src, tmp)  # the cache's files are read-only; the copy gets the usual mode
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, path)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            atomic_write_bytes(path, src.read_bytes())  # a copy: the cache's own files are read-only
             restored.append(out["path"])
         return restored
     finally:

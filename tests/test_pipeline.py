@@ -114,7 +114,8 @@ def test_dvc_repro_end_to_end(tiny_repo):
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == sorted(["validate", "evaluate", "train_classifier", *(f"sample_guided@{c}" for c in params["guided_sweep"])])
+    assert ran == sorted(["validate", "evaluate", "train_classifier",
+                          *(f"sample_guided@{c}" for c in params["guided_sweep"])])
 
     # A new DDGAN T adds its two stages and reruns no other generator (T is in the cmd, not in their params).
     params["ddgan"]["T"] = [*params["ddgan"]["T"], 2]
