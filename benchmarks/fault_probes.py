@@ -85,6 +85,16 @@ def lock_mlflow(repo: Path) -> subprocess.Popen:
     return holder
 
 
+class Payload:
+    """Pickled code: unpickling runs `touch <marker>`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 DVC = ["dvc", "repro"]
 ONE = ["dvc", "repro", "--single-item"]
 CHECK = [sys.executable, "-m", "pipelines.params"]
@@ -128,16 +138,6 @@ PROBES: dict[str, tuple[Callable[[Path], object], list[str]]] = {
     "mlflow.db locked, prepare": (lock_mlflow, [*ONE, "--force", "prepare"]),
     "mlflow.db as it is, prepare (the baseline)": (lambda repo: None, [*ONE, "--force", "prepare"]),
 }
-
-
-class Payload:
-    """Pickled code: unpickling runs `touch <marker>`."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def error_line(out: str) -> str:
