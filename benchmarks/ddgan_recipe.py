@@ -1,5 +1,5 @@
-"""Train one DDGAN in-process with a recipe override and print its samples' metrics: the runs behind the README's
-DDGAN tuning figures. Reads data/{train,reference}.npz (run `dvc repro prepare` first); writes nothing.
+"""Train one DDGAN in-process with a recipe override and print its samples' metrics: the runs behind
+docs/results.md's DDGAN tuning figures. Reads data/{train,reference}.npz (run `dvc repro prepare` first); writes nothing.
 
     .venv/bin/python benchmarks/ddgan_recipe.py --T 4 [--steps 2000] [--d-octaves 6] [--r1-gamma 0.02] ...
 
