@@ -21,9 +21,11 @@ $(STAMP): pyproject.toml
 # Validate params.yaml first. The DAG's validate stage does the same for a plain `dvc repro`, but a
 # file that is not UTF-8 or YAML, or gives a key twice, fails inside DVC (which reads params.yaml to
 # build dvc.yaml's stages) before any stage runs, in DVC's words; this check says it in one line.
+# Stages queue their MLflow runs and a background logger writes them; the flush waits for the last ones.
 repro: $(STAMP)
 	$(BIN)/python -m pipelines.params
-	$(BIN)/dvc repro
+	$(BIN)/dvc repro || { $(BIN)/python -m pipelines.tracking flush; exit 1; }
+	$(BIN)/python -m pipelines.tracking flush
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

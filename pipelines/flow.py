@@ -54,7 +54,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from pipelines.params import PARAMS_FILE, load_params
-from pipelines.tracking import StageRun, log_to_run, start_parent_run, tracking_uri
+from pipelines.tracking import StageRun, flush, log_to_run, start_parent_run, tracking_uri
 
 DEPLOYMENT = "full-sweep"
 RESOURCES = ("gpu", "cpu")  # stage meta keys that take slots of a host-wide concurrency limit
@@ -433,6 +433,7 @@ def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1
     ran = [r["stage"] for r in report if r["status"] in ("ran", "restored")]
     logger.info(f"ran or restored {len(ran)} stages: {', '.join(ran) or 'none'}")
 
+    flush(root)  # the stage runs the background logger has not written yet, before the sweep's run closes
     files = {} if failures else next((s.table for s in reversed(plan) if s.table), {})
     table = log_table(files, parent, uri, report)
     dirty = {} if failures else status_clean(root, targets)

@@ -2,20 +2,34 @@
 
 The tracking URI is explicit: `MLFLOW_TRACKING_URI` if set, else `sqlite:///<repo>/mlflow.db`
 (the repository root is the working directory DVC runs stages in). The experiment is
-`MLFLOW_EXPERIMENT_NAME`, else "trilemma".
+`MLFLOW_EXPERIMENT_NAME`, else "trilemma"; a new experiment keeps its artifacts beside a local
+store (`<repo>/mlruns/`), whichever process creates it.
+
+A stage never imports MLflow (about 1.4 s of imports, paid 50 times a run). `log_stage_run`
+queues the run in the repository's spool, `.mlflow-spool/` (a folder per run: `record.json`,
+written last, and copies of its files), which takes milliseconds, and starts one background
+logger (`python -m pipelines.tracking flush --background`, niced) unless one is running. The
+logger writes each queued run with the stage's real start and end, oldest first, and removes
+it from the spool once it is in the store. `python -m pipelines.tracking flush` does the same
+in the foreground and returns when the spool is empty (`make repro` ends with it; the Prefect
+flow calls `flush` before it closes the sweep's run).
 
 Tracking never fails a stage: if the store is unusable (a server that is down or answers too
-slowly, a local sqlite file that is locked, corrupt or cannot be created), the stage's outputs are
-already written, and logging prints one warning line and gives up within seconds instead of
-MLflow's default of minutes of retries (about 4 minutes for a refused HTTP connection, about
-100 s for a SQL store it cannot open).
+slowly, a local sqlite file that is locked, corrupt or cannot be created), the stage prints one
+warning line within seconds and its run stays queued for the next flush, instead of MLflow's
+default of minutes of retries (about 4 minutes for a refused HTTP connection, about 100 s for a
+SQL store it cannot open).
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import shutil
 import socket
 import sqlite3
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,6 +41,8 @@ DEFAULT_EXPERIMENT = "trilemma"
 # MLflow's defaults retry a refused connection for ~4 minutes and wait 120 s per request.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 METRIC_BATCH, PARAM_BATCH = 1000, 100  # MLflow's log_batch limits
+SPOOL = ".mlflow-spool"  # queued stage runs, under the repository root
+RECORD = "record.json"  # a queued run's contents; written last, so a folder without it is still being written
 
 
 def tracking_uri(root: str | Path | None = None) -> str:
@@ -88,8 +104,8 @@ def _unusable(uri: str, timeout: float = 2.0) -> str | None:
 
 def _sqlite_problem(uri: str, timeout: float) -> str | None:
     """Why a sqlite store cannot take a run (missing and uncreatable, corrupt, locked by a writer), or None."""
-    path = Path(uri.removeprefix("sqlite:///").split("?")[0])
-    if not uri.startswith("sqlite:///") or not path.name:  # sqlite:// is in memory
+    path = _sqlite_path(uri)
+    if path is None:  # sqlite:// is in memory
         return None
     if not path.exists():
         ancestor = next(p for p in path.parents if p.exists())
@@ -124,20 +140,135 @@ def _fail_soft(what: str, log: Callable[[str], Any], uri: str | None = None) -> 
     return None
 
 
-def log_stage_run(run: StageRun) -> str | None:
-    """Log one stage run to MLflow; return its run id, or None after a one-line warning.
+def process_start_ms() -> int:
+    """When this process started (its imports included), in ms since the epoch: a stage run's real start."""
+    try:
+        import psutil
 
-    An orchestrator nests it under its run by setting TRILEMMA_PARENT_RUN_ID (never in dvc.yaml's
-    cmd, so that stage hashes do not change).
+        return int(psutil.Process().create_time() * 1000)
+    except Exception:  # no psutil, or no access to the process table: the first call's time
+        return _FIRST_CALL_MS
+
+
+_FIRST_CALL_MS = int(time.time() * 1000)
+
+
+def spool_dir(root: str | Path | None = None) -> Path:
+    return Path(root or Path.cwd()).resolve() / SPOOL
+
+
+def log_stage_run(run: StageRun, root: str | Path | None = None) -> Path | None:
+    """Queue one stage run for MLflow and start the background logger; the queued folder, or None.
+
+    Takes milliseconds: the run's contents go to `<root>/.mlflow-spool/` with its real start (this
+    process's) and end (now). An orchestrator nests it under its run by setting
+    TRILEMMA_PARENT_RUN_ID (never in dvc.yaml's cmd, so that stage hashes do not change). A store
+    that cannot take it now gets one warning line; the run stays queued for the next flush.
     """
-    return _fail_soft(run.stage, lambda uri: _log(uri, run))
+    try:
+        entry = _queue(run, spool_dir(root), tracking_uri(root))
+    except Exception as e:  # a full disk, an unwritable checkout: the stage's outputs are written all the same
+        print(f"warning: MLflow run of {run.stage} not queued ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
+    uri = tracking_uri(root)
+    why = _unusable(uri)
+    if why:
+        print(f"warning: MLflow tracking at {uri} unavailable, {run.stage} not logged yet: {why}; queued in "
+              f"{SPOOL}/ for `python -m pipelines.tracking flush`", file=sys.stderr)
+        return entry
+    _start_background_logger(entry.parent.parent)
+    return entry
+
+
+def _queue(run: StageRun, spool: Path, uri: str) -> Path:
+    """Write `run` into a new folder of the spool: its files copied (a later stage may overwrite them), the record last."""
+    end_ms = int(time.time() * 1000)
+    start_ms = min(process_start_ms(), end_ms)
+    entry = spool / f"{start_ms:015d}-{os.getpid()}-{run.stage.replace('@', '_')}"
+    entry.mkdir(parents=True, exist_ok=False)
+    files = []
+    for i, path in enumerate(run.artifacts):
+        (entry / str(i)).mkdir()
+        shutil.copy2(path, entry / str(i) / Path(path).name)
+        files.append(f"{i}/{Path(path).name}")
+    record = {
+        "stage": run.stage, "uri": uri, "experiment": experiment_name(),
+        "parent": os.environ.get("TRILEMMA_PARENT_RUN_ID") or None, "start_ms": start_ms, "end_ms": end_ms,
+        "params": {k: str(v) for k, v in flatten(run.params).items()},
+        "metrics": {k: float(v) for k, v in run.metrics.items()},
+        "series": {k: [[int(step), float(v)] for step, v in pts] for k, pts in run.series.items()},
+        "tables": {name: json.loads(df.to_json(orient="split", index=False)) for name, df in run.tables.items()},
+        "files": files, "tags": run.tags,
+    }
+    tmp = entry / f".{RECORD}.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, entry / RECORD)
+    return entry
+
+
+def _start_background_logger(root: Path) -> None:
+    """`flush --background` in its own session, niced, output to the spool's log; it exits if another is running."""
+    spool = root / SPOOL
+    with open(spool / "logger.log", "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "pipelines.tracking", "flush", "--background", str(root)],
+                         cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                         env={**os.environ, "PYTHONPATH": _package_root()})
+
+
+def _package_root() -> str:
+    """The folder holding this package, so the logger imports this code wherever it was started from."""
+    here = str(Path(__file__).resolve().parents[1])
+    return os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def queued(root: str | Path | None = None) -> list[Path]:
+    """The spool's complete entries, oldest first."""
+    spool = spool_dir(root)
+    return sorted(p for p in spool.glob("*") if (p / RECORD).is_file()) if spool.is_dir() else []
+
+
+def flush(root: str | Path | None = None, wait: bool = True) -> list[str]:
+    """Log every queued run to its store, oldest first, each removed once logged; the new run ids.
+
+    One logger at a time (a lock in the spool). wait=False (the background logger) returns at once if
+    another logger holds the lock; that one takes the new entries too, since it looks again after
+    releasing it. A store that cannot take a run leaves it, and the later ones, queued.
+    """
+    spool = spool_dir(root)
+    spool.mkdir(parents=True, exist_ok=True)
+    logged: list[str] = []
+    with open(spool / ".lock", "a") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return logged
+            try:
+                stuck = _drain(spool, logged)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+            if stuck or not queued(spool.parent):
+                return logged
+
+
+def _drain(spool: Path, logged: list[str]) -> bool:
+    """Log the queued entries; True if a store refused one (then the rest wait for the next flush)."""
+    while entries := queued(spool.parent):
+        for entry in entries:
+            record = json.loads((entry / RECORD).read_text())
+            run_id = _fail_soft(record["stage"], lambda uri: _log(uri, record, entry), record["uri"])
+            if run_id is None:
+                return True
+            logged.append(run_id)
+            shutil.rmtree(entry, ignore_errors=True)
+    return False
 
 
 def start_parent_run(name: str, tags: dict[str, str], params: dict[str, Any], uri: str) -> str | None:
     """Open a RUNNING run for a whole sweep, under which stage runs nest; its id, or None after a warning."""
     def log(uri: str) -> str:
         client = _client(uri)
-        run_id = client.create_run(_experiment_id(client), run_name=name, tags={"mlflow.runName": name, **tags}).info.run_id
+        run_id = client.create_run(_experiment_id(client, uri), run_name=name, tags={"mlflow.runName": name, **tags}).info.run_id
         _write(client, run_id, StageRun(name, params=params))
         return run_id
     return _fail_soft(f"sweep run {name}", log, uri)
@@ -164,21 +295,54 @@ def _client(uri: str):
     return mlflow.MlflowClient(uri)
 
 
-def _experiment_id(client) -> str:
-    exp = client.get_experiment_by_name(experiment_name())
-    return exp.experiment_id if exp else client.create_experiment(experiment_name())
+def _experiment_id(client, uri: str, name: str | None = None) -> str:
+    """The experiment's id, created if new: beside a local sqlite store, its artifacts go to `<store's folder>/mlruns`
+    (MLflow's default, ./mlruns, would follow the working directory of whichever process created it)."""
+    name = name or experiment_name()
+    exp = client.get_experiment_by_name(name)
+    if exp:
+        return exp.experiment_id
+    local = _sqlite_path(uri)
+    location = (local.parent / "mlruns").as_uri() if local else None
+    return client.create_experiment(name, artifact_location=location)
 
 
-def _log(uri: str, run: StageRun) -> str:
+def _sqlite_path(uri: str) -> Path | None:
+    """The file of a local sqlite store's URI; None for anything else (a server, in-memory sqlite)."""
+    path = uri.removeprefix("sqlite:///").split("?")[0]
+    return Path(path) if uri.startswith("sqlite:///") and Path(path).name else None
+
+
+def _log(uri: str, record: dict, entry: Path) -> str:
+    """One queued stage run into the store, with the stage's own start and end."""
+    from mlflow.entities import Metric, Param
+
     client = _client(uri)
-    tags = {"dvc.stage": run.stage, "mlflow.runName": run.stage, **run.tags}
-    parent = os.environ.get("TRILEMMA_PARENT_RUN_ID")  # set by an orchestrator, never in dvc.yaml's cmd
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    run_id = client.create_run(_experiment_id(client), run_name=run.stage, tags=tags).info.run_id
-    _write(client, run_id, run)
-    client.set_terminated(run_id)
+    tags = {"dvc.stage": record["stage"], "mlflow.runName": record["stage"], **record["tags"]}
+    if record["parent"]:
+        tags["mlflow.parentRunId"] = record["parent"]
+    exp_id = _experiment_id(client, uri, record["experiment"])
+    run_id = client.create_run(exp_id, start_time=record["start_ms"], run_name=record["stage"], tags=tags).info.run_id
+    end = record["end_ms"]
+    metrics = [Metric(k, v, end, 0) for k, v in record["metrics"].items()]
+    metrics += [Metric(k, v, end, s) for k, pts in record["series"].items() for s, v in pts]
+    _log_batches(client, run_id, [Param(k, v) for k, v in record["params"].items()], metrics)
+    if record["tables"]:
+        import pandas as pd
+
+        for name, split in record["tables"].items():
+            client.log_table(run_id, data=pd.DataFrame(split["data"], columns=split["columns"]), artifact_file=name)
+    for f in record["files"]:
+        client.log_artifact(run_id, str(entry / f))
+    client.set_terminated(run_id, end_time=end)
     return run_id
+
+
+def _log_batches(client, run_id: str, params: list, metrics: list) -> None:
+    for i in range(0, len(params), PARAM_BATCH):
+        client.log_batch(run_id, params=params[i : i + PARAM_BATCH])
+    for i in range(0, len(metrics), METRIC_BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + METRIC_BATCH])
 
 
 def _write(client, run_id: str, run: StageRun) -> None:
@@ -189,11 +353,29 @@ def _write(client, run_id: str, run: StageRun) -> None:
     metrics = [Metric(k, float(v), now, 0) for k, v in run.metrics.items()]
     metrics += [Metric(k, float(v), now, int(s)) for k, pts in run.series.items() for s, v in pts]
     params = [Param(k, str(v)) for k, v in flatten(run.params).items()]
-    for i in range(0, len(params), PARAM_BATCH):
-        client.log_batch(run_id, params=params[i : i + PARAM_BATCH])
-    for i in range(0, len(metrics), METRIC_BATCH):
-        client.log_batch(run_id, metrics=metrics[i : i + METRIC_BATCH])
+    _log_batches(client, run_id, params, metrics)
     for name, table in run.tables.items():
         client.log_table(run_id, data=table, artifact_file=name)
     for path in run.artifacts:
         client.log_artifact(run_id, str(path))
+
+
+def main(argv: list[str]) -> int:
+    """`python -m pipelines.tracking flush [--background] [root]`: log the queued stage runs."""
+    args = [a for a in argv if a != "--background"]
+    if not args or args[0] != "flush" or len(args) > 2:
+        print("usage: python -m pipelines.tracking flush [--background] [repository root]", file=sys.stderr)
+        return 2
+    root = args[1] if len(args) == 2 else None
+    background = "--background" in argv
+    if background:
+        os.nice(10)  # the next stage, possibly timed, goes first
+    flush(root, wait=not background)
+    left = len(queued(root))
+    if left and not background:
+        print(f"{left} MLflow runs still queued in {spool_dir(root)}", file=sys.stderr)
+    return 1 if left and not background else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,5 @@
-"""MLflow tracking: real sqlite store; unreachable or silent servers warn in one line within seconds."""
+"""MLflow tracking: real sqlite store; stages queue their runs in milliseconds and a logger writes them with their
+real start and end; unreachable or silent servers warn in one line within seconds and lose nothing."""
 
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipelines.tracking import StageRun, log_stage_run
+from pipelines.tracking import StageRun, flush, log_stage_run, queued
 
 from conftest import run
 
@@ -26,14 +27,26 @@ def local_store(tmp_path, monkeypatch):
 def test_stage_run_lands_in_the_store(local_store, tmp_path):
     art = tmp_path / "curve.csv"
     art.write_text("step,loss\n1,0.5\n")
-    run_id = log_stage_run(StageRun(
+    before = time.time()
+    queued_at = time.perf_counter()
+    entry = log_stage_run(StageRun(
         "train_ddpm", params={"train_ddpm": {"lr": 0.002, "network": {"name": "mlp"}}}, metrics={"final_loss": 0.2},
         series={"loss": [(s, 1.0 / s) for s in range(1, 1501)]}, tables={"t.json": pd.DataFrame({"a": [1, 2]})},
         artifacts=[art],
     ))
+    assert entry is not None and time.perf_counter() - queued_at < 0.5  # a stage pays milliseconds, not MLflow's imports
+    art.write_text("overwritten by a later stage\n")  # the queued copy is what gets logged
+    flush()
+    assert queued() == []
     client = mlflow.MlflowClient(local_store)
+    (run_id,) = [r.info.run_id for r in client.search_runs([client.get_experiment_by_name("trilemma").experiment_id])]
     r = client.get_run(run_id)
     assert r.info.status == "FINISHED" and r.info.run_name == "train_ddpm"
+    # the run spans this process's life, imports included, up to the queueing: not the logger's few milliseconds
+    assert r.info.start_time <= before * 1000 - 100 and r.info.end_time >= before * 1000
+    assert client.download_artifacts(run_id, "curve.csv", str(tmp_path / "dl")) and \
+        (tmp_path / "dl" / "curve.csv").read_text() == "step,loss\n1,0.5\n"
+    assert r.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())  # beside the store, not the cwd's mlruns
     assert r.data.params["train_ddpm.network.name"] == "mlp" and r.data.metrics["final_loss"] == 0.2
     assert len(client.get_metric_history(run_id, "loss")) == 1500  # more than one log_batch
     assert {a.path for a in client.list_artifacts(run_id)} == {"curve.csv", "t.json"}
@@ -44,7 +57,7 @@ def test_default_uri_is_sqlite_at_the_repo_root(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     assert log_stage_run(StageRun("prepare", metrics={"x": 1.0})) is not None
-    assert (tmp_path / "mlflow.db").exists()
+    assert flush() and (tmp_path / "mlflow.db").exists()
 
 
 def _free_port() -> int:
@@ -53,16 +66,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_refused_connection_warns_in_one_line(monkeypatch, capsys):
+def test_refused_connection_warns_in_one_line_and_keeps_the_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
     t0 = time.time()
-    assert log_stage_run(StageRun("prepare", metrics={"x": 1.0})) is None
+    assert log_stage_run(StageRun("prepare", metrics={"x": 1.0})) is not None
     assert time.time() - t0 < 10
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: MLflow tracking at http://127.0.0.1:") and "not logged" in err[0]
+    assert flush() == [] and len(queued()) == 1  # still down: the run waits for a store that takes it
+    assert "not logged" in capsys.readouterr().err
 
 
-def test_silent_server_gives_up_within_seconds(monkeypatch, capsys):
+def test_silent_server_gives_up_within_seconds(tmp_path, monkeypatch, capsys):
     """A server that accepts connections and never answers would hang MLflow for ~20 minutes by default."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -80,12 +96,14 @@ def test_silent_server_gives_up_within_seconds(monkeypatch, capsys):
 
     th = threading.Thread(target=accept_and_stay_silent, daemon=True)
     th.start()
+    monkeypatch.chdir(tmp_path)
     try:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{srv.getsockname()[1]}")
         t0 = time.time()
-        assert log_stage_run(StageRun("prepare", metrics={"x": 1.0})) is None
-        assert time.time() - t0 < 30
-        assert "not logged" in capsys.readouterr().err
+        log_stage_run(StageRun("prepare", metrics={"x": 1.0}))  # the port answers, so the stage queues and goes on
+        assert time.time() - t0 < 1
+        assert flush() == [] and time.time() - t0 < 40  # the loggers (background, then this one) give up in seconds
+        assert "not logged" in capsys.readouterr().err and len(queued()) == 1
     finally:
         stop.set()
         th.join()
@@ -124,11 +142,12 @@ def test_an_unusable_local_store_warns_in_one_line_within_seconds(fault, tmp_pat
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}")
     else:
         assert log_stage_run(StageRun("prepare", metrics={"x": 1.0})) is not None  # a working store, then locked
+        assert len(flush()) == 1
         capsys.readouterr()
         holder = _hold_lock(db, "EXCLUSIVE" if fault == "locked exclusive" else "IMMEDIATE")
     try:
         t0 = time.time()
-        assert log_stage_run(StageRun("prepare", metrics={"x": 1.0})) is None
+        log_stage_run(StageRun("prepare", metrics={"x": 1.0}))
         assert time.time() - t0 < 10
     finally:
         if holder:
@@ -137,8 +156,21 @@ def test_an_unusable_local_store_warns_in_one_line_within_seconds(fault, tmp_pat
     assert len(err) == 1 and err[0].startswith("warning: MLflow tracking at sqlite:///") and "not logged" in err[0], err
 
 
-def test_a_database_server_that_is_down_is_found_within_seconds(monkeypatch, capsys):
+def test_a_database_server_that_is_down_is_found_within_seconds(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://u:p@127.0.0.1:{_free_port()}/mlflow")
     t0 = time.time()
-    assert log_stage_run(StageRun("prepare", metrics={"x": 1.0})) is None
+    log_stage_run(StageRun("prepare", metrics={"x": 1.0}))
     assert time.time() - t0 < 10 and "cannot connect to 127.0.0.1" in capsys.readouterr().err
+
+
+def test_the_background_logger_writes_queued_runs_without_a_flush(local_store):
+    """What a plain `dvc repro` relies on: each stage starts the logger, which empties the spool on its own."""
+    for stage in ("prepare", "train_ddpm", "sample@ddpm-4"):
+        log_stage_run(StageRun(stage, metrics={"x": 1.0}))
+    deadline = time.time() + 60
+    while queued() and time.time() < deadline:
+        time.sleep(0.2)
+    assert queued() == []
+    runs = mlflow.MlflowClient(local_store).search_runs(["1"], order_by=["attributes.start_time ASC"])
+    assert sorted(r.info.run_name for r in runs) == ["prepare", "sample@ddpm-4", "train_ddpm"]
