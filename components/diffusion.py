@@ -58,7 +58,7 @@ def model_timesteps(sched: Schedule, t: torch.Tensor) -> torch.Tensor:
 # --- the reverse process p_theta(x_{t-1} | x_t) ------------------------------------------
 
 # DDPM's two fixed variances (DDPM §3.2) and iDDPM's learned interpolation between them (iDDPM eq. 15).
-VARIANCES = ("small", "large", "learned")
+from components.registry import VARIANCES  # noqa: E402
 
 
 def split_output(out: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

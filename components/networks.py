@@ -190,10 +190,8 @@ class MLPDiscriminator(nn.Module):
         return self.out(act(h, 0.2)).squeeze(-1)
 
 
-NETWORKS: dict[str, type[nn.Module]] = {"mlp": MLP}
-CLASSIFIERS: dict[str, type[nn.Module]] = {"mlp": MLPClassifier}
-GENERATORS: dict[str, type[nn.Module]] = {"mlp": MLPGenerator}
-DISCRIMINATORS: dict[str, type[nn.Module]] = {"mlp": MLPDiscriminator}
+# The registries (components/registry.py) name the classes above, so that choosing one imports no torch.
+from components.registry import CLASSIFIERS, DISCRIMINATORS, GENERATORS, NETWORKS  # noqa: E402
 
 
 def add_variance_output(eps_state: dict[str, torch.Tensor], net: nn.Module) -> None:

@@ -126,4 +126,4 @@ def sample_ddgan(G: Generator, sched: Schedule, x_T: torch.Tensor, *, generator:
     return x
 
 
-SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim}
+from components.registry import SAMPLERS  # noqa: E402  (names sample_ddpm and sample_ddim above)

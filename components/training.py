@@ -37,7 +37,7 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, schedule
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-LR_SCHEDULES = ("constant", "cosine")
+from components.registry import LR_SCHEDULES, TIMESTEP_SAMPLERS  # noqa: E402
 
 
 def hybrid_losses(model: nn.Module, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
@@ -120,7 +120,6 @@ class LossSecondMomentTimesteps(UniformTimesteps):
         self.counts = state["counts"].numpy().copy()
 
 
-TIMESTEP_SAMPLERS = {"uniform": UniformTimesteps, "loss_second_moment": LossSecondMomentTimesteps}
 
 
 def make_timestep_sampler(name: str, T: int, history: int = 10, uniform_prob: float = 0.001) -> UniformTimesteps:

@@ -57,6 +57,7 @@ from pipelines.params import PARAMS_FILE, load_params
 from pipelines.tracking import StageRun, flush, log_to_run, start_parent_run, tracking_uri
 
 DEPLOYMENT = "full-sweep"
+TABLE_STAGE = "table"  # the stage whose outputs are the trilemma table, logged to the sweep's run
 RESOURCES = ("gpu", "cpu")  # stage meta keys that take slots of a host-wide concurrency limit
 
 
@@ -434,7 +435,7 @@ def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1
     logger.info(f"ran or restored {len(ran)} stages: {', '.join(ran) or 'none'}")
 
     flush(root)  # the stage runs the background logger has not written yet, before the sweep's run closes
-    files = {} if failures else next((s.table for s in reversed(plan) if s.table), {})
+    files = {} if failures else next((s.table for s in plan if s.name == TABLE_STAGE), {})
     table = log_table(files, parent, uri, report)
     dirty = {} if failures else status_clean(root, targets)
     if parent:

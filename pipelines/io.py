@@ -19,12 +19,12 @@ import re
 import signal
 import sys
 import tempfile
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from components.data import DATASETS, Dataset, DataSpec, split_problem
 from pipelines.params import ParamsError
@@ -105,6 +105,13 @@ def remove_stale_temporaries(paths: list[str]) -> list[Path]:
     return removed
 
 
+def _tensor() -> type | tuple:
+    """torch.Tensor if torch is loaded, else () (isinstance is then False): this module never imports torch itself,
+    so the stages that need no torch (validating params, gathering the table) start in a fraction of a second."""
+    torch = sys.modules.get("torch")
+    return torch.Tensor if torch else ()
+
+
 def canonical(obj: Any) -> Any:
     """A copy of a checkpoint's object tree whose pickle is a function of its contents alone.
 
@@ -113,7 +120,9 @@ def canonical(obj: Any) -> Any:
     contents, so DVC saw a new output. Interned strings, fresh containers and tensors with
     storages of their own make equal contents pickle identically.
     """
-    if isinstance(obj, torch.Tensor):
+    if isinstance(obj, _tensor()):
+        import torch
+
         return obj.detach().clone(memory_format=torch.contiguous_format)
     if isinstance(obj, str):
         return sys.intern(obj)
@@ -131,6 +140,8 @@ def canonical(obj: Any) -> Any:
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """torch.save of `canonical(obj)`, atomically: equal contents, equal bytes."""
+    import torch
+
     buf = io.BytesIO()
     torch.save(canonical(obj), buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -183,8 +194,8 @@ def load_dataset(path: str | Path, name: str) -> Dataset:
 
 
 def load_samples(path: str | Path, spec: DataSpec, n: int) -> dict[str, np.ndarray]:
-    """A sample stage's output: n finite samples x of the data set's shape, with their NFE and wall time."""
-    a = load_npz(path, ("x", "nfe", "wall_s_per_1k"))
+    """A sample stage's output: n finite samples x of the data set's shape, with their NFE."""
+    a = load_npz(path, ("x", "nfe"))
     x = a["x"]
     if x.shape != (n, *spec.shape) or not np.issubdtype(x.dtype, np.floating):
         raise InputError(f"{path}: x has shape {x.shape} and dtype {x.dtype}, expected {(n, *spec.shape)} floats "
@@ -192,6 +203,24 @@ def load_samples(path: str | Path, spec: DataSpec, n: int) -> dict[str, np.ndarr
     if not np.isfinite(x).all():
         raise InputError(f"{path}: {int((~np.isfinite(x)).sum())} non-finite values in x; rerun its stage")
     return a
+
+
+def load_reference_stats(path: str | Path, features: str, k: int):
+    """Stage `reference`'s statistics of the held-out split, made with these params' features and k."""
+    from components.metrics import ReferenceSet
+
+    arrays = load_npz(path, ReferenceSet.ARRAYS)
+    try:
+        ref = ReferenceSet.from_arrays(arrays)
+    except (ValueError, TypeError, KeyError) as e:
+        raise InputError(f"{path}: not reference statistics ({first_line(e)}); rerun stage reference") from None
+    if (ref.feature_name, ref.k) != (features, k):
+        raise InputError(f"{path}: made with features {ref.feature_name!r}, k = {ref.k}, but params evaluate say "
+                         f"{features!r}, k = {k}; rerun stage reference")
+    bad = [name for name in ("features", "radii", "mu", "sigma") if not np.isfinite(arrays[name]).all()]
+    if bad:
+        raise InputError(f"{path}: non-finite values in {', '.join(bad)}; rerun stage reference")
+    return ref
 
 
 def data_fingerprint(x: np.ndarray) -> str:
@@ -206,6 +235,8 @@ def data_config(ds: Dataset) -> dict:
 
 def load_checkpoint(path: str | Path, required: tuple[str, ...]) -> dict:
     """torch.load with weights_only=True (no pickle code execution); InputError names the file on failure."""
+    import torch
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -230,8 +261,8 @@ def first_line(e: BaseException, limit: int = 120) -> str:
 
 def first_nonfinite(obj: Any, key: str = "") -> str | None:
     """The key path of the first floating-point tensor in a nested dict/list with a NaN or inf, else None."""
-    if isinstance(obj, torch.Tensor):
-        return (key or "tensor") if obj.is_floating_point() and not torch.isfinite(obj).all() else None
+    if isinstance(obj, _tensor()):
+        return (key or "tensor") if obj.is_floating_point() and not obj.isfinite().all() else None
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
     for k, v in items:
         bad = first_nonfinite(v, f"{key}.{k}" if key else str(k))
@@ -287,7 +318,9 @@ def entry_point(main: Callable[[list[str]], None]) -> None:
     argv = sys.argv[1:]
     remove_stale_temporaries(argv)
     try:
+        main_start = time.time()
         main(argv)
+        _report_stage_time(main_start, time.time())
     except ONE_LINE_ERRORS as e:
         restore_after_failure()
         print(f"error: {e}", file=sys.stderr)
@@ -299,6 +332,20 @@ def entry_point(main: Callable[[list[str]], None]) -> None:
     except Exception:
         restore_after_failure()
         raise
+
+
+def _report_stage_time(main_start: float, main_end: float) -> None:
+    """With TRILEMMA_STAGE_TIMES set (benchmarks/stage_times.py), append when this stage's process started and
+    when its main ran, so the benchmark can split the stage's wall time into fixed cost and compute."""
+    path = os.environ.get("TRILEMMA_STAGE_TIMES")
+    if path:
+        from pipelines.tracking import process_start_ms
+
+        stage = os.environ.get("DVC_STAGE") or Path(sys.argv[0]).stem
+        line = json.dumps({"stage": stage, "started": process_start_ms() / 1000, "main_start": main_start,
+                           "main_end": main_end})
+        with open(path, "a") as f:
+            f.write(line + "\n")
 
 
 def stage_args(argv: list[str], names: tuple[str, ...]) -> list[str]:

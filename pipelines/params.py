@@ -17,7 +17,6 @@ before DVC deletes any other stage's outputs; every stage also calls it before a
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import re
 import sys
@@ -30,14 +29,14 @@ from typing import Any, ClassVar
 import yaml
 
 from components.data import DATASETS
-from components.diffusion import VARIANCES
-from components.features import FEATURE_EXTRACTORS
-from components.networks import CLASSIFIERS, DISCRIMINATORS, GENERATORS, NETWORKS
-from components.samplers import SAMPLERS
+from components.registry import (
+    CLASSIFIERS, DISCRIMINATORS, FEATURE_EXTRACTORS, GENERATORS, LR_SCHEDULES, NETWORKS, NO_DEFAULT, SAMPLERS,
+    TIMESTEP_SAMPLERS, VARIANCES,
+)
 from components.schedules import SCHEDULES, TRAJECTORIES, make_schedule
-from components.training import LR_SCHEDULES, TIMESTEP_SAMPLERS
 
 PARAMS_FILE = "params.yaml"
+ANNOTATIONS = {"int": int, "float": float, "bool": bool, "str": str}  # network options' annotations, as source text
 # The `validate` stage's output: constant, so it orders the DAG after validation without invalidating any stage.
 STAMP_TEXT = "params.yaml passed pipelines.params validation"
 
@@ -270,13 +269,27 @@ class SampleParams:
     n: int  # samples per cell
     seed: int  # the same seed for every cell: cells differ only in the sampler
     batch_size: int
-    warmup: int  # samples in the untimed warm-up batch
 
     def __post_init__(self):
         _between("n", self.n, 1, MAX_POINTS)
         _seed("seed", self.seed)
         _between("batch_size", self.batch_size, 1, MAX_BATCH)
-        _between("warmup", self.warmup, 0, MAX_BATCH)
+
+
+@dataclass(frozen=True)
+class TimingParams:
+    """How a cell's speed is measured: apart from its samples, over short repeats, in a fixed number of threads."""
+
+    repeats: int  # timed draws; the table gives their median and interquartile range
+    n: int  # samples per timed draw (one batch)
+    warmup: int  # untimed draws first: allocations and kernel choice stay out of the timing
+    threads: int  # torch CPU threads while timing (0: torch's default); 1 keeps a busy machine from skewing it
+
+    def __post_init__(self):
+        _between("repeats", self.repeats, 1, 1000)
+        _between("n", self.n, 1, MAX_BATCH)
+        _between("warmup", self.warmup, 0, 1000)
+        _between("threads", self.threads, 0, 4096)
 
 
 @dataclass(frozen=True)
@@ -385,6 +398,7 @@ class Params:
     ddgan: DDGANParams
     train_ddgan: DDGANTrainParams
     sample: SampleParams
+    timing: TimingParams
     nll: NllParams
     guidance: GuidanceParams
     sweep: dict[str, SweepCellParams]
@@ -469,17 +483,17 @@ def _build_network(cls: type[NetworkParams], raw: Any, key: str) -> NetworkParam
     name = raw.pop("name")
     if not isinstance(name, str) or name not in registry:
         raise ParamsError(f"{key}.name: unknown network {_show(name)}; allowed: {', '.join(registry)}")
-    sig = inspect.signature(registry[name])
-    hints = typing.get_type_hints(registry[name].__init__)
+    options = registry.parameters(name)  # read from the network's source: no torch import
     # set by the stage, not by params: the data's shape, the variance head, the data's classes
-    allowed = [p for p in sig.parameters if p not in ("data_shape", "out_mult", "n_classes")]
+    allowed = [p for p in options if p not in ("data_shape", "out_mult", "n_classes")]
     kwargs = {}
     for k, v in raw.items():
         if k not in allowed:
             raise ParamsError(f"{key}.{_key(k)}: unknown key for network {name!r}; allowed: name, "
                               f"{', '.join(allowed)}")
-        kwargs[k] = _convert(v, hints.get(k, Any), f"{key}.{k}")
-        off = sig.parameters[k].default == 0  # an option whose default is 0 is off at 0, e.g. fourier_octaves
+        annotation, default = options[k]
+        kwargs[k] = _convert(v, ANNOTATIONS.get(annotation, Any), f"{key}.{k}")
+        off = default is not NO_DEFAULT and default == 0  # an option whose default is 0 is off at 0, e.g. fourier_octaves
         if isinstance(kwargs[k], int) and not isinstance(kwargs[k], bool):
             _between(f"{key}.{k}", kwargs[k], 0 if off else 1, MAX_WIDTH)
     return cls(name, kwargs)

@@ -1,22 +1,27 @@
 """Stage `sample@<cell>`: draw N samples with one sweep cell's sampler from a trained model's EMA weights.
 
-    python -m pipelines.sample <cell> <checkpoint.pt> <reference.npz> <samples.npz> <scatter.png>
+    python -m pipelines.sample <cell> <checkpoint.pt> <reference.npz> <reference_stats.npz> \
+        <samples.npz> <scatter.png> <metrics.json> <timing.json>
 
-Wall time is measured after an untimed warm-up batch and reported per 1,000 samples; NFE is
+The stage owns its cell's row of the trilemma table: it draws `sample.n` samples (deterministic
+in `sample.seed`), scores them against the reference split's precomputed statistics (FID,
+precision/recall, mode coverage; stage `reference`), and writes the row to `metrics.json`. NFE is
 the number of network evaluations per sample. An ancestral (DDPM) cell is also a latent-variable
 model, so the stage computes its variational bound (DDPM eq. 5) on the held-out reference split,
-on the cell's own chain (the respaced one for fewer steps). `run_cell` is shared with
-`sample_exact`, `sample_guided` and `sample_ddgan`: a cell with a guidance `scale` draws one
-target label per sample (seed `guidance.label_seed`) and guides each batch towards its labels;
-the labels are saved with the samples for the target-hit rate.
+on the cell's own chain (the respaced one for fewer steps). Speed is timed apart, over short
+repeats (pipelines/timing.py), into `timing.json`: the samples' bytes never change between runs.
+`run_cell` is shared with `sample_exact`, `sample_guided` and `sample_ddgan`: a cell with a
+guidance `scale` draws one target label per sample (seed `guidance.label_seed`) and guides each
+batch towards its labels; the labels are saved with the samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -25,15 +30,17 @@ from components.data import DATASETS, Dataset, to_data
 from components.ddgan import Generator
 from components.guidance import Classifier, classifier_grad
 from components.likelihood import bound_per_dim, variational_bound
+from components.metrics import sample_metrics, target_hit_rate
 from components.networks import make_classifier, make_generator, make_network
 from components.samplers import SAMPLERS, EpsModel, sample_ddgan
 from components.schedules import Schedule, make_schedule, make_trajectory, respace
 from pipelines.io import (
-    InputError, NonFiniteError, atomic_save_figure, atomic_save_npz, entry_point, first_line, load_checkpoint,
-    load_dataset, progress_enabled, stage_args,
+    InputError, NonFiniteError, atomic_save_figure, atomic_save_npz, atomic_write_json, entry_point, first_line,
+    load_checkpoint, load_dataset, load_reference_stats, progress_enabled, stage_args,
 )
 from pipelines.params import CellParams, Params, ParamsError, load_params
 from pipelines.plots import samples_figure
+from pipelines.timing import time_draws
 from pipelines.tracking import StageRun, log_stage_run
 
 
@@ -136,10 +143,34 @@ def bound(model: EpsModel, sched: Schedule, cell: CellParams, ref: Dataset, para
             "nll_terms": (torch.stack(terms).sum(0) / len(x0)).numpy(), "nll_prior": np.float64(sum(prior) / len(x0))}
 
 
+@dataclass(frozen=True)
+class CellFiles:
+    """A sample stage's paths after its own arguments, in dvc.yaml's order: what it reads, then what it writes."""
+
+    ARGS: ClassVar[tuple[str, ...]] = ("reference.npz", "reference_stats.npz", "samples.npz", "scatter.png",
+                                       "metrics.json", "timing.json")
+    reference: str  # the held-out split (data/reference.npz)
+    stats: str  # its features, k-NN radii and Gaussian fit (stage `reference`)
+    samples: str
+    scatter: str
+    metrics: str  # the cell's row of the table: NFE, quality, coverage, likelihood
+    timing: str  # its speed, apart: the only output that differs between two runs
+
+
+def score(x: np.ndarray, ref: Dataset, stats_path: str, params: Params, y: np.ndarray | None) -> dict[str, float]:
+    """The cell's quality and coverage against the reference split, in data units; guided cells add the target-hit rate."""
+    e = params.evaluate
+    reference = load_reference_stats(stats_path, e.features, e.k)
+    out = sample_metrics(x, reference, modes=ref.modes, mode_std=ref.mode_std, n_std=e.n_std, min_count=e.min_mode_count)
+    if y is not None and ref.modes is not None:
+        out["target_hit"] = target_hit_rate(x, y, ref.modes)
+    return out
+
+
 def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Generator, full: Schedule,
-             shape: tuple[int, ...], ref: Dataset, params: Params, samples_path: str, png_path: str,
+             shape: tuple[int, ...], ref: Dataset, params: Params, files: CellFiles,
              classifier: Classifier | None = None, n_classes: int | None = None) -> None:
-    """Sample the cell (timed), compute its bound if it has one, write samples and scatter, log to MLflow.
+    """Sample the cell, score it, compute its bound if it has one, time it; write each output, log to MLflow.
 
     A cell with a guidance scale needs `classifier` (logits over `n_classes`) and draws its targets.
     """
@@ -147,63 +178,57 @@ def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Gen
     sched = respace(full, make_trajectory(cell.trajectory, len(full), cell.steps))
     sampler, kwargs = CELL_SAMPLERS[cell.sampler], cell.sampler_kwargs()
     guided = cell.scale is not None
-    seed = params.guidance.label_seed
-    y = target_labels(p.n, n_classes, seed) if guided else None
-    if p.warmup:  # untimed: first-call allocations and kernel selection stay out of the timing
-        guide = guide_for(classifier, target_labels(p.warmup, n_classes, seed + 1), cell.scale) if guided else None
-        draw(sampler, model, sched, p.warmup, p.batch_size, shape, torch.Generator().manual_seed(p.seed + 1), kwargs,
-             False, guide)
-    generator = torch.Generator().manual_seed(p.seed)
-    t0 = time.perf_counter()
-    x = draw(sampler, model, sched, p.n, p.batch_size, shape, generator, kwargs, progress_enabled(),
-             guide_for(classifier, y, cell.scale) if guided else None)
-    wall = time.perf_counter() - t0
+    y = target_labels(p.n, n_classes, params.guidance.label_seed) if guided else None
+    x = draw(sampler, model, sched, p.n, p.batch_size, shape, torch.Generator().manual_seed(p.seed), kwargs,
+             progress_enabled(), guide_for(classifier, y, cell.scale) if guided else None)
     bad = int((~torch.isfinite(x)).any(dim=tuple(range(1, x.dim()))).sum())
     if bad:
         raise NonFiniteError(f"{stage}: {bad} of {p.n} samples are non-finite: the sampler diverged; nothing written")
-
-    likelihood, nll_s = {}, 0.0
-    if cell.has_likelihood:
-        t0 = time.perf_counter()
-        likelihood = bound(model, sched, cell, ref, params)
-        nll_s = time.perf_counter() - t0
+    likelihood = bound(model, sched, cell, ref, params) if cell.has_likelihood else {}
 
     x_data = to_data(x.numpy(), ref.shift, ref.scale)  # metrics live in data units
     nfe = len(sched)  # one network evaluation per step
-    per_1k = wall / p.n * 1000
-    targets = {"y": y.numpy(), "scale": np.float64(cell.scale)} if guided else {}
-    atomic_save_npz(samples_path, x=x_data, nfe=np.int64(nfe), wall_s=np.float64(wall), wall_s_per_1k=np.float64(per_1k),
-                    **likelihood, **targets)
-    title = f"{cell_name}: NFE {nfe}, {per_1k:.3f} s / 1k samples"
-    if guided:
-        title += f", guidance s = {cell.scale:g} (colour: target)"
-    atomic_save_figure(png_path, samples_figure(x_data, title, labels=None if y is None else y.numpy()))
-    nll_text = f"; bound {likelihood['nll']:.4f} ± {likelihood['nll_se']:.4f} nats/dim ({nll_s:.1f} s)" if likelihood else ""
-    guide_text = f", guided at s = {cell.scale:g} towards {n_classes} classes" if guided else ""
-    print(f"{stage}: {p.n} samples, NFE {nfe}{guide_text}, {wall:.2f} s ({per_1k:.3f} s per 1k){nll_text}")
-    metrics = {"nfe": nfe, "wall_s": wall, "wall_s_per_1k": per_1k}
-    if likelihood:
-        metrics |= {"nll": float(likelihood["nll"]), "nll_se": float(likelihood["nll_se"]), "nll_s": nll_s}
+    y_np = None if y is None else y.numpy()
+    targets = {"y": y_np, "scale": np.float64(cell.scale)} if guided else {}
+    row = {"nfe": nfe, **score(x_data, ref, files.stats, params, y_np),
+           **{k: float(likelihood[k]) for k in ("nll", "nll_se") if k in likelihood}}
+
+    def timed_draw(n: int, draw_seed: int) -> torch.Tensor:  # the cell's sampler on one batch, its own noise
+        guide = guide_for(classifier, target_labels(n, n_classes, draw_seed), cell.scale) if guided else None
+        return draw(sampler, model, sched, n, n, shape, torch.Generator().manual_seed(draw_seed), kwargs, False, guide)
+
+    t = params.timing
+    timing = time_draws(timed_draw, n=t.n, repeats=t.repeats, warmup=t.warmup, threads=t.threads)
+
+    atomic_save_npz(files.samples, x=x_data, nfe=np.int64(nfe), **likelihood, **targets)
+    title = f"{cell_name}: NFE {nfe}" + (f", guidance s = {cell.scale:g} (colour: target)" if guided else "")
+    atomic_save_figure(files.scatter, samples_figure(x_data, title, labels=y_np))
+    atomic_write_json(files.metrics, row)
+    atomic_write_json(files.timing, timing)
+    print(f"{stage}: {p.n} samples, " + ", ".join(f"{k} {v:.4g}" for k, v in row.items())
+          + f"; {timing['wall_s_per_1k']:.4f} s per 1k (IQR {timing['wall_s_per_1k_iqr']:.4f}, "
+          f"{t.repeats} x {t.n} samples, {timing['threads']} threads)")
+    numbers = {k: v for k, v in timing.items() if isinstance(v, (int, float))}
     log_stage_run(StageRun(
-        stage, params={"cell": dataclasses.asdict(cell), "sample": dataclasses.asdict(p),
-                       **({"guidance": dataclasses.asdict(params.guidance)} if guided else {})}, metrics=metrics,
-        artifacts=[Path(png_path)], tags={"cell": cell_name},
+        stage, params={"cell": dataclasses.asdict(cell), "sample": dataclasses.asdict(p), "timing": dataclasses.asdict(t),
+                       **({"guidance": dataclasses.asdict(params.guidance)} if guided else {})},
+        metrics={**row, **{f"timing.{k}": v for k, v in numbers.items()}}, artifacts=[Path(files.scatter)],
+        tags={"cell": cell_name, "timing.device": timing["device"]},
     ))
 
 
 def main(argv: list[str]) -> None:
-    cell_name, ckpt_path, ref_path, samples_path, png_path = stage_args(
-        argv, ("cell", "checkpoint.pt", "reference.npz", "samples.npz", "scatter.png"))
+    cell_name, ckpt_path, *paths = stage_args(argv, ("cell", "checkpoint.pt", *CellFiles.ARGS))
+    files = CellFiles(*paths)
     params = load_params()
     if cell_name not in params.sweep:
         raise ParamsError(f"params.yaml: sweep.{cell_name}: no such cell; allowed: {', '.join(params.sweep)}")
     cell = params.sweep[cell_name]
     model, cfg = load_ema_model(ckpt_path)  # its config fixes the schedule, T and model space
-    ref = load_dataset(ref_path, params.data.name)
-    check_cell_model(f"sweep.{cell_name}", cell, ckpt_path, cfg, ref_path, ref)
+    ref = load_dataset(files.reference, params.data.name)
+    check_cell_model(f"sweep.{cell_name}", cell, ckpt_path, cfg, files.reference, ref)
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
-    run_cell(f"sample@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, samples_path,
-             png_path)
+    run_cell(f"sample@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, files)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Stage `sample_ddgan@<T>`: the table row ddgan-<T>, T denoising steps of train_ddgan@<T>'s EMA generator.
 
-    python -m pipelines.sample_ddgan <T> <checkpoint.pt> <reference.npz> <samples.npz> <scatter.png>
+    python -m pipelines.sample_ddgan <T> <checkpoint.pt> <reference.npz> <reference_stats.npz> <samples.npz> <scatter.png> \
+        <metrics.json> <timing.json>
 
 DDGAN's sampler (`components.samplers.sample_ddgan`): from x_T ~ N(0, I), x_{t-1} ~ q(x_{t-1} | x_t,
 G(x_t, z, t)) with fresh z at each step, NFE = T. Timing, outputs and logging are `sample@<cell>`'s.
@@ -11,12 +12,12 @@ from __future__ import annotations
 from components.schedules import make_schedule
 from pipelines.io import InputError, entry_point, load_dataset, parse_T, stage_args
 from pipelines.params import ParamsError, load_params
-from pipelines.sample import load_ema_generator, run_cell
+from pipelines.sample import CellFiles, load_ema_generator, run_cell
 
 
 def main(argv: list[str]) -> None:
-    T_arg, ckpt_path, ref_path, samples_path, png_path = stage_args(
-        argv, ("T", "checkpoint.pt", "reference.npz", "samples.npz", "scatter.png"))
+    T_arg, ckpt_path, *paths = stage_args(argv, ("T", "checkpoint.pt", *CellFiles.ARGS))
+    files, ref_path = CellFiles(*paths), paths[0]
     T = parse_T(T_arg)
     params = load_params()
     cells = params.ddgan.cells()
@@ -31,7 +32,7 @@ def main(argv: list[str]) -> None:
         raise InputError(f"{ref_path}: its model-space map differs from the one {ckpt_path} was trained with")
     full = make_schedule(cfg["diffusion"]["schedule"], T)
     run_cell(f"sample_ddgan@{T}", cell_name, cells[cell_name], G, full, tuple(cfg["data_shape"]), ref, params,
-             samples_path, png_path)
+             files)
 
 
 if __name__ == "__main__":

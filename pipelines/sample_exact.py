@@ -1,6 +1,7 @@
 """Stage `sample_exact@<cell>`: one exact_sweep cell's sampler driven by the mixture's closed-form eps*.
 
-    python -m pipelines.sample_exact <cell> <reference.npz> <samples.npz> <scatter.png>
+    python -m pipelines.sample_exact <cell> <reference.npz> <reference_stats.npz> <samples.npz> <scatter.png> \
+        <metrics.json> <timing.json>
 
 Same sampler, schedule (params `diffusion`) and timing as `sample@<cell>`, with the network
 replaced by the exact eps* of the data set's Gaussian mixture (components/gaussian_mixture.py):
@@ -15,11 +16,12 @@ from components.gaussian_mixture import mixture_classifier, mixture_eps_model
 from components.schedules import make_schedule
 from pipelines.io import InputError, entry_point, load_dataset, stage_args
 from pipelines.params import ParamsError, load_params
-from pipelines.sample import run_cell
+from pipelines.sample import CellFiles, run_cell
 
 
 def main(argv: list[str]) -> None:
-    cell_name, ref_path, samples_path, png_path = stage_args(argv, ("cell", "reference.npz", "samples.npz", "scatter.png"))
+    cell_name, *paths = stage_args(argv, ("cell", *CellFiles.ARGS))
+    files, ref_path = CellFiles(*paths), paths[0]
     params = load_params()
     if cell_name not in params.exact_sweep:
         raise ParamsError(f"params.yaml: exact_sweep.{cell_name}: no such cell; allowed: {', '.join(params.exact_sweep)}")
@@ -29,7 +31,7 @@ def main(argv: list[str]) -> None:
     full = make_schedule(params.diffusion.schedule, params.diffusion.T)
     means, std = ref.to_model(ref.modes), ref.mode_std * ref.scale
     run_cell(f"sample_exact@{cell_name}", cell_name, params.exact_sweep[cell_name], mixture_eps_model(full, means, std), full,
-             tuple(ref.x.shape[1:]), ref, params, samples_path, png_path,
+             tuple(ref.x.shape[1:]), ref, params, files,
              classifier=mixture_classifier(full, means, std), n_classes=len(means))
 
 

@@ -26,7 +26,8 @@ TINY = {
                     "generator": {"name": "mlp", "nz": 4, "width": 16, "depth": 1, "temb_dim": 8, "zemb_dim": 8,
                                   "mapping_depth": 1, "fourier_octaves": 0},
                     "discriminator": {"name": "mlp", "width": 16, "depth": 1, "temb_dim": 8, "fourier_octaves": 2}},
-    "sample": {"n": 500, "batch_size": 500, "warmup": 20},
+    "sample": {"n": 500, "batch_size": 500},
+    "timing": {"repeats": 2, "n": 50, "warmup": 1},
     "nll": {"n": 200, "batch_size": 100},
 }
 
@@ -69,6 +70,26 @@ def write_params(repo: Path, overrides: dict, replace: dict | None = None) -> No
     """The default params with `overrides` merged in and the sections of `replace` replaced whole."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump({**_merge(params, overrides), **(replace or {})}, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """One `dvc repro` of the tiny DAG with one cell of each kind (SMALL_SWEEPS), built once per test run.
+
+    Shared by every test that reads a built checkout: read it, never change it; copy it (`copy_of`) to change things.
+    """
+    repo = make_tiny_repo(tmp_path_factory.mktemp("small_run") / "repo")
+    write_params(repo, TINY, SMALL_SWEEPS)
+    (repo / "dvc.lock").unlink()  # the full-size run's: its lock entries would name cells this DAG does not have
+    run(["dvc", "repro"], repo)
+    run([sys.executable, "-m", "pipelines.tracking", "flush"], repo)  # every stage's MLflow run written
+    return repo
+
+
+def copy_of(built: Path, dst: Path) -> Path:
+    """A copy of a built checkout (its DVC cache, lock and MLflow store included) to change."""
+    shutil.copytree(built, dst, symlinks=True)
+    return dst
 
 
 @pytest.fixture

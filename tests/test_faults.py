@@ -35,7 +35,7 @@ from components.data import DATASETS
 from pipelines.io import ONE_LINE_ERRORS, InputError, load_dataset, save_dataset
 from pipelines.params import NAME, INT64, ParamsError, load_params
 
-from conftest import ROOT, SMALL_SWEEPS, TINY, make_tiny_repo, run, stage_env, write_params
+from conftest import ROOT, SMALL_SWEEPS, TINY, copy_of, make_tiny_repo, run, stage_env, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -46,24 +46,15 @@ INPUT_SUFFIXES = (".npz", ".pt")  # the files a stage loads; a directory dep is 
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    """A fully built checkout: `dvc repro` of the tiny DAG with one cell of each kind."""
-    repo = make_tiny_repo(tmp_path_factory.mktemp("faults") / "repo")
-    write_params(repo, TINY, SMALL_SWEEPS)
-    (repo / "dvc.lock").unlink()  # the full-size run's: its lock entries would name cells this DAG does not have
-    run(["dvc", "repro"], repo)
-    return repo
+def built(small_run) -> Path:
+    """A fully built checkout: `dvc repro` of the tiny DAG with one cell of each kind (shared by the test run)."""
+    return small_run
 
 
 @pytest.fixture
 def repo(built, tmp_path) -> Path:
     """A copy of the built checkout to break."""
     return copy_of(built, tmp_path / "repo")
-
-
-def copy_of(built: Path, dst: Path) -> Path:
-    shutil.copytree(built, dst, symlinks=True)
-    return dst
 
 
 def md5(path: Path) -> str | None:

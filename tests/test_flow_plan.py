@@ -14,12 +14,12 @@ from conftest import run
 def test_plan_follows_dvc_yaml_and_dvc_status(tiny_repo):
     plan = {s.name: s for s in read_plan(tiny_repo, None, on_gpu_host=False)}
     order = list(plan)
-    assert order[:2] == ["validate", "prepare"] and order[-1] == "evaluate"
+    assert order[:2] == ["validate", "prepare"] and order[-1] == "table"
     assert all(order.index(u) < order.index(name) for name, s in plan.items() for u in s.upstream)
     assert set(plan["sample_guided@ddim-50-s1"].upstream) == {"train_ddpm", "train_classifier", "prepare"}
     # GPU stages hold a CPU slot on a host without a GPU; sample_exact is CPU-bound; prepare holds nothing.
     assert plan["train_ddpm"].slots == {"gpu": 1, "cpu": 1} and plan["sample_exact@exact-ddim-4"].slots == {"cpu": 1}
-    assert plan["prepare"].slots == {} and plan["evaluate"].table and not plan["prepare"].table
+    assert plan["prepare"].slots == {} and plan["table"].table and not plan["prepare"].table
     assert read_plan(tiny_repo, ["train_ddpm"], on_gpu_host=True)[2].slots == {"gpu": 1}
     assert all(s.stale for s in plan.values())  # nothing built yet
 

@@ -45,7 +45,7 @@ def test_default_params_are_valid():
 @pytest.mark.parametrize("path,value,expected", [
     # unknown keys, at every level
     ("sampel", {"n": 1}, "params.yaml: sampel: unknown key; allowed: data, diffusion, train_ddpm, finetune_iddpm, "
-                         "train_classifier, ddgan, train_ddgan, sample, nll, guidance, sweep, guided_sweep, exact_sweep, evaluate"),
+                         "train_classifier, ddgan, train_ddgan, sample, timing, nll, guidance, sweep, guided_sweep, exact_sweep, evaluate"),
     ("exact_sweep.exact-ddpm-4.model", "ddpm", "exact_sweep.exact-ddpm-4.model: unknown key; allowed: sampler, steps"),
     ("train_ddpm.learning_rate", 0.1, "train_ddpm.learning_rate: unknown key; allowed: seed, steps, batch_size, lr"),
     ("sweep.ddim-50.etaa", 0.5, "sweep.ddim-50.etaa: unknown key; allowed: sampler, steps, trajectory, eta"),
@@ -177,24 +177,28 @@ def _digest(paths):
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
 
 
+def cell_files(cell: str) -> list[str]:
+    """A sample stage's paths after its own arguments (pipelines.sample.CellFiles)."""
+    return ["data/reference.npz", "data/stats.npz", f"samples/{cell}.npz", f"plots/{cell}.png",
+            f"metrics/cells/{cell}.json", f"metrics/timing/{cell}.json"]
+
+
 STAGE_CMDS = {
     "prepare": ["pipelines.prepare", "data/train.npz", "data/reference.npz"],
     "train_ddpm": ["pipelines.train_ddpm", "data/train.npz", "models/ddpm.pt", "plots/loss.csv", "plots/loss.png"],
     "finetune_iddpm": ["pipelines.finetune_iddpm", "models/ddpm.pt", "data/train.npz", "models/iddpm.pt",
                        "plots/ft.csv", "plots/ft.png"],
-    "sample": ["pipelines.sample", "ddim-50", "models/ddpm.pt", "data/reference.npz", "samples/ddim-50.npz",
-               "plots/ddim-50.png"],
-    "sample_exact": ["pipelines.sample_exact", "exact-ddim-4", "data/reference.npz", "samples/exact-ddim-4.npz",
-                     "plots/exact-ddim-4.png"],
+    "reference": ["pipelines.reference", "data/train.npz", "data/reference.npz", "data/stats.npz",
+                  "metrics/cells/data.json"],
+    "sample": ["pipelines.sample", "ddim-50", "models/ddpm.pt", *cell_files("ddim-50")],
+    "sample_exact": ["pipelines.sample_exact", "exact-ddim-4", *cell_files("exact-ddim-4")],
     "train_classifier": ["pipelines.train_classifier", "data/train.npz", "data/reference.npz", "models/clf.pt",
                          "plots/c.csv", "plots/c.png", "plots/acc.csv", "plots/acc.png"],
-    "sample_guided": ["pipelines.sample_guided", "ddim-50-s1", "models/ddpm.pt", "models/clf.pt", "data/reference.npz",
-                      "samples/ddim-50-s1.npz", "plots/ddim-50-s1.png"],
+    "sample_guided": ["pipelines.sample_guided", "ddim-50-s1", "models/ddpm.pt", "models/clf.pt", *cell_files("ddim-50-s1")],
     "train_ddgan": ["pipelines.train_ddgan", "4", "data/train.npz", "models/ddgan-4.pt", "plots/g.csv", "plots/g.png"],
-    "sample_ddgan": ["pipelines.sample_ddgan", "4", "models/ddgan-4.pt", "data/reference.npz", "samples/ddgan-4.npz",
-                     "plots/ddgan-4.png"],
-    "evaluate": ["pipelines.evaluate", "samples", "data/train.npz", "data/reference.npz", "metrics/t.json",
-                 "metrics/t.csv", "metrics/t.md", "metrics/t.png", "metrics/terms.png", "metrics/guidance.png"],
+    "sample_ddgan": ["pipelines.sample_ddgan", "4", "models/ddgan-4.pt", *cell_files("ddgan-4")],
+    "table": ["pipelines.table", "metrics/cells", "metrics/timing", "samples", "metrics/t.json", "metrics/t.csv",
+              "metrics/t.md", "metrics/t.png", "metrics/terms.png", "metrics/guidance.png"],
 }
 
 

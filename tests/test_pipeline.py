@@ -12,14 +12,24 @@ from conftest import run
 
 pytestmark = pytest.mark.slow
 
+# The cells this test's assertions read, of each sweep in params.yaml: the rest would cost time and check nothing more.
+CELLS = {"sweep": ["ddpm-1000", "ddim-50", "ddim-10", "ddim-4", "iddpm-1000", "iddpm-10"],
+         "guided_sweep": ["ddim-50-s0", "ddim-50-s1", "ddpm-250-s10"],
+         "exact_sweep": ["exact-ddpm-1000", "exact-ddim-4", "exact-ddim-50-s1", "exact-ddpm-250-s1"]}
+
 
 def mlflow_runs(repo):
+    run(["python", "-m", "pipelines.tracking", "flush"], repo)  # the runs the background logger has not written yet
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     return mlflow.search_runs(experiment_names=["trilemma"])
 
 
 def test_dvc_repro_end_to_end(tiny_repo):
     params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    for section, keep in CELLS.items():
+        params[section] = {c: params[section][c] for c in keep}
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tiny_repo / "dvc.lock").unlink()  # the full-size run's
     ddgan = [f"ddgan-{T}" for T in params["ddgan"]["T"]]
     cells = [*params["sweep"], *ddgan, *params["guided_sweep"], *params["exact_sweep"]]
     first = run(["dvc", "repro"], tiny_repo)
@@ -27,7 +37,7 @@ def test_dvc_repro_end_to_end(tiny_repo):
 
     table = pd.read_csv(tiny_repo / "metrics/trilemma.csv")
     assert list(table["cell"]) == ["data", *cells]
-    for col in ["scale", "nfe", "wall_s_per_1k", "hq_fraction", "modes", "kl_uniform", "fid", "precision", "recall",
+    for col in ["scale", "nfe", "wall_s_per_1k", "wall_s_per_1k_iqr", "hq_fraction", "modes", "kl_uniform", "fid", "precision", "recall",
                 "target_hit", "nll"]:
         assert col in table.columns
     # every unguided ancestral row has a bound, no DDIM or guided row has one; the data row holds the true NLL,
@@ -67,7 +77,10 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert encoding["color"]["field"] == "t" and encoding["row"]["field"] == "term"  # .dvc/plots/by_t.json
     assert (tiny_repo / "plots/train_classifier/accuracy.csv").read_text().startswith(
         "t_lo,t_hi,t_mid,accuracy,chance,bayes_accuracy\n")
-    assert (table["wall_s_per_1k"][1:] > 0).all()
+    assert (table["wall_s_per_1k"][1:] > 0).all() and (table["wall_s_per_1k_iqr"][1:] >= 0).all()
+    timing = json.loads((tiny_repo / "metrics/timing/ddim-4.json").read_text())
+    assert timing["repeats"] == params["timing"]["repeats"] and timing["threads"] == 1 and timing["device"]
+    assert set(np.load(tiny_repo / "samples/ddim-4.npz").files) == {"x", "nfe"}  # no timing in the samples
     md = (tiny_repo / "metrics/trilemma.md").read_text()
     assert all(f"| {c} |" in md for c in cells)
     assert "nats/dim in data units" in md
@@ -78,15 +91,24 @@ def test_dvc_repro_end_to_end(tiny_repo):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout)
     assert "metrics/trilemma.json" in json.dumps(shown)
 
-    stages = {"prepare", "train_ddpm", "finetune_iddpm", "train_classifier", "evaluate",
+    stages = {"prepare", "reference", "train_ddpm", "finetune_iddpm", "train_classifier", "table",
               *(f"sample@{c}" for c in params["sweep"]), *(f"sample_guided@{c}" for c in params["guided_sweep"]),
               *(f"sample_exact@{c}" for c in params["exact_sweep"]),
               *(f"{stage}@{T}" for T in params["ddgan"]["T"] for stage in ("train_ddgan", "sample_ddgan"))}
     runs = mlflow_runs(tiny_repo)
     assert sorted(runs["tags.mlflow.runName"]) == sorted(stages)
     assert (runs["status"] == "FINISHED").all()
-    evaluate = runs[runs["tags.mlflow.runName"] == "evaluate"].iloc[0]
-    assert evaluate["metrics.ddpm-1000.hq_fraction"] == pytest.approx(table.set_index("cell").loc["ddpm-1000", "hq_fraction"])
+    by_run = runs.set_index("tags.mlflow.runName")
+    assert by_run.loc["table", "metrics.ddpm-1000.hq_fraction"] == pytest.approx(by_cell.loc["ddpm-1000", "hq_fraction"])
+    # each cell's own run carries its row, so cells compare as columns of MLflow's runs table
+    for stage, cell in (("sample@ddpm-1000", "ddpm-1000"), ("sample_guided@ddim-50-s1", "ddim-50-s1"),
+                        ("sample_exact@exact-ddim-4", "exact-ddim-4"), ("sample_ddgan@4", "ddgan-4")):
+        for col in ("hq_fraction", "fid", "precision", "recall", "nfe", "wall_s_per_1k"):
+            assert by_run.loc[stage, f"metrics.{col}"] == pytest.approx(by_cell.loc[cell, col]), (stage, col)
+    assert by_run.loc["sample_guided@ddim-50-s1", "metrics.target_hit"] == pytest.approx(by_cell.loc["ddim-50-s1", "target_hit"])
+    assert by_run.loc["reference", "metrics.hq_fraction"] == pytest.approx(by_cell.loc["data", "hq_fraction"])
+    # a run lasts as long as its stage did, start-up included, not the few milliseconds of logging it
+    assert (by_run.loc["train_ddpm", "end_time"] - by_run.loc["train_ddpm", "start_time"]).total_seconds() > 1
 
     second = run(["dvc", "repro"], tiny_repo)
     assert "Running stage" not in second.stdout
@@ -94,19 +116,31 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert len(mlflow_runs(tiny_repo)) == len(stages)
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
 
-    # Changing one cell's params reruns that cell and the evaluation, nothing else (but the validation of params.yaml).
+    # Changing one cell's params re-samples and re-scores that cell alone; the table gathers it (and params.yaml is
+    # validated again). The other cells' rows are their old bytes.
+    rows = {c: (tiny_repo / f"metrics/cells/{c}.json").read_bytes() for c in cells}
     params["sweep"]["ddim-10"]["eta"] = 0.5
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["evaluate", "sample@ddim-10", "validate"]
+    assert ran == ["sample@ddim-10", "table", "validate"]
+    assert [c for c in cells if (tiny_repo / f"metrics/cells/{c}.json").read_bytes() != rows[c]] == ["ddim-10"]
+
+    # Rerunning a cell whose params did not change writes the same samples and row: only its timing and the table move.
+    samples = (tiny_repo / "samples/ddim-4.npz").read_bytes()
+    out = run(["dvc", "repro", "-f", "-s", "sample@ddim-4"], tiny_repo).stdout
+    assert (tiny_repo / "samples/ddim-4.npz").read_bytes() == samples
+    assert (tiny_repo / "metrics/cells/ddim-4.json").read_bytes() == rows["ddim-4"]
+    out = run(["dvc", "repro"], tiny_repo).stdout
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert ran == ["table"]
 
     # Fine-tuning again reruns the iDDPM cells only: the DDPM and exact cells do not read models/iddpm.pt.
     params["finetune_iddpm"]["steps"] = 20
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == sorted(["validate", "evaluate", "finetune_iddpm", *(f"sample@{c}" for c in params["sweep"]
+    assert ran == sorted(["validate", "table", "finetune_iddpm", *(f"sample@{c}" for c in params["sweep"]
                                                           if params["sweep"][c]["model"] == "iddpm")])
 
     # Retraining the classifier reruns the guided cells only.
@@ -114,7 +148,7 @@ def test_dvc_repro_end_to_end(tiny_repo):
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == sorted(["validate", "evaluate", "train_classifier",
+    assert ran == sorted(["validate", "table", "train_classifier",
                           *(f"sample_guided@{c}" for c in params["guided_sweep"])])
 
     # A new DDGAN T adds its two stages and reruns no other generator (T is in the cmd, not in their params).
@@ -122,7 +156,7 @@ def test_dvc_repro_end_to_end(tiny_repo):
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["evaluate", "sample_ddgan@2", "train_ddgan@2", "validate"]
+    assert ran == ["sample_ddgan@2", "table", "train_ddgan@2", "validate"]
     assert pd.read_csv(tiny_repo / "metrics/trilemma.csv").set_index("cell").loc["ddgan-2", "nfe"] == 2
 
 
@@ -137,7 +171,8 @@ def test_sample_guided_refuses_a_classifier_from_another_schedule(tiny_repo):
     run([*py, "pipelines.train_classifier", "data/train.npz", "data/reference.npz", *clf], tiny_repo)
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params))
     proc = run([*py, "pipelines.sample_guided", "ddim-50-s1", "models/ddpm.pt", "models/classifier.pt",
-                "data/reference.npz", "samples/g.npz", "plots/g.png"], tiny_repo, check=False)
+                "data/reference.npz", "data/stats.npz", "samples/g.npz", "plots/g.png", "metrics/g.json", "metrics/gt.json"],
+               tiny_repo, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: models/classifier.pt: trained on schedule {'schedule': 'cosine', 'T': 1000}, but models/ddpm.pt on "

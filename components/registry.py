@@ -1,0 +1,88 @@
+"""Every choice params.yaml names (networks, samplers, feature extractors, timestep samplers), by name.
+
+One pattern for all of them: a `Registry` maps a name to "module:attribute" and imports it on the
+first lookup, so naming a choice, and validating params (pipelines/params.py), imports no torch:
+validation takes a fraction of a second instead of torch's two. A network's constructor options
+are read from its module's source (`Registry.parameters`), also without importing it;
+tests/test_params.py checks them against the imported class's signature.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+from collections.abc import Iterator, Mapping
+from functools import cache
+from typing import Any
+
+NO_DEFAULT = object()
+
+
+class Registry(Mapping[str, Any]):
+    """Names of one kind of choice -> the objects they name, imported when first looked up."""
+
+    def __init__(self, kind: str, entries: dict[str, str]):
+        self.kind = kind
+        self._entries = dict(entries)  # name -> "module:attribute"
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._entries:
+            raise KeyError(f"unknown {self.kind} {name!r}; allowed: {', '.join(self._entries)}")
+        module, attribute = self._entries[name].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def parameters(self, name: str) -> dict[str, tuple[str, Any]]:
+        """The constructor's keyword options of class `name`: option -> (annotation text, default or NO_DEFAULT)."""
+        module, attribute = self._entries[name].split(":")
+        return dict(_init_parameters(module, attribute))
+
+
+@cache
+def _init_parameters(module: str, cls: str) -> tuple[tuple[str, tuple[str, Any]], ...]:
+    """Parse `module`'s source for `cls.__init__`'s parameters (self left out), without importing the module."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"no module {module}")
+    with open(spec.origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), spec.origin)
+    node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls), None)
+    init = node and next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+    if init is None:
+        raise LookupError(f"{module}.{cls} defines no __init__ of its own")
+    args = init.args.args[1:]
+    defaults = [NO_DEFAULT] * (len(args) - len(init.args.defaults)) + [ast.literal_eval(d) for d in init.args.defaults]
+    out = [(a.arg, (ast.unparse(a.annotation) if a.annotation else "", d)) for a, d in zip(args, defaults)]
+    out += [(a.arg, (ast.unparse(a.annotation) if a.annotation else "", NO_DEFAULT if d is None else ast.literal_eval(d)))
+            for a, d in zip(init.args.kwonlyargs, init.args.kw_defaults)]
+    return tuple(out)
+
+
+# Denoisers eps_theta(x_t, t) (DDPM, iDDPM with a variance output), ADM's noise-aware classifiers p_phi(y | x_t, t),
+# and DDGAN's generators G(x_t, z, t) and discriminators D(x_{t-1}, x_t, t).
+NETWORKS = Registry("network", {"mlp": "components.networks:MLP"})
+CLASSIFIERS = Registry("classifier", {"mlp": "components.networks:MLPClassifier"})
+GENERATORS = Registry("generator", {"mlp": "components.networks:MLPGenerator"})
+DISCRIMINATORS = Registry("discriminator", {"mlp": "components.networks:MLPDiscriminator"})
+
+# The eps-model samplers a sweep cell chooses from: DDPM's ancestral sampler (Ho et al. Alg. 2) and DDIM (Song et al. eq. 12).
+SAMPLERS = Registry("sampler", {"ddpm": "components.samplers:sample_ddpm", "ddim": "components.samplers:sample_ddim"})
+
+# Feature extractors for FID and precision/recall: points are their own features.
+FEATURE_EXTRACTORS = Registry("feature extractor", {"identity": "components.features:identity_features"})
+
+# iDDPM's timestep samplers: uniform t, or importance sampling by the loss's second moment (iDDPM §3.3).
+TIMESTEP_SAMPLERS = Registry("timestep sampler", {"uniform": "components.training:UniformTimesteps",
+                                                  "loss_second_moment": "components.training:LossSecondMomentTimesteps"})
+
+VARIANCES = ("small", "large", "learned")  # reverse-process variances: beta-tilde, beta (DDPM §3.2), learned (iDDPM §3.1)
+LR_SCHEDULES = ("constant", "cosine")  # after linear warm-up

@@ -1,0 +1,153 @@
+"""Stage `table`: gather every cell's row into the trilemma table, draw its figures, log it.
+
+    python -m pipelines.table <metrics_dir> <timing_dir> <samples_dir> \
+        <trilemma.json> <trilemma.csv> <trilemma.md> <trilemma.png> <vlb_terms.png> <guidance.png>
+
+It computes no metric: cell `c`'s row is `<metrics_dir>/c.json` (written and scored by its sample
+stage), its speed `<timing_dir>/c.json`, and the row `data` (the train split, the ceiling) comes
+from stage `reference`. The samples are read only for what the figures draw (the per-step bound
+terms of full chains) and to check that each guided cell was guided as params say. Rows follow
+params' table order: trained cells, DDGAN (`ddgan-<T>`), guided, exact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from components.data import DATASETS
+from pipelines.io import (
+    InputError, atomic_save_figure, atomic_write_json, atomic_write_text, entry_point, first_line, load_samples,
+    stage_args,
+)
+from pipelines.params import load_params
+from pipelines.plots import guidance_figure, trilemma_figure, vlb_terms_figure
+from pipelines.tracking import StageRun, log_stage_run
+
+SETTINGS = ["cell", "model", "sampler", "steps", "eta", "variance", "scale"]
+METRICS = ["nfe", "wall_s_per_1k", "wall_s_per_1k_iqr", "hq_fraction", "modes", "kl_uniform", "fid", "precision",
+           "recall", "target_hit", "nll", "nll_se"]
+NLL_UNITS = {"continuous": "nats/dim in data units", "discretized": "bits/dim"}
+
+
+def _present(v) -> bool:
+    """Not a blank cell: None (no such option) and NaN (undefined metric) are left out of JSON."""
+    return v is not None and not pd.isna(v)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """The table as GitHub markdown, numbers rounded for reading."""
+    fmt = {"wall_s_per_1k": "{:.3f}", "hq_fraction": "{:.3f}", "kl_uniform": "{:.4f}", "fid": "{:.4f}",
+           "precision": "{:.3f}", "recall": "{:.3f}", "target_hit": "{:.3f}", "scale": "{:g}"}
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    for _, row in df.iterrows():
+        cells = []
+        for col in df.columns:
+            v = row[col]
+            cells.append(("{}" if isinstance(v, str) else fmt.get(col, "{}")).format(v) if _present(v) else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def guidance_series(rows: list[dict], params) -> dict[str, list[dict]]:
+    """Guided rows grouped by everything but the scale: one curve per guided sampler setting."""
+    series: dict[str, list[dict]] = {}
+    for r in rows:
+        cell = params.cells().get(r["cell"])
+        if cell is None or cell.scale is None:
+            continue
+        options = [f"{k} {v}" for k, v in cell.sampler_kwargs().items() if k != "clip_x0"]
+        options += [f"{cell.trajectory} trajectory"] if cell.trajectory != "uniform" else []
+        options += ["clip x0"] if cell.clip_x0 else []
+        series.setdefault(f"{r['model']} {r['sampler']}-{cell.steps} ({', '.join(options)})", []).append(r)
+    return series
+
+
+def read_row(path: Path) -> dict:
+    """A cell's metrics or timing file: a JSON object of numbers (and strings); InputError names the file."""
+    try:
+        row = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found; run its stage") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a JSON row ({first_line(e)}); rerun its stage") from None
+    if not isinstance(row, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(row).__name__}; rerun its stage")
+    return row
+
+
+def main(argv: list[str]) -> None:
+    metrics_dir, timing_dir, samples_dir, json_path, csv_path, md_path, png_path, terms_path, guidance_path = stage_args(
+        argv, ("metrics_dir", "timing_dir", "samples_dir", "trilemma.json", "trilemma.csv", "trilemma.md",
+               "trilemma.png", "vlb_terms.png", "guidance.png"))
+    params = load_params()
+    spec = DATASETS[params.data.name]
+    rows = [{"cell": "data", "sampler": "train split", "wall_s_per_1k": 0.0, **read_row(Path(metrics_dir) / "data.json")}]
+    timings, full_chains = {}, {}
+    T = params.diffusion.T
+    for name, cell in params.cells().items():
+        c = load_samples(Path(samples_dir) / f"{name}.npz", spec, params.sample.n)
+        if cell.scale is not None and ("y" not in c or float(c["scale"]) != cell.scale):
+            raise InputError(f"{samples_dir}/{name}.npz: not guided at scale {cell.scale:g} as params say; rerun its stage")
+        timings[name] = read_row(Path(timing_dir) / f"{name}.json")
+        kw = cell.sampler_kwargs()
+        rows.append({"cell": name, "model": getattr(cell, "model", "exact"), "sampler": cell.sampler,
+                     "steps": cell.steps, "eta": kw.get("eta"), "variance": kw.get("variance"), "scale": cell.scale,
+                     **read_row(Path(metrics_dir) / f"{name}.json"),
+                     **{k: timings[name][k] for k in ("wall_s_per_1k", "wall_s_per_1k_iqr")}})
+        if "nll_terms" in c and cell.steps == T:
+            full_chains[f"{name} ({getattr(cell, 'model', 'exact')}, {kw['variance']})"] = c["nll_terms"]
+
+    df = pd.DataFrame(rows)
+    df = df.reindex(columns=SETTINGS + METRICS).astype({"steps": "Int64", "nfe": "Int64"})
+    by_cell = {r["cell"]: {k: r[k] for k in METRICS if _present(r.get(k))} for r in rows}  # DVC metrics and MLflow
+    atomic_write_json(json_path, by_cell)
+    atomic_write_text(csv_path, df.to_csv(index=False))
+    atomic_write_text(md_path, table_header(params, spec, len(rows) - 1, timings) + markdown_table(markdown_frame(df)))
+    atomic_save_figure(png_path, trilemma_figure(rows[1:], ceiling=rows[0]))
+    atomic_save_figure(terms_path, vlb_terms_figure(full_chains, T))
+    atomic_save_figure(guidance_path, guidance_figure(guidance_series(rows, params)))
+    print(f"table: {len(rows)} rows -> {md_path}")
+    log_stage_run(StageRun(
+        "table", metrics={f"{cell}.{k}": v for cell, m in by_cell.items() for k, v in m.items()},
+        tables={"trilemma.json": df},
+        artifacts=[Path(csv_path), Path(md_path), Path(png_path), Path(terms_path), Path(guidance_path)],
+    ))
+
+
+def markdown_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The table as the markdown shows it: the bound as `nll ± se`, the time as `median ± IQR/2`."""
+    md = df.drop(columns=["nll_se", "wall_s_per_1k_iqr"]).astype({"nll": object, "wall_s_per_1k": object})
+    md["nll"] = [None if not _present(v) else f"{v:.4f}" + (f" ± {se:.4f}" if _present(se) else "")
+                 for v, se in zip(df["nll"], df["nll_se"])]
+    md["wall_s_per_1k"] = [f"{v:.3f}" + (f" ± {iqr / 2:.3f}" if _present(iqr) else "")
+                           for v, iqr in zip(df["wall_s_per_1k"], df["wall_s_per_1k_iqr"])]
+    return md
+
+
+def table_header(params, spec, n_cells: int, timings: dict[str, dict]) -> str:
+    """What the markdown table's columns mean, with the sizes and the timing's setting of this run."""
+    t = params.timing
+    devices = sorted({f"{r['device']}, {r['threads']} thread{'s' * (r['threads'] != 1)}" for r in timings.values()})
+    return (
+        f"Trilemma table: {n_cells} sampler cells, {params.sample.n} samples each, metrics in data units against the "
+        f"{params.data.n_reference}-point reference split. "
+        f"`wall_s_per_1k`: seconds per 1,000 samples, the median of {t.repeats} timed draws of {t.n} samples "
+        f"(after {t.warmup} untimed) ± half their interquartile range, on {'; '.join(devices) or 'no device'}. "
+        f"Row `data` is the train split (the ceiling); model `exact` rows sample with the mixture's closed-form eps* "
+        f"(the sampler's ceiling, no model error). "
+        f"Rows `ddgan-T` sample the Denoising Diffusion GAN trained with T steps (T generator calls, fresh z "
+        f"at each). "
+        f"`scale`: classifier-guidance scale s (ADM Alg. 1 for ddpm, Alg. 2 for ddim; exact rows guide with the "
+        f"exact p(y | x_t)); `target_hit`: share of a guided row's samples whose nearest mode is its target label, "
+        f"targets uniform. NFE counts denoiser evaluations; a guided step adds one classifier forward and backward, "
+        f"which the wall time includes. "
+        f"`nll`: the variational bound (DDPM eq. 5) of each unguided ancestral chain, in {NLL_UNITS[spec.decoder]}, on "
+        f"the first {params.nll.n} reference points, ± one standard error over the points; for `data` it is the true "
+        f"density's NLL. Empty where a row has no likelihood.\n\n")
+
+
+if __name__ == "__main__":
+    entry_point(main)
