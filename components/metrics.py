@@ -2,70 +2,211 @@
 
 FID and precision/recall go through a feature extractor chosen by name (components/features.py):
 `identity` for points, so both are computed on the coordinates themselves; a CNN for images.
-FID is torch-fidelity's feature-level function. Precision/recall is torch-fidelity's full-matrix
-algorithm on its own distance function, arranged so that the reference split's k-NN radii are
-computed once for every row (`ReferenceSet`) instead of once per row; tests/test_metrics.py
-checks that it returns exactly what `torch_fidelity.metric_prc.prc_features_to_metric` does.
+
+Both reproduce torch-fidelity 0.4.0 exactly without importing it (its import costs every sampling
+stage ~1.7 s on top of torch); tests/test_metrics.py checks equality (==) against it:
+
+- FID (Heusel et al. 2017) with torch-fidelity's numpy operations, split into the per-set Gaussian
+  fit (`fid_statistics`), which the reference split computes once and saves, and the distance
+  between two fits (`frechet_distance_from_statistics`);
+- improved precision/recall (Kynkaanniemi et al. 2019) with torch-fidelity's definitions
+  (`torch.cdist` on float32 features, k-NN radius = the (k+1)-th smallest distance within the set,
+  the point itself included at 0), but in tiles, never holding the N x N distance matrix.
+  `ReferenceSet` holds what the reference split contributes: its features, k-NN radii and Gaussian fit.
+
+Why the tiles follow torch-fidelity's blocks: `torch.cdist` on more than 25 x 25 points computes
+||x||^2 + ||y||^2 - 2 x.y through a BLAS matrix product, and MKL rounds a few elements of a product
+differently when one side has fewer than ~12 rows, so a distance may depend on the shape of the
+call that computed it. The tiles therefore cut torch-fidelity's own `prc_batch_size` (PRC_BATCH)
+blocks into parts of at least MIN_TILE points per side, and leave a block whole where one side
+is shorter than that (the last block of a set of, say, 10,003 points), so every distance is
+computed in a call of the same kind as torch-fidelity's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_prc import calc_cdist_full
 
 from components.features import FEATURE_EXTRACTORS
 
 
+def fid_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Gaussian fit of FID (Heusel et al. 2017): mean (F,) and sample covariance (F, F) of (N, F) features.
+
+    torch-fidelity's `fid_features_to_statistics`: numpy on the features as given (no cast).
+    """
+    f = features.detach().cpu().numpy() if torch.is_tensor(features) else np.asarray(features)
+    return np.mean(f, axis=0), np.cov(f, rowvar=False)
+
+
+def frechet_distance_from_statistics(mu1: np.ndarray, sigma1: np.ndarray,
+                                     mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """FID (Heusel et al. 2017): ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^1/2) between two Gaussian fits.
+
+    Tr((S1 S2)^1/2) is the sum of the square roots of S1 S2's eigenvalues, real parts: torch-fidelity's
+    `fid_statistics_to_metric`, operation for operation.
+    """
+    diff = mu1 - mu2
+    tr_covmean = np.sum(np.sqrt(np.linalg.eigvals(sigma1.dot(sigma2)).astype(np.complex128)).real)
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
 def frechet_distance(features: torch.Tensor, ref_features: torch.Tensor) -> float:
-    """FID (Heusel et al. 2017): ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2) between Gaussian fits."""
-    stats = fid_features_to_statistics(features), fid_features_to_statistics(ref_features)
-    return float(fid_statistics_to_metric(*stats, verbose=False)[KEY_METRIC_FID])
+    """FID (Heusel et al. 2017) between the Gaussian fits of two feature sets."""
+    return frechet_distance_from_statistics(*fid_statistics(features), *fid_statistics(ref_features))
 
 
-PRC_BATCH = 10_000  # torch-fidelity's prc_batch_size default
+PRC_BATCH = 10_000  # torch-fidelity's prc_batch_size default: the blocks whose distances the tiles reproduce
+BLOCK = 4096  # tile side: one tile of float32 distances is 4 * 4096**2 B = 64 MiB
+MIN_TILE = 32  # shortest tile side cut from a block (MKL rounds products with < ~12 rows differently)
 
 
-def knn_radii(features: torch.Tensor, k: int) -> torch.Tensor:
-    """Each point's distance to its k-th nearest neighbour within the same set, itself excluded: the k-NN ball radii."""
+def _spans(start: int, stop: int, block: int) -> list[tuple[int, int]]:
+    """[start, stop) cut into ceil(len / block) near-equal parts: at most block, at least min(len, block // 2)."""
+    n = stop - start
+    m = -(-n // block)
+    return [(start + j * n // m, start + (j + 1) * n // m) for j in range(m)]
+
+
+def _tiles(n_rows: int, n_cols: int, block: int, batch: int) -> Iterator[tuple[tuple[int, int], tuple[int, int]]]:
+    """(row span, column span) of the tiles covering an n_rows x n_cols distance matrix.
+
+    Each of torch-fidelity's batch x batch blocks is cut into tiles of at most block x block, except a
+    block with a side shorter than MIN_TILE, which is one tile (at most (MIN_TILE - 1) x batch).
+    """
+    if block < 2 * MIN_TILE:
+        raise ValueError(f"block must be at least {2 * MIN_TILE}, got {block}")
+    for r0 in range(0, n_rows, batch):
+        r1 = min(r0 + batch, n_rows)
+        for c0 in range(0, n_cols, batch):
+            c1 = min(c0 + batch, n_cols)
+            if min(r1 - r0, c1 - c0) < MIN_TILE:
+                yield (r0, r1), (c0, c1)
+            else:
+                for rows in _spans(r0, r1, block):
+                    for cols in _spans(c0, c1, block):
+                        yield rows, cols
+
+
+def knn_radii(features: torch.Tensor, k: int, *, block: int = BLOCK, batch: int = PRC_BATCH) -> torch.Tensor:
+    """Each point's distance to its k-th nearest neighbour within the same set, itself excluded: the k-NN ball radii.
+
+    Kynkaanniemi et al. 2019's radius, as torch-fidelity computes it: the (k+1)-th smallest of the row
+    of float32 `torch.cdist` distances (the point's own 0 is the first). A running top-(k+1) over the
+    row's tiles: the k+1 smallest of a union are the k+1 smallest of the parts' k+1 smallest, so the
+    value is exact, ties included. Memory: one tile (see `precision_recall`) plus (N, k+1) float32.
+    """
     features = features.float()
-    return calc_cdist_full(features, features, PRC_BATCH).topk(k + 1, dim=1, largest=False).values[:, -1]
+    n = len(features)
+    if n <= k:
+        raise ValueError(f"k-NN radii need more than k = {k} points, got {n}")
+    smallest = torch.full((n, k + 1), torch.inf, dtype=features.dtype, device=features.device)
+    for (r0, r1), (c0, c1) in _tiles(n, n, block, batch):
+        dist = torch.cdist(features[r0:r1], features[c0:c1])
+        tile_smallest = dist.topk(min(k + 1, c1 - c0), dim=1, largest=False).values
+        del dist
+        smallest[r0:r1] = torch.cat([smallest[r0:r1], tile_smallest], dim=1).topk(k + 1, dim=1, largest=False).values
+    return smallest[:, -1].clone()
 
 
 def precision_recall(features: torch.Tensor, ref_features: torch.Tensor, k: int = 3,
-                     ref_radii: torch.Tensor | None = None) -> tuple[float, float]:
+                     ref_radii: torch.Tensor | None = None, *, block: int = BLOCK,
+                     batch: int = PRC_BATCH) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN balls; generated first, real second.
 
-    precision: share of generated points inside some reference point's k-NN ball; recall: share
-    of reference points inside some generated point's ball. `ref_radii` = knn_radii(ref_features, k),
-    if already computed.
+    precision: share of generated points inside some reference point's k-NN ball (d <= radius);
+    recall: share of reference points inside some generated point's ball. `ref_radii` =
+    knn_radii(ref_features, k), if already computed.
+
+    Both come from tiles of torch-fidelity's reference x generated distances (`torch.cdist(ref, gen)`,
+    its orientation: cdist is not exactly symmetric), each reduced with "any" at once and skipped
+    when all its rows and columns are already inside a ball.
+
+    Memory beyond the float32 features: one tile of float32 distances and one of booleans,
+    5 * block**2 bytes, whatever N (80 MiB at the default block = 4096; a block's short last side
+    makes tiles of at most 5 * (MIN_TILE - 1) * batch bytes = 1.5 MiB), plus cdist's padded copies
+    of a tile's points, 8 * block * (F + 2) bytes, and O(N) vectors: radii, hit flags and the k-NN
+    search's (N, k+1) running minima, 4 * (k + 2) * N + N bytes per set. So 50,000 x 50,000
+    points take about 80 MiB + 2 MiB (k = 3), where the full distance matrix alone would take 10 GB.
     """
     features, ref_features = features.float(), ref_features.float()
-    radii = knn_radii(features, k)
-    ref_radii = knn_radii(ref_features, k) if ref_radii is None else ref_radii
-    dist = calc_cdist_full(ref_features, features, PRC_BATCH)  # (N_ref, N)
-    recall = (dist <= radii).any(dim=1).float().mean().item()
-    precision = (dist.T <= ref_radii).any(dim=1).float().mean().item()
-    return precision, recall
+    radii = knn_radii(features, k, block=block, batch=batch)
+    ref_radii = knn_radii(ref_features, k, block=block, batch=batch) if ref_radii is None else ref_radii
+    ref_in_ball = torch.zeros(len(ref_features), dtype=torch.bool, device=ref_features.device)  # recall's hits
+    in_ref_ball = torch.zeros(len(features), dtype=torch.bool, device=features.device)  # precision's hits
+    for (r0, r1), (c0, c1) in _tiles(len(ref_features), len(features), block, batch):
+        if ref_in_ball[r0:r1].all() and in_ref_ball[c0:c1].all():
+            continue
+        dist = torch.cdist(ref_features[r0:r1], features[c0:c1])  # (ref rows, generated columns)
+        ref_in_ball[r0:r1] |= (dist <= radii[c0:c1]).any(dim=1)
+        in_ref_ball[c0:c1] |= (dist <= ref_radii[r0:r1, None]).any(dim=0)
+        del dist
+    return in_ref_ball.float().mean().item(), ref_in_ball.float().mean().item()
 
 
 @dataclass(frozen=True)
 class ReferenceSet:
-    """The held-out split as every row is scored against it: features and their k-NN radii, computed once."""
+    """The held-out split as every row is scored against it, computed once: features, k-NN radii, Gaussian fit.
+
+    `to_arrays` / `from_arrays` convert to and from plain numpy arrays (np.savez / np.load with
+    allow_pickle=False), so one stage computes it and every sample stage reads it.
+    """
 
     features: torch.Tensor  # (N, F)
-    radii: torch.Tensor  # (N,) k-NN radii of the features (precision's balls)
+    radii: torch.Tensor  # (N,) float32 k-NN radii of the features (precision's balls, Kynkaanniemi et al. 2019)
     feature_name: str
     k: int
+    mu: np.ndarray  # (F,) mean of the features (FID's Gaussian fit, Heusel et al. 2017)
+    sigma: np.ndarray  # (F, F) their sample covariance
+
+    ARRAYS: ClassVar[tuple[str, ...]] = ("features", "radii", "mu", "sigma", "feature_name", "k")
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain numpy arrays, one per field (feature_name and k as 0-d arrays): what np.savez writes."""
+        return {"features": self.features.detach().cpu().numpy(), "radii": self.radii.detach().cpu().numpy(),
+                "mu": np.asarray(self.mu), "sigma": np.asarray(self.sigma),
+                "feature_name": np.array(self.feature_name), "k": np.array(self.k)}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ReferenceSet:
+        """The inverse of `to_arrays` (e.g. on np.load's result); ValueError if the arrays do not fit together."""
+        a = {name: np.asarray(arrays[name]) for name in cls.ARRAYS}
+        problem = _arrays_problem(a)
+        if problem:
+            raise ValueError(problem)
+        return cls(torch.tensor(a["features"]), torch.tensor(a["radii"]), str(a["feature_name"][()]),
+                   int(a["k"][()]), a["mu"].copy(), a["sigma"].copy())
+
+
+def _arrays_problem(a: dict[str, np.ndarray]) -> str | None:
+    """What keeps `a` from being a ReferenceSet's arrays, or None."""
+    for name in ("features", "radii", "mu", "sigma"):
+        if not np.issubdtype(a[name].dtype, np.floating):
+            return f"{name} has dtype {a[name].dtype}, expected floats"
+    if a["features"].ndim != 2:
+        return f"features has shape {a['features'].shape}, expected (N, F)"
+    n, f = a["features"].shape
+    expected = {"radii": (n,), "mu": (f,), "sigma": (f, f)}
+    for name, shape in expected.items():
+        if a[name].shape != shape:
+            return f"{name} has shape {a[name].shape}, expected {shape} for {n} features of size {f}"
+    if a["feature_name"].shape != () or a["feature_name"].dtype.kind != "U":
+        name = a["feature_name"]
+        return f"feature_name must be a 0-d string array, got shape {name.shape} and dtype {name.dtype}"
+    if a["k"].shape != () or not np.issubdtype(a["k"].dtype, np.integer) or not 1 <= a["k"] < n:
+        return f"k must be a 0-d integer array in [1, {n}), got {a['k']!r}"
+    return None
 
 
 def reference_set(x: np.ndarray, features: str = "identity", k: int = 3) -> ReferenceSet:
-    """Extract the reference features and their k-NN radii once, for all rows."""
+    """Extract the reference features, their k-NN radii and their Gaussian fit once, for all rows."""
     f = FEATURE_EXTRACTORS[features](x)
-    return ReferenceSet(f, knn_radii(f, k), features, k)
+    return ReferenceSet(f, knn_radii(f, k), features, k, *fid_statistics(f))
 
 
 def nearest_mode(x: np.ndarray, modes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +252,8 @@ def sample_metrics(
     """All trilemma quality/diversity metrics of samples x against the reference split (data units)."""
     f = FEATURE_EXTRACTORS[ref.feature_name](x)
     precision, recall = precision_recall(f, ref.features, ref.k, ref.radii)
-    out = {"fid": frechet_distance(f, ref.features), "precision": precision, "recall": recall}
+    fid = frechet_distance_from_statistics(*fid_statistics(f), ref.mu, ref.sigma)
+    out = {"fid": fid, "precision": precision, "recall": recall}
     if modes is not None:
         out |= mode_metrics(x, modes, mode_std, n_std, min_count)
     return out
