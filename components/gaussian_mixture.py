@@ -9,11 +9,14 @@ classifier guidance (ADM §4), with a closed-form gradient.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-from components.samplers import EpsModel
-from components.schedules import Schedule
+if TYPE_CHECKING:  # annotations only: mixture_log_prob (the data row's NLL) needs neither
+    from components.samplers import EpsModel
+    from components.schedules import Schedule
 
 
 class _NoisedMixture:

@@ -226,7 +226,12 @@ class DDGANParams:
 
     def cells(self) -> dict[str, "GANCellParams"]:
         """The table rows: ddgan-<T>, T denoising steps of the generator trained with T."""
-        return {f"ddgan-{T}": GANCellParams(model=f"ddgan-{T}", steps=T) for T in self.T}
+        return {f"ddgan-{T}": self.cell(T) for T in self.T}
+
+    @staticmethod
+    def cell(T: int) -> "GANCellParams":
+        """Row ddgan-<T>, from T alone: stage sample_ddgan@<T> reads no other entry of ddgan.T."""
+        return GANCellParams(model=f"ddgan-{T}", steps=T)
 
 
 @dataclass(frozen=True, kw_only=True)

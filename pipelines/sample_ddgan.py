@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from components.schedules import make_schedule
 from pipelines.io import InputError, entry_point, load_dataset, parse_T, stage_args
-from pipelines.params import ParamsError, load_params
+from pipelines.params import DDGANParams, load_params
 from pipelines.sample import CellFiles, load_ema_generator, run_cell
 
 
@@ -20,10 +20,7 @@ def main(argv: list[str]) -> None:
     files, ref_path = CellFiles(*paths), paths[0]
     T = parse_T(T_arg)
     params = load_params()
-    cells = params.ddgan.cells()
-    cell_name = f"ddgan-{T}"
-    if cell_name not in cells:
-        raise ParamsError(f"params.yaml: ddgan.T: no entry {T}; allowed: {', '.join(map(str, params.ddgan.T))}")
+    cell_name, cell = f"ddgan-{T}", DDGANParams.cell(T)  # the checkpoint must have been trained with this T (below)
     G, cfg = load_ema_generator(ckpt_path)
     ref = load_dataset(ref_path, params.data.name)
     if cfg["diffusion"]["T"] != T:
@@ -31,7 +28,7 @@ def main(argv: list[str]) -> None:
     if (ref.shift, ref.scale) != (cfg["data"]["shift"], cfg["data"]["scale"]):
         raise InputError(f"{ref_path}: its model-space map differs from the one {ckpt_path} was trained with")
     full = make_schedule(cfg["diffusion"]["schedule"], T)
-    run_cell(f"sample_ddgan@{T}", cell_name, cells[cell_name], G, full, tuple(cfg["data_shape"]), ref, params,
+    run_cell(f"sample_ddgan@{T}", cell_name, cell, G, full, tuple(cfg["data_shape"]), ref, params,
              files)
 
 

@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from components.data import Dataset
+from typing import TYPE_CHECKING
+
 from components.training import lr_at
 from pipelines.io import (
     InputError, NonFiniteError, atomic_save_figure, atomic_write_text, data_config, first_nonfinite, load_checkpoint,
@@ -25,6 +26,9 @@ from pipelines.io import (
 )
 from pipelines.params import NetworkParams, OptimParams
 from pipelines.plots import loss_curve_figure
+
+if TYPE_CHECKING:
+    from components.data import Dataset
 
 
 def scratch_config(p: OptimParams, diffusion: dict, ds: Dataset, **extra) -> dict:
