@@ -232,3 +232,26 @@ def test_unreadable_params_file(tmp_path):
     (tmp_path / "params.yaml").write_text("data: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_validating_params_imports_neither_torch_nor_mlflow():
+    """The validate stage and `make repro`'s check start in a fraction of a second: no torch, no MLflow."""
+    code = ("import sys; from pipelines.params import load_params; load_params(); "
+            "print(sorted(m for m in ('torch', 'mlflow', 'torch_fidelity') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_registries_read_each_network_constructor_as_python_does():
+    """Registry.parameters parses the source; it must agree with the imported class's own signature."""
+    import inspect
+
+    from components.registry import CLASSIFIERS, DISCRIMINATORS, GENERATORS, NETWORKS, NO_DEFAULT
+
+    for registry in (NETWORKS, CLASSIFIERS, GENERATORS, DISCRIMINATORS):
+        for name in registry:
+            sig = inspect.signature(registry[name])
+            expected = {k: (p.annotation if isinstance(p.annotation, str) else p.annotation.__name__,
+                            NO_DEFAULT if p.default is inspect.Parameter.empty else p.default)
+                        for k, p in sig.parameters.items()}
+            assert registry.parameters(name) == expected, (registry.kind, name)
