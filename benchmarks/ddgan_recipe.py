@@ -4,7 +4,7 @@ docs/results.md's DDGAN tuning figures. Reads data/{train,reference}.npz (run `d
     .venv/bin/python benchmarks/ddgan_recipe.py --T 4 [--steps 2000] [--d-octaves 6] [--r1-gamma 0.02] ...
 
 Defaults are params.yaml's train_ddgan recipe, except where an option overrides it; with none, the EMA
-generator is train_ddgan@<T>'s. Metrics are the table's (evaluate's), for the EMA generator and the raw
+generator is train_ddgan@<T>'s. Metrics are the table's (the sample stages'), for the EMA generator and the raw
 one, on sample.n samples drawn as sample_ddgan@<T> draws them (sample.seed, one batch): with no option,
 the EMA line is the table's row ddgan-<T>.
 """

@@ -1,6 +1,6 @@
 """Where the default run's time goes: each stage's wall time in a from-scratch `dvc repro -f`, and its fixed cost.
 
-    python benchmarks/stage_times.py [--repo PATH] [--out times.json] [--probe-only]
+    python benchmarks/stage_times.py [--repo PATH] [--out times.json] [--probe-only] [--keep DIR]
 
 Clones `--repo` (default: this checkout) at HEAD into a temporary folder beside a link to its
 .venv, so it measures committed code exactly as a fresh clone runs it; run it on main and on a
@@ -24,7 +24,6 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,11 +89,12 @@ def main() -> None:
     ap.add_argument("--repo", type=Path, default=ROOT, help="checkout to clone and measure (default: this one)")
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
     ap.add_argument("--probe-only", action="store_true", help="only the fixed-cost probe, no full run")
+    ap.add_argument("--keep", type=Path, help="clone here and keep it (its table, plots, MLflow store) afterwards")
     args = ap.parse_args()
     src = args.repo.resolve()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRILEMMA_"))}
     with tempfile.TemporaryDirectory(prefix="stage-times-") as tmp:
-        repo = Path(tmp) / "repo"
+        repo = args.keep.resolve() if args.keep else Path(tmp) / "repo"
         subprocess.run(["git", "clone", "-q", str(src), str(repo)], check=True)
         (repo / ".venv").symlink_to(src / ".venv")
         env["PATH"] = f"{repo / '.venv/bin'}{os.pathsep}{env.get('PATH', '')}"

@@ -1,12 +1,10 @@
-"""Feature extractors for the image-level metrics, chosen by name: identity for points, a CNN for images.
+"""Feature extractors for the image-level metrics: identity for points, a CNN for images.
 
-Kept apart from metrics.py so that naming an extractor (params validation) does not import
-torch-fidelity.
+Chosen by name through components/registry.py's FEATURE_EXTRACTORS, which imports this module only
+when an extractor is used.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 import torch
@@ -16,5 +14,3 @@ def identity_features(x: np.ndarray) -> torch.Tensor:
     """Points are their own features: (N, ...) -> (N, D) float64."""
     return torch.from_numpy(np.asarray(x, dtype=np.float64).reshape(len(x), -1))
 
-
-from components.registry import FEATURE_EXTRACTORS  # noqa: E402  (names identity_features above)

@@ -32,7 +32,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from components.features import FEATURE_EXTRACTORS
+from components.registry import FEATURE_EXTRACTORS
 
 
 def fid_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

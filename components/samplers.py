@@ -12,7 +12,7 @@ each sampler (`components/guidance.py`); without it the samplers are unchanged.
 
 DDGAN's sampler (`sample_ddgan`) walks the same schedules, but its model is a generator
 G(x_t, t, z) -> x0-hat with latent size `G.nz` (`components/ddgan.py`), so it is kept out of
-`SAMPLERS`, the registry of eps-model samplers that sweep cells choose from.
+`SAMPLERS` (components/registry.py), the registry of eps-model samplers that sweep cells choose from.
 """
 
 from __future__ import annotations
@@ -124,6 +124,3 @@ def sample_ddgan(G: Generator, sched: Schedule, x_T: torch.Tensor, *, generator:
         x0 = G(x, model_timesteps(sched, t), z)
         x = sample_posterior(sched, x0, x, t, torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device))
     return x
-
-
-from components.registry import SAMPLERS  # noqa: E402  (names sample_ddpm and sample_ddim above)

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
-from components.data import DATASETS
 from components.gaussian_mixture import mixture_log_prob
 from components.metrics import reference_set, sample_metrics
 from pipelines.io import atomic_save_npz, atomic_write_json, entry_point, load_dataset, stage_args

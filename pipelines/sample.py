@@ -32,7 +32,8 @@ from components.guidance import Classifier, classifier_grad
 from components.likelihood import bound_per_dim, variational_bound
 from components.metrics import sample_metrics, target_hit_rate
 from components.networks import make_classifier, make_generator, make_network
-from components.samplers import SAMPLERS, EpsModel, sample_ddgan
+from components.registry import SAMPLERS
+from components.samplers import EpsModel, sample_ddgan
 from components.schedules import Schedule, make_schedule, make_trajectory, respace
 from pipelines.io import (
     InputError, NonFiniteError, atomic_save_figure, atomic_save_npz, atomic_write_json, entry_point, first_line,

@@ -178,6 +178,7 @@ def test_ddgan_stages_smoke(tiny_repo):
     assert int(samples["nfe"]) == 4 and samples["x"].shape == (500, 2) and np.isfinite(samples["x"]).all()
     header = (tiny_repo / "plots/train_ddgan/4/losses.csv").read_text().splitlines()
     assert header[0] == "step,t,term,value" and len(header) == 1 + 3 * 3 * 5  # 3 logged steps x 3 terms x (4 t + all)
+    run(["python", "-m", "pipelines.tracking", "flush"], tiny_repo)  # what the background logger has not written yet
     mlflow.set_tracking_uri(f"sqlite:///{tiny_repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["trilemma"]).set_index("tags.mlflow.runName")
     run_id = runs.loc["train_ddgan@4", "run_id"]

@@ -19,7 +19,6 @@ import os
 import random
 import re
 import shlex
-import shutil
 import subprocess
 import tempfile
 import time
@@ -35,7 +34,7 @@ from components.data import DATASETS
 from pipelines.io import ONE_LINE_ERRORS, InputError, load_dataset, save_dataset
 from pipelines.params import NAME, INT64, ParamsError, load_params
 
-from conftest import ROOT, SMALL_SWEEPS, TINY, copy_of, make_tiny_repo, run, stage_env, write_params
+from conftest import ROOT, SMALL_SWEEPS, TINY, copy_of, run, stage_env, write_params
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,6 @@
 """Prefect runs the DVC DAG: a real `prefect server` on 127.0.0.1, the deployment served or on a process worker,
-a real DVC repository and MLflow store. Servers and workers are stopped by PID at the end of each test."""
+a real DVC repository and MLflow store. One Prefect server serves the whole module (each test deploys its own
+repository to it); deployments and workers are stopped by PID at the end of each test."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run, stage_env
+from conftest import SMALL_SWEEPS, TINY, run, stage_env, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -63,9 +64,11 @@ def stop(proc: subprocess.Popen, signals=(signal.SIGTERM,)) -> None:
         pass
 
 
-@pytest.fixture
-def prefect_server(tmp_path):
-    """`prefect server start` on a free port of 127.0.0.1 with its own database; its environment for clients."""
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """`prefect server start` on a free port of 127.0.0.1 with its own database, once for the module (it takes
+    15-30 s to start); its environment for clients."""
+    tmp_path = tmp_path_factory.mktemp("prefect")
     port = free_port()
     env = prefect_env(tmp_path, port)
     proc = start(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], tmp_path,
@@ -87,8 +90,11 @@ def prefect_server(tmp_path):
 
 @pytest.fixture
 def served(prefect_server, tiny_repo, tmp_path):
-    """`python -m pipelines.flow serve` in the tiny repository: deployment diffusion/full-sweep, ready to run."""
-    proc = start(["python", "-m", "pipelines.flow", "serve"], tiny_repo, tmp_path / "serve.log", **prefect_server)
+    """`python -m pipelines.flow serve` started in a folder of its own, not the repository: deployment
+    diffusion/full-sweep, ready to run; runs name the repository in their `repo` parameter (deployment_run)."""
+    elsewhere = tmp_path / "served-from"
+    elsewhere.mkdir()
+    proc = start(["python", "-m", "pipelines.flow", "serve"], elsewhere, tmp_path / "serve.log", **prefect_server)
     try:
         deadline = time.time() + 60
         while run(["prefect", "deployment", "inspect", DEPLOYMENT], tiny_repo, check=False,
@@ -102,8 +108,7 @@ def served(prefect_server, tiny_repo, tmp_path):
 
 def deployment_run(repo: Path, env: dict[str, str], check: bool = True, **params) -> subprocess.CompletedProcess:
     cmd = ["prefect", "deployment", "run", DEPLOYMENT, "--watch", "--watch-timeout", "800"]
-    if params:
-        cmd += ["--params", json.dumps(params)]
+    cmd += ["--params", json.dumps({"repo": str(repo), **params})]
     return run(cmd, repo, check=check, **env)
 
 
@@ -129,8 +134,11 @@ def all_stages(repo: Path) -> set[str]:
             *(f"{s}@{T}" for T in p["ddgan"]["T"] for s in ("train_ddgan", "sample_ddgan"))}
 
 
-def test_full_sweep_through_the_served_deployment(served, tiny_repo):
-    """Two slots of each kind: the whole DAG with two stages at a time, DVC committing them side by side."""
+def test_full_sweep_through_the_served_deployment(served, tiny_repo, tmp_path):
+    """Two slots of each kind: the whole DAG (one cell of each kind) with two stages at a time, DVC committing them
+    side by side, served from another folder than the repository it runs."""
+    write_params(tiny_repo, TINY, SMALL_SWEEPS)
+    (tiny_repo / "dvc.lock").unlink()  # the full-size run's
     stages = all_stages(tiny_repo)
     t0 = time.time()
     cold = deployment_run(tiny_repo, served, gpu_slots=2, cpu_slots=2)
@@ -152,9 +160,17 @@ def test_full_sweep_through_the_served_deployment(served, tiny_repo):
     table = pd.read_csv(tiny_repo / "metrics/trilemma.csv").set_index("cell")
     logged = table_of(tiny_repo, parent, "trilemma.json").set_index("cell")
     assert list(logged.index) == list(table.index)
-    assert parents.loc[0, "metrics.ddpm-1000.hq_fraction"] == pytest.approx(table.loc["ddpm-1000", "hq_fraction"])
+    assert parents.loc[0, "metrics.ddpm-4.hq_fraction"] == pytest.approx(table.loc["ddpm-4", "hq_fraction"])
     client = mlflow.MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
     assert {"trilemma.md", "trilemma.png", "guidance.png"} <= {a.path for a in client.list_artifacts(parent)}
+    # every run's artifacts stay in the repository's store, not in the serving process's working directory
+    assert (nested["artifact_uri"].str.startswith((tiny_repo / "mlruns").as_uri())).all()
+    assert client.get_run(parent).info.artifact_uri.startswith((tiny_repo / "mlruns").as_uri())
+    assert not (tmp_path / "served-from" / "mlruns").exists()
+    # each stage's run spans the stage, not the moment it was logged: train_ddpm's lasts as long as its report says
+    by_stage = nested.set_index("tags.mlflow.runName")
+    lasted = (by_stage.loc["train_ddpm", "end_time"] - by_stage.loc["train_ddpm", "start_time"]).total_seconds()
+    assert lasted > 0.5 * report.loc["train_ddpm", "seconds"]
 
     # A second run recomputes nothing: no stage runs, no stage run is logged, and the table is logged again.
     t0 = time.time()
