@@ -224,7 +224,9 @@ def _package_root() -> str:
 def queued(root: str | Path | None = None) -> list[Path]:
     """The spool's complete entries, oldest first."""
     spool = spool_dir(root)
-    return sorted(p for p in spool.glob("*") if (p / RECORD).is_file()) if spool.is_dir() else []
+    if not spool.is_dir():
+        return []
+    return sorted(p for p in spool.glob("*") if (p / RECORD).is_file() and not p.name.endswith(".bad"))
 
 
 def flush(root: str | Path | None = None, wait: bool = True) -> list[str]:
@@ -255,7 +257,13 @@ def _drain(spool: Path, logged: list[str]) -> bool:
     """Log the queued entries; True if a store refused one (then the rest wait for the next flush)."""
     while entries := queued(spool.parent):
         for entry in entries:
-            record = json.loads((entry / RECORD).read_text())
+            try:
+                record = json.loads((entry / RECORD).read_text())
+            except (OSError, ValueError) as e:  # never block the queue behind one unreadable entry
+                print(f"warning: {entry}: unreadable queued run ({type(e).__name__}), set aside as {entry.name}.bad",
+                      file=sys.stderr)
+                entry.rename(entry.with_name(f"{entry.name}.bad"))
+                continue
             run_id = _fail_soft(record["stage"], lambda uri: _log(uri, record, entry), record["uri"])
             if run_id is None:
                 return True

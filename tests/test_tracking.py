@@ -174,3 +174,15 @@ def test_the_background_logger_writes_queued_runs_without_a_flush(local_store):
     assert queued() == []
     runs = mlflow.MlflowClient(local_store).search_runs(["1"], order_by=["attributes.start_time ASC"])
     assert sorted(r.info.run_name for r in runs) == ["prepare", "sample@ddpm-4", "train_ddpm"]
+
+
+def test_an_unreadable_queued_run_is_set_aside_and_the_rest_are_logged(local_store, capsys):
+    first = log_stage_run(StageRun("prepare", metrics={"x": 1.0}))
+    flush()
+    bad = log_stage_run(StageRun("train_ddpm", metrics={"x": 1.0}))
+    (bad / "record.json").write_text("{ not json")
+    log_stage_run(StageRun("sample@ddpm-4", metrics={"x": 2.0}))
+    flush()
+    assert queued() == [] and bad.with_name(bad.name + ".bad").is_dir() and first is not None
+    names = {r.info.run_name for r in mlflow.MlflowClient(local_store).search_runs(["1"])}
+    assert names == {"prepare", "sample@ddpm-4"}
