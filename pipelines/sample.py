@@ -30,7 +30,7 @@ from components.data import DATASETS, Dataset, to_data
 from components.ddgan import Generator
 from components.guidance import Classifier, classifier_grad
 from components.likelihood import bound_per_dim, variational_bound
-from components.metrics import sample_metrics, target_hit_rate
+from components.metrics import ReferenceSet, sample_metrics, target_hit_rate
 from components.networks import make_classifier, make_generator, make_network
 from components.registry import SAMPLERS
 from components.samplers import EpsModel, sample_ddgan
@@ -158,10 +158,9 @@ class CellFiles:
     timing: str  # its speed, apart: the only output that differs between two runs
 
 
-def score(x: np.ndarray, ref: Dataset, stats_path: str, params: Params, y: np.ndarray | None) -> dict[str, float]:
+def score(x: np.ndarray, ref: Dataset, reference: ReferenceSet, params: Params, y: np.ndarray | None) -> dict[str, float]:
     """The cell's quality and coverage against the reference split, in data units; guided cells add the target-hit rate."""
     e = params.evaluate
-    reference = load_reference_stats(stats_path, e.features, e.k)
     out = sample_metrics(x, reference, modes=ref.modes, mode_std=ref.mode_std, n_std=e.n_std, min_count=e.min_mode_count)
     if y is not None and ref.modes is not None:
         out["target_hit"] = target_hit_rate(x, y, ref.modes)
@@ -175,7 +174,8 @@ def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Gen
 
     A cell with a guidance scale needs `classifier` (logits over `n_classes`) and draws its targets.
     """
-    p = params.sample
+    p, e = params.sample, params.evaluate
+    reference = load_reference_stats(files.stats, e.features, e.k)  # a bad file fails here, before any compute
     sched = respace(full, make_trajectory(cell.trajectory, len(full), cell.steps))
     sampler, kwargs = CELL_SAMPLERS[cell.sampler], cell.sampler_kwargs()
     guided = cell.scale is not None
@@ -191,7 +191,7 @@ def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Gen
     nfe = len(sched)  # one network evaluation per step
     y_np = None if y is None else y.numpy()
     targets = {"y": y_np, "scale": np.float64(cell.scale)} if guided else {}
-    row = {"nfe": nfe, **score(x_data, ref, files.stats, params, y_np),
+    row = {"nfe": nfe, **score(x_data, ref, reference, params, y_np),
            **{k: float(likelihood[k]) for k in ("nll", "nll_se") if k in likelihood}}
 
     def timed_draw(n: int, draw_seed: int) -> torch.Tensor:  # the cell's sampler on one batch, its own noise

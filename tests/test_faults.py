@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # Trainers: the stages that run the shared training loop (and write resume checkpoints).
 TRAINERS = [name for name, s in DVC_YAML.items() if "pipelines/trainer.py" in s.get("deps", [])]
-INPUT_SUFFIXES = (".npz", ".pt")  # the files a stage loads; a directory dep is a folder of them
+INPUT_SUFFIXES = (".npz", ".pt", ".json")  # the files a stage loads; a directory dep is a folder of them
 
 
 @pytest.fixture(scope="module")
@@ -203,17 +203,25 @@ def _npz_with(path: Path, **changes) -> None:
         np.savez(f, **arrays)
 
 
-def _nan_x(path: Path) -> None:
+def _first(path: Path, ndim: int) -> str:
+    """The name of the file's first float array of at least `ndim` dimensions: `x` in samples, `features` in stats."""
     with np.load(path) as f:
-        x = f["x"].copy()
-    x[0] = np.nan
-    _npz_with(path, x=x)
+        return next(k for k in f.files if f[k].dtype.kind == "f" and f[k].ndim >= ndim)
+
+
+def _nan_x(path: Path) -> None:
+    key = _first(path, 1)
+    with np.load(path) as f:
+        x = f[key].copy()
+    x.reshape(-1)[0] = np.nan
+    _npz_with(path, **{key: x})
 
 
 def _extra_column(path: Path) -> None:
+    key = _first(path, 2)
     with np.load(path) as f:
-        x = f["x"]
-    _npz_with(path, x=np.concatenate([x, x[:, :1]], axis=1))
+        x = f[key]
+    _npz_with(path, **{key: np.concatenate([x, x[:, :1]], axis=1)})
 
 
 def _nan_weights(path: Path) -> None:
@@ -235,6 +243,7 @@ BYTE_KINDS = {
 }
 CORRUPTIONS = {
     ".npz": {**BYTE_KINDS, "NaN in x": _nan_x, "an extra column": _extra_column},
+    ".json": {**BYTE_KINDS, "not an object": lambda p: p.write_text("[1, 2]\n")},  # a cell's row or timing
     ".pt": {**BYTE_KINDS, "NaN weights": _nan_weights, "no config": _without_config,
             "pickled code": lambda p: torch.save({"ema": Payload(p.parent / "injected")}, p)},
 }
@@ -265,12 +274,13 @@ def test_every_stage_refuses_each_corrupt_input_in_one_line(repo, monkeypatch):
         address = instance(stages, name)
         argv, deps, outs = stages[address]
         inputs = [Path(d) for d in deps if Path(d).suffix in INPUT_SUFFIXES]
-        inputs += [sorted((repo / d).glob("*.npz"))[0].relative_to(repo) for d in deps if (repo / d).is_dir()]
+        inputs += [sorted(f for f in (repo / d).iterdir() if f.suffix in INPUT_SUFFIXES)[0].relative_to(repo)
+                   for d in deps if (repo / d).is_dir()]
         if name in TRAINERS:  # a resume checkpoint it would read
             inputs += [Path(f"{o}.partial") for o in outs if o.endswith(".pt")]
         for rel in inputs:
             path = repo / rel
-            kinds = CORRUPTIONS[".pt" if rel.name.endswith((".pt", ".partial")) else ".npz"]
+            kinds = CORRUPTIONS[".pt" if rel.name.endswith((".pt", ".partial")) else rel.suffix]
             original = path.read_bytes() if path.exists() else None
             if original is None:  # a .partial: what a killed run leaves, from the finished checkpoint
                 original = (repo / rel.with_suffix("")).read_bytes()
