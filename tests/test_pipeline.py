@@ -103,8 +103,9 @@ def test_dvc_repro_end_to_end(tiny_repo):
     # each cell's own run carries its row, so cells compare as columns of MLflow's runs table
     for stage, cell in (("sample@ddpm-1000", "ddpm-1000"), ("sample_guided@ddim-50-s1", "ddim-50-s1"),
                         ("sample_exact@exact-ddim-4", "exact-ddim-4"), ("sample_ddgan@4", "ddgan-4")):
-        for col in ("hq_fraction", "fid", "precision", "recall", "nfe", "wall_s_per_1k"):
-            assert by_run.loc[stage, f"metrics.{col}"] == pytest.approx(by_cell.loc[cell, col]), (stage, col)
+        for col in ("hq_fraction", "fid", "precision", "recall", "nfe", "timing.wall_s_per_1k"):
+            assert by_run.loc[stage, f"metrics.{col}"] == pytest.approx(by_cell.loc[cell, col.removeprefix("timing.")]), \
+                (stage, col)
     assert by_run.loc["sample_guided@ddim-50-s1", "metrics.target_hit"] == pytest.approx(by_cell.loc["ddim-50-s1", "target_hit"])
     assert by_run.loc["reference", "metrics.hq_fraction"] == pytest.approx(by_cell.loc["data", "hq_fraction"])
     # a run lasts as long as its stage did, start-up included, not the few milliseconds of logging it

@@ -43,7 +43,7 @@ def test_stage_run_lands_in_the_store(local_store, tmp_path):
     r = client.get_run(run_id)
     assert r.info.status == "FINISHED" and r.info.run_name == "train_ddpm"
     # the run spans this process's life, imports included, up to the queueing: not the logger's few milliseconds
-    assert r.info.start_time <= before * 1000 - 100 and r.info.end_time >= before * 1000
+    assert r.info.start_time <= before * 1000 - 100 and r.info.end_time >= int(before * 1000)
     assert client.download_artifacts(run_id, "curve.csv", str(tmp_path / "dl")) and \
         (tmp_path / "dl" / "curve.csv").read_text() == "step,loss\n1,0.5\n"
     assert r.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())  # beside the store, not the cwd's mlruns
