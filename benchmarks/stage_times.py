@@ -98,7 +98,8 @@ def main() -> None:
         subprocess.run(["git", "clone", "-q", str(src), str(repo)], check=True)
         (repo / ".venv").symlink_to(src / ".venv")
         env["PATH"] = f"{repo / '.venv/bin'}{os.pathsep}{env.get('PATH', '')}"
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                                text=True).stdout.strip()
         print(f"# {src} at {commit}")
         probe = probe_fixed_cost(repo, env)
         print(f"python start-up {probe['python_s']:.3f} s; one tracked run {probe['log_run_s']:.3f} s; imports:")

@@ -62,8 +62,9 @@ def _init_parameters(module: str, cls: str) -> tuple[tuple[str, tuple[str, Any]]
     args = init.args.args[1:]
     defaults = [NO_DEFAULT] * (len(args) - len(init.args.defaults)) + [ast.literal_eval(d) for d in init.args.defaults]
     out = [(a.arg, (ast.unparse(a.annotation) if a.annotation else "", d)) for a, d in zip(args, defaults)]
-    out += [(a.arg, (ast.unparse(a.annotation) if a.annotation else "", NO_DEFAULT if d is None else ast.literal_eval(d)))
-            for a, d in zip(init.args.kwonlyargs, init.args.kw_defaults)]
+    kw_defaults = [NO_DEFAULT if d is None else ast.literal_eval(d) for d in init.args.kw_defaults]
+    out += [(a.arg, (ast.unparse(a.annotation) if a.annotation else "", d))
+            for a, d in zip(init.args.kwonlyargs, kw_defaults)]
     return tuple(out)
 
 
@@ -74,15 +75,19 @@ CLASSIFIERS = Registry("classifier", {"mlp": "components.networks:MLPClassifier"
 GENERATORS = Registry("generator", {"mlp": "components.networks:MLPGenerator"})
 DISCRIMINATORS = Registry("discriminator", {"mlp": "components.networks:MLPDiscriminator"})
 
-# The eps-model samplers a sweep cell chooses from: DDPM's ancestral sampler (Ho et al. Alg. 2) and DDIM (Song et al. eq. 12).
+# The eps-model samplers a sweep cell chooses from: DDPM's ancestral sampler (Ho et al. Alg. 2) and DDIM
+# (Song et al. eq. 12).
 SAMPLERS = Registry("sampler", {"ddpm": "components.samplers:sample_ddpm", "ddim": "components.samplers:sample_ddim"})
 
 # Feature extractors for FID and precision/recall: points are their own features.
 FEATURE_EXTRACTORS = Registry("feature extractor", {"identity": "components.features:identity_features"})
 
 # iDDPM's timestep samplers: uniform t, or importance sampling by the loss's second moment (iDDPM §3.3).
-TIMESTEP_SAMPLERS = Registry("timestep sampler", {"uniform": "components.training:UniformTimesteps",
-                                                  "loss_second_moment": "components.training:LossSecondMomentTimesteps"})
+TIMESTEP_SAMPLERS = Registry("timestep sampler", {
+    "uniform": "components.training:UniformTimesteps",
+    "loss_second_moment": "components.training:LossSecondMomentTimesteps",
+})
 
-VARIANCES = ("small", "large", "learned")  # reverse-process variances: beta-tilde, beta (DDPM §3.2), learned (iDDPM §3.1)
+# Reverse-process variances: beta-tilde, beta (DDPM §3.2), learned (iDDPM §3.1).
+VARIANCES = ("small", "large", "learned")
 LR_SCHEDULES = ("constant", "cosine")  # after linear warm-up
