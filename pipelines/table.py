@@ -30,6 +30,8 @@ SETTINGS = ["cell", "model", "sampler", "steps", "eta", "variance", "scale"]
 METRICS = ["nfe", "wall_s_per_1k", "wall_s_per_1k_iqr", "hq_fraction", "modes", "kl_uniform", "fid", "precision",
            "recall", "target_hit", "nll", "nll_se"]
 NLL_UNITS = {"continuous": "nats/dim in data units", "discretized": "bits/dim"}
+ROW_KEYS = ("nfe", "fid", "precision", "recall")  # in every cell's row, whatever the data set (pipelines/sample.py)
+TIMING_KEYS = ("wall_s_per_1k", "wall_s_per_1k_iqr", "device", "threads")  # what the table reads (pipelines/timing.py)
 
 
 def _present(v) -> bool:
@@ -54,8 +56,9 @@ def markdown_table(df: pd.DataFrame) -> str:
 def guidance_series(rows: list[dict], params) -> dict[str, list[dict]]:
     """Guided rows grouped by everything but the scale: one curve per guided sampler setting."""
     series: dict[str, list[dict]] = {}
+    cells = params.cells()
     for r in rows:
-        cell = params.cells().get(r["cell"])
+        cell = cells.get(r["cell"])
         if cell is None or cell.scale is None:
             continue
         options = [f"{k} {v}" for k, v in cell.sampler_kwargs().items() if k != "clip_x0"]
@@ -65,8 +68,8 @@ def guidance_series(rows: list[dict], params) -> dict[str, list[dict]]:
     return series
 
 
-def read_row(path: Path) -> dict:
-    """A cell's metrics or timing file: a JSON object of numbers (and strings); InputError names the file."""
+def read_row(path: Path, required: tuple[str, ...]) -> dict:
+    """A cell's metrics or timing file: a JSON object holding `required`; InputError names the file."""
     try:
         row = json.loads(path.read_text())
     except FileNotFoundError:
@@ -75,7 +78,11 @@ def read_row(path: Path) -> dict:
         raise InputError(f"{path}: not a JSON row ({first_line(e)}); rerun its stage") from None
     if not isinstance(row, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(row).__name__}; rerun its stage")
+    missing = [k for k in required if k not in row]
+    if missing:
+        raise InputError(f"{path}: missing {', '.join(missing)}; rerun its stage")
     return row
+
 
 
 def main(argv: list[str]) -> None:
@@ -84,18 +91,19 @@ def main(argv: list[str]) -> None:
                "trilemma.png", "vlb_terms.png", "guidance.png"))
     params = load_params()
     spec = DATASETS[params.data.name]
-    rows = [{"cell": "data", "sampler": "train split", "wall_s_per_1k": 0.0, **read_row(Path(metrics_dir) / "data.json")}]
+    data_row = read_row(Path(metrics_dir) / "data.json", ROW_KEYS)
+    rows = [{"cell": "data", "sampler": "train split", "wall_s_per_1k": 0.0, **data_row}]
     timings, full_chains = {}, {}
     T = params.diffusion.T
     for name, cell in params.cells().items():
         c = load_samples(Path(samples_dir) / f"{name}.npz", spec, params.sample.n)
         if cell.scale is not None and ("y" not in c or float(c["scale"]) != cell.scale):
             raise InputError(f"{samples_dir}/{name}.npz: not guided at scale {cell.scale:g} as params say; rerun its stage")
-        timings[name] = read_row(Path(timing_dir) / f"{name}.json")
+        timings[name] = read_row(Path(timing_dir) / f"{name}.json", TIMING_KEYS)
         kw = cell.sampler_kwargs()
         rows.append({"cell": name, "model": getattr(cell, "model", "exact"), "sampler": cell.sampler,
                      "steps": cell.steps, "eta": kw.get("eta"), "variance": kw.get("variance"), "scale": cell.scale,
-                     **read_row(Path(metrics_dir) / f"{name}.json"),
+                     **read_row(Path(metrics_dir) / f"{name}.json", ROW_KEYS),
                      **{k: timings[name][k] for k in ("wall_s_per_1k", "wall_s_per_1k_iqr")}})
         if "nll_terms" in c and cell.steps == T:
             full_chains[f"{name} ({getattr(cell, 'model', 'exact')}, {kw['variance']})"] = c["nll_terms"]

@@ -165,12 +165,12 @@ def log_stage_run(run: StageRun, root: str | Path | None = None) -> Path | None:
     TRILEMMA_PARENT_RUN_ID (never in dvc.yaml's cmd, so that stage hashes do not change). A store
     that cannot take it now gets one warning line; the run stays queued for the next flush.
     """
+    uri = tracking_uri(root)
     try:
-        entry = _queue(run, spool_dir(root), tracking_uri(root))
+        entry = _queue(run, spool_dir(root), uri)
     except Exception as e:  # a full disk, an unwritable checkout: the stage's outputs are written all the same
         print(f"warning: MLflow run of {run.stage} not queued ({type(e).__name__}: {e})", file=sys.stderr)
         return None
-    uri = tracking_uri(root)
     why = _unusable(uri)
     if why:
         print(f"warning: MLflow tracking at {uri} unavailable, {run.stage} not logged yet: {why}; queued in "
