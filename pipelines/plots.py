@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
 
 def loss_curve_figure(steps: list[int], series: dict[str, list[float]], title: str):
@@ -62,6 +66,25 @@ KIND_MARKERS = {"ddpm, small Σ": "o", "ddpm, large Σ": "v", "ddpm, learned Σ 
                 "ddpm + classifier guidance": "p", "ddim + classifier guidance": "D",
                 "ddpm, exact eps*": "P", "ddim, exact eps*": "X", "ddgan": "h"}
 
+# The trilemma figure's panel columns, left to right; a row of an unknown sampler goes to "other" (last).
+FAMILIES = ("DDPM / iDDPM ancestral", "DDIM", "DDGAN", "classifier-guided", "exact eps* (ceilings)", "other")
+SERIES_COLOURS = ("0.15", "tab:red", "tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:cyan")
+SERIES_STYLES = ("-", "--", "-.", ":")
+TRILEMMA_METRICS = (("hq_fraction", "quality: high-quality fraction"), ("recall", "coverage: recall (k = 3)"))
+
+
+def _num(v) -> float:
+    """A table value as a float; NaN where it is missing (None, empty, NaN) or not a number."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _given(v) -> bool:
+    """Whether a setting is set: not None, empty or NaN (a csv read leaves NaN where the table is empty)."""
+    return v is not None and v != "" and not (isinstance(v, float) and np.isnan(v))
+
 
 def row_kind(r: dict) -> str:
     """The legend entry of a trilemma row."""
@@ -69,48 +92,257 @@ def row_kind(r: dict) -> str:
         return f"{r['sampler']}, exact eps*"
     if r["sampler"] == "ddgan":
         return "ddgan"
-    if r.get("scale") is not None:
+    if _given(r.get("scale")):
         return f"{r['sampler']} + classifier guidance"
     if r["sampler"] == "ddpm":
-        v = r.get("variance") or "small"
+        v = r.get("variance") if _given(r.get("variance")) else "small"
         return f"ddpm, {v} Σ" + (" (iDDPM)" if v == "learned" else "")
     return r["sampler"]
 
 
-def trilemma_figure(rows: list[dict], ceiling: dict | None = None):
-    """The trilemma in two panels over one time axis (log): quality (high-quality fraction) and coverage (recall);
-    colour = modes covered, marker = kind of row, DDGAN rows outlined in red and labelled in bold."""
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.6), sharex=True)
-    n_modes = max([r["modes"] for r in rows] + [(ceiling or {}).get("modes", 0), 1])
-    sc = None
-    for ax, (key, label) in zip(axes, [("hq_fraction", "quality: high-quality fraction (within 3 std)"),
-                                       ("recall", "coverage: recall (k = 3)")]):
-        for i, r in enumerate(sorted(rows, key=lambda r: (r["wall_s_per_1k"], r[key]))):
-            gan = row_kind(r) == "ddgan"  # the rows the trilemma is about: DDGAN against the diffusion samplers
-            sc = ax.scatter(r["wall_s_per_1k"], r[key], c=[r["modes"]], cmap="viridis", vmin=0, vmax=n_modes,
-                            marker=KIND_MARKERS.get(row_kind(r), "D"), s=90 if gan else 36,
-                            edgecolor="red" if gan else "k", lw=1.6 if gan else 0.5, zorder=4 if gan else 3)
-            ax.annotate(r["cell"], (r["wall_s_per_1k"], r[key]), textcoords="offset points",
-                        xytext=(7, 5 if i % 2 else -9), fontsize=8 if gan else 5.5,
-                        fontweight="bold" if gan else "normal", color="darkred" if gan else "0.25")
-        if ceiling is not None:
-            ax.axhline(ceiling[key], color="grey", ls="--", lw=0.8)  # in the figure legend's handles below
-        ax.set_xscale("log")
-        ax.set_xlabel("speed: wall time per 1,000 samples [s] (log)")
-        ax.set_ylabel(label)
-        ax.set_ylim(-0.03, 1.05)
+def row_family(r: dict) -> str:
+    """The trilemma figure's panel column of a row (one of FAMILIES), from its model, sampler and scale."""
+    if r.get("model") == "exact":
+        return FAMILIES[4]
+    if r.get("sampler") == "ddgan":
+        return FAMILIES[2]
+    if _given(r.get("scale")):
+        return FAMILIES[3]
+    return {"ddpm": FAMILIES[0], "ddim": FAMILIES[1]}.get(r.get("sampler"), FAMILIES[5])
+
+
+def row_series(r: dict) -> str:
+    """The line a row lies on within its family: the rows that differ only in steps (guided rows: in scale)."""
+    model, sampler, family = r.get("model") or "", r.get("sampler") or "", row_family(r)
+    eta = f", η = {_num(r.get('eta')):g}" if _given(r.get("eta")) else ""
+    var = f", {r['variance']} Σ" if _given(r.get("variance")) else ""
+    net = f" ({model} net)" if model not in ("", "ddpm", "exact") else ""
+    if family == FAMILIES[4]:
+        scale = f", s = {_num(r.get('scale')):g}" if _given(r.get("scale")) else ""
+        return f"exact {sampler}{var}{eta}{scale}"
+    if family == FAMILIES[2]:
+        return "ddgan-T"
+    if family == FAMILIES[3]:
+        return f"{sampler}-{_num(r.get('steps')):g}{var}{eta}{net}, s ↑"
+    if family == FAMILIES[0]:
+        return f"{model or sampler}{var}"
+    return f"{sampler}{var}{eta}{net}"
+
+
+def _series_order(r: dict) -> tuple:
+    """Where a row sits on its line: by guidance scale for guided rows, else by steps; the cell name breaks ties."""
+    key = "scale" if row_family(r) == FAMILIES[3] else "steps"
+    v = _num(r.get(key))
+    return (np.isnan(v), 0.0 if np.isnan(v) else v, str(r.get("cell")))
+
+
+def _group(rows: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    """Rows by family (in FAMILIES' order, empty ones left out), then by series (first seen first), each ordered."""
+    by_family: dict[str, dict[str, list[dict]]] = {f: {} for f in FAMILIES}
+    for r in rows:
+        by_family[row_family(r)].setdefault(row_series(r), []).append(r)
+    return {f: {name: sorted(s, key=_series_order) for name, s in series.items()}
+            for f, series in by_family.items() if series}
+
+
+def _time_axis(rows: list[dict]) -> tuple[float, tuple[float, float]]:
+    """The log time axis: where a zero (or negative) wall time is drawn (its left end), and the axis limits."""
+    t = np.array([_num(r.get("wall_s_per_1k")) for r in rows])
+    t = t[np.isfinite(t) & (t > 0)]
+    lo, hi = (t.min(), t.max()) if len(t) else (1e-2, 1.0)
+    floor = min(lo / 2.5, hi / 100)  # at least two decades, so that the log axis has major ticks to label
+    return floor, (floor / 1.4, hi * 3.0)
+
+
+def _xy(r: dict, key: str, floor: float) -> tuple[float, float]:
+    """A row's point in a panel: wall time (zero drawn at `floor`) and the metric; NaN where either is missing."""
+    t = _num(r.get("wall_s_per_1k"))
+    return (floor if t <= 0 else t), _num(r.get(key))
+
+
+def _draw_series(ax, rows: list[dict], key: str, floor: float, style: dict, marked: set[str], norm) -> list:
+    """One series' line (in order) and its points, colour = modes covered (grey where unknown); marked rows large
+    with a bold edge, the others faded where any row is marked. Returns the points to label, (x, y, cell, bold):
+    the marked rows, or the series' endpoints where nothing is marked."""
+    xy = np.array([_xy(r, key, floor) for r in rows], dtype=float).reshape(-1, 2)
+    ok = np.isfinite(xy).all(axis=1)
+    cells = [r.get("cell") for r in rows]
+    big = np.array([c in marked for c in cells], dtype=bool)
+    faded = bool(marked)
+    ax.plot(xy[ok, 0], xy[ok, 1], color=style["color"], ls=style["ls"], lw=1.1, alpha=0.45 if faded else 0.8,
+            zorder=2)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    for sel, look in ((ok & ~big, {"s": 30, "edgecolors": "0.45" if faded else "k", "linewidths": 0.5,
+                                   "alpha": 0.55 if faded else 1.0, "zorder": 3}),
+                      (ok & big, {"s": 80, "edgecolors": "k", "linewidths": 1.8, "zorder": 4})):
+        if sel.any():
+            ax.scatter(xy[sel, 0], xy[sel, 1], c=[_num(r.get("modes")) for r, k in zip(rows, sel) if k], cmap=cmap,
+                       norm=norm, marker=style["marker"], plotnonfinite=True, **look)
+    pick = np.flatnonzero(big) if faded else sorted({0, len(cells) - 1})
+    return [(xy[i, 0], xy[i, 1], str(cells[i]), bool(big[i])) for i in pick if ok[i]]
+
+
+def _obstacles(ax) -> tuple[np.ndarray, np.ndarray]:
+    """What a label must keep clear of, in display units: the panel's markers, and points along its lines."""
+    markers, lines = [np.empty((0, 2))], [np.empty((0, 2))]
+    for coll in ax.collections:
+        if len(coll.get_offsets()):
+            markers.append(coll.get_offset_transform().transform(np.asarray(coll.get_offsets(), dtype=float)))
+    for line in ax.get_lines():
+        xy = line.get_transform().transform(np.asarray(line.get_xydata(), dtype=float))  # the ceiling's too
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        lines += [a + np.linspace(0, 1, 12)[:, None] * (b - a) for a, b in zip(xy[:-1], xy[1:])]
+    return np.concatenate(markers), np.concatenate(lines)
+
+
+# Where a label may go around its point: (dx, dy) directions in points, with its text alignment; tried in order.
+LABEL_SPOTS = ((1, 0.3, "left", "bottom"), (1, -0.3, "left", "top"), (-1, 0.3, "right", "bottom"),
+               (-1, -0.3, "right", "top"), (0, 1, "center", "bottom"), (0, -1, "center", "top"),
+               (0.3, 1, "left", "bottom"), (-0.3, 1, "right", "bottom"), (0.3, -1, "left", "top"),
+               (-0.3, -1, "right", "top"), (0.7, 0.7, "left", "bottom"), (0.7, -0.7, "left", "top"),
+               (-0.7, 0.7, "right", "bottom"), (-0.7, -0.7, "right", "top"))
+
+
+def _box_distance(box, pts: np.ndarray) -> np.ndarray:
+    """Each display point's distance to a box (0 inside it)."""
+    dx = np.maximum(np.maximum(box.x0 - pts[:, 0], pts[:, 0] - box.x1), 0)
+    dy = np.maximum(np.maximum(box.y0 - pts[:, 1], pts[:, 1] - box.y1), 0)
+    return np.hypot(dx, dy)
+
+
+def _clashes(box, anchor: np.ndarray, placed: list, obstacles: tuple[np.ndarray, np.ndarray], frame) -> int:
+    """How badly a label's box sits: outside the panel worst, then each label it overlaps, then each other marker
+    under it or nearer to it than its own point (which would misread it), then each line point under it; 0 where
+    it is clear."""
+    if box.x0 < frame.x0 or box.x1 > frame.x1 or box.y0 < frame.y0 or box.y1 > frame.y1:
+        return 10 ** 6
+    markers, lines = obstacles
+    others = markers[np.hypot(*(markers - anchor).T) > 1.0]
+    own = _box_distance(box, anchor[None])[0]
+    misread = int((_box_distance(box, others) < max(own, 5.0)).sum())
+    under = int((_box_distance(box, lines) < 2.0).sum())
+    return 1000 * sum(box.overlaps(p) for p in placed) + 200 * misread + under
+
+
+def _label_box(anchor: np.ndarray, size: tuple[float, float], offset: np.ndarray, ha: str, va: str) -> Bbox:
+    """The display box of a text of `size` (width, height) set `offset` away from `anchor`, aligned ha / va."""
+    w, h = size
+    x0 = anchor[0] + offset[0] - {"left": 0.0, "center": w / 2, "right": w}[ha]
+    y0 = anchor[1] + offset[1] - {"bottom": 0.0, "top": h}[va]
+    return Bbox.from_bounds(x0, y0, w, h)
+
+
+def _place_labels(ax, points: list, renderer) -> None:
+    """Label each (x, y, text, bold) point where its text overlaps no other label, marker or line if any spot is
+    free (nearest first, with a leader line when away from the point), else where it clashes least."""
+    obstacles, frame, placed = _obstacles(ax), ax.get_window_extent(renderer), []
+    px_per_pt = ax.figure.dpi / 72
+    for x, y, text, bold in sorted(points, key=lambda p: (-p[1], p[0], p[2])):
+        style = {"fontsize": 7.5 if bold else 6.5, "fontweight": "bold" if bold else "normal",
+                 "color": "k" if bold else "0.3", "zorder": 6}
+        probe = ax.text(x, y, text, **style)
+        size = probe.get_window_extent(renderer).size
+        probe.remove()
+        anchor, best = ax.transData.transform((x, y)), None
+        for radius in (6, 14, 24, 36, 50, 66, 85, 105):
+            for dx, dy, ha, va in LABEL_SPOTS:
+                box = _label_box(anchor, size, np.array([dx, dy]) * radius * px_per_pt, ha, va)
+                score = _clashes(box, anchor, placed, obstacles, frame)
+                if best is None or score < best[0]:
+                    best = (score, box, (dx * radius, dy * radius), ha, va, radius)
+                if score == 0:
+                    break
+            if best[0] == 0:
+                break
+        _, box, offset, ha, va, radius = best
+        leader = {"arrowstyle": "-", "lw": 0.7, "color": "0.35", "shrinkA": 1, "shrinkB": 5} if radius > 6 else None
+        ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha=ha, va=va, arrowprops=leader, **style)
+        placed.append(box.expanded(1.0, 1.0).padded(1.5))
+
+
+def _family_legend(ax, series: dict[str, list[dict]], styles: dict[str, dict]) -> None:
+    """The column's series under its lower panel: line style and marker, with the rows' step (or scale) span."""
+    handles = []
+    for name, rows in series.items():
+        key = "scale" if row_family(rows[0]) == FAMILIES[3] else "steps"
+        vals = [v for v in (_num(r.get(key)) for r in rows) if np.isfinite(v)]
+        span = (f"{key} {min(vals):g}" + (f"→{max(vals):g}" if max(vals) > min(vals) else "")) if vals else ""
+        handles.append(plt.Line2D([], [], color=styles[name]["color"], ls=styles[name]["ls"],
+                                  marker=styles[name]["marker"], markerfacecolor="0.8", markeredgecolor="k",
+                                  label=f"{name}" + (f"  [{span}]" if span else "")))
+    if handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, frameon=False,
+                  handlelength=2.6)
+
+
+def _series_styles(series: dict[str, list[dict]]) -> dict[str, dict]:
+    """Each series' line colour and style (by its place in the column) and marker (by the kind of its rows)."""
+    return {name: {"color": SERIES_COLOURS[i % len(SERIES_COLOURS)], "ls": SERIES_STYLES[i % len(SERIES_STYLES)],
+                   "marker": KIND_MARKERS.get(row_kind(rows[0]), "o")} for i, (name, rows) in enumerate(series.items())}
+
+
+def _family_column(axes, family: str, series: dict[str, list[dict]], ceiling: dict | None, floor: float,
+                   marked: set[str], norm) -> list:
+    """One family's column: quality above coverage, the ceiling dashed, each series a line of points; the title
+    counts its rows and a legend under it names its series. Returns (panel, points to label) per panel."""
+    styles, labels = _series_styles(series), []
+    for ax, (key, label) in zip(axes, TRILEMMA_METRICS):
+        if ceiling is not None and np.isfinite(_num(ceiling.get(key))):
+            ax.axhline(_num(ceiling.get(key)), color="grey", ls="--", lw=0.9, zorder=1)
+        labels.append((ax, [p for name, rows in series.items()
+                            for p in _draw_series(ax, rows, key, floor, styles[name], marked, norm)]))
         ax.grid(alpha=0.3, which="both")
-    t = [r["wall_s_per_1k"] for r in rows]
-    axes[0].set_xlim(min(t) / 1.6, max(t) * 3)
-    kinds = {row_kind(r) for r in rows}
+        ax.set_ylabel(label if ax.get_subplotspec().is_first_col() else "")
+    axes[-1].set_xlabel("wall time per 1,000 samples [s]")
+    n_rows = len({r.get("cell") for rows in series.values() for r in rows})
+    axes[0].set_title(f"{family}  ({n_rows} row{'' if n_rows == 1 else 's'})" if n_rows else family, fontsize=9.5)
+    _family_legend(axes[-1], series, styles)
+    return labels
+
+
+def _figure_legend(fig, ceiling: dict | None, marked: set[str], left: float, top: float) -> None:
+    """Under the title: the ceiling's line and, where rows are marked, how marked and other rows are drawn."""
     handles = [plt.Line2D([], [], ls="--", color="grey", label="train split (ceiling)")] if ceiling else []
-    handles += [plt.Line2D([], [], ls="", marker=m, color="grey", markeredgecolor="red" if k == "ddgan" else "k",
-                           label=k) for k, m in KIND_MARKERS.items() if k in kinds]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
-    fig.subplots_adjust(bottom=0.2, top=0.92, wspace=0.14, right=0.9)
-    if sc is not None:
-        fig.colorbar(sc, cax=fig.add_axes([0.915, 0.2, 0.012, 0.72]), label="modes covered")
-    fig.suptitle("Trilemma: quality and coverage against sampling time; colour = modes covered", fontsize=10)
+    handles += [plt.Line2D([], [], ls="", marker="o", markersize=8, markerfacecolor="0.8", markeredgecolor="k",
+                           markeredgewidth=1.8, label="rows the claims read (labelled)"),
+                plt.Line2D([], [], ls="", marker="o", markersize=5, markerfacecolor="0.8", markeredgecolor="0.45",
+                           alpha=0.55, label="other rows")] if marked else []
+    if handles:
+        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(left, top), ncol=len(handles), fontsize=8,
+                   frameon=False, borderaxespad=0, handletextpad=0.4, columnspacing=1.2)
+
+
+def trilemma_figure(rows: list[dict], ceiling: dict | None = None, marked: Collection[str] = ()):
+    """The trilemma, one panel column per family of rows (DDPM/iDDPM ancestral, DDIM, DDGAN, guided, exact eps*;
+    empty ones left out): quality (high-quality fraction, top) and coverage (recall, bottom) against wall time per
+    1,000 samples on one log axis (a zero time at its left end, a missing one or value left out). A line joins
+    each series' rows in order of steps (guided rows: of scale), so the steps-vs-quality trade reads along it;
+    colour = modes covered; `ceiling` (the train split) is a dashed line. The `marked` cells (the rows the papers'
+    claims read) are large, bold-edged and labelled, the others faded and unlabelled; with none marked, each
+    series' endpoints are labelled. Labels are placed so that none overlaps another."""
+    marked = {str(c) for c in marked} & {str(r.get('cell')) for r in rows}  # a cell not in the rows marks none
+    families = _group(rows) or {"no rows": {}}
+    floor, xlim = _time_axis(rows)
+    modes = [_num(r.get("modes")) for r in rows] + [_num((ceiling or {}).get("modes")), 1.0]
+    norm = plt.Normalize(0, np.nanmax(modes))
+    width, height = 3.5 * len(families) + 1.9, 8.2  # inches: the margins below are fixed in inches too
+    fig, axes = plt.subplots(2, len(families), figsize=(width, height), sharex=True, sharey=True, squeeze=False)
+    left, right = 0.8 / width, 1 - 1.1 / width
+    fig.subplots_adjust(left=left, right=right, top=1 - 0.95 / height, bottom=2.05 / height, wspace=0.06, hspace=0.08)
+    labels = [lab for j, (family, series) in enumerate(families.items())
+              for lab in _family_column(axes[:, j], family, series, ceiling, floor, marked, norm)]
+    axes[0][0].set_xscale("log")
+    axes[0][0].set_xlim(*xlim)
+    axes[0][0].xaxis.set_minor_formatter(NullFormatter())
+    axes[0][0].set_ylim(-0.04, 1.1)
+    renderer = fig.canvas.get_renderer()
+    for ax, points in labels:
+        _place_labels(ax, points, renderer)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), label="modes covered",
+                 cax=fig.add_axes([right + 0.2 / width, 2.05 / height, 0.12 / width, 1 - 3.0 / height]))
+    fig.suptitle("Trilemma: quality and coverage against sampling time (log), one column per family; "
+                 "colour = modes covered", fontsize=10.5, x=left, ha="left", y=1 - 0.12 / height)
+    _figure_legend(fig, ceiling, marked, left, 1 - 0.38 / height)
     return fig
 
 
