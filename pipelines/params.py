@@ -606,19 +606,35 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipelines.params [params.yaml [stamp]]`: validate; as the DAG's `validate` stage, also write `stamp`.
+    """`python -m pipelines.params [params.yaml [stamp]] [--claims claims.yaml]`: validate params (and the claims
+    file, which the validate stage and `make repro` check before any compute); as the DAG's `validate` stage, also
+    write `stamp`. With no arguments: params.yaml, and claims.yaml if there is one.
 
     The stamp's bytes never change, so the stages after `validate` rerun only for their own
     params: `validate` orders them after itself without ever invalidating them.
     """
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) > 2:
-        print("usage: python -m pipelines.params [params.yaml [stamp]]", file=sys.stderr)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    claims = None
+    if "--claims" in argv:
+        i = argv.index("--claims")
+        claims = argv[i + 1] if i + 1 < len(argv) else None
+        del argv[i:i + 2]
+        if claims is None:
+            argv.append("--claims")  # a usage error below
+    elif not argv and Path("claims.yaml").is_file():
+        claims = "claims.yaml"
+    if len(argv) > 2 or any(a.startswith("--") for a in argv):
+        print("usage: python -m pipelines.params [params.yaml [stamp]] [--claims claims.yaml]", file=sys.stderr)
         return 2
     path = argv[0] if argv else PARAMS_FILE
+    # run as __main__, this module's ParamsError is not the class pipelines.claims imports: catch both
+    from pipelines.claims import ClaimsError, load_claims
+
     try:
         load_params(path)
-    except ParamsError as e:
+        if claims is not None:
+            load_claims(claims)
+    except (ParamsError, ClaimsError) as e:
         from pipelines.restore import restore_after_failure
 
         restore_after_failure()  # as the validate stage: the stamp DVC deleted goes back
@@ -628,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         stamp = Path(argv[1])
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(f"{STAMP_TEXT}\n")
-    print(f"{path}: ok")
+    print(f"{path}: ok" + (f"; {claims}: ok" if claims else ""))
     return 0
 
 

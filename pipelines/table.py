@@ -1,13 +1,14 @@
 """Stage `table`: gather every cell's row into the trilemma table, draw its figures, log it.
 
-    python -m pipelines.table <metrics_dir> <timing_dir> <samples_dir> \
+    python -m pipelines.table <metrics_dir> <timing_dir> <samples_dir> <claims.yaml> \
         <trilemma.json> <trilemma.csv> <trilemma.md> <trilemma.png> <vlb_terms.png> <guidance.png>
 
 It computes no metric: cell `c`'s row is `<metrics_dir>/c.json` (written and scored by its sample
 stage), its speed `<timing_dir>/c.json`, and the row `data` (the train split, the ceiling) comes
 from stage `reference`. The samples are read only for what the figures draw (the per-step bound
 terms of full chains) and to check that each guided cell was guided as params say. Rows follow
-params' table order: trained cells, DDGAN (`ddgan-<T>`), guided, exact.
+params' table order: trained cells, DDGAN (`ddgan-<T>`), guided, exact. The trilemma figure labels the
+rows that claims.yaml's claims read.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from components.data import DATASETS
+from pipelines.claims import load_claims
+from pipelines.columns import METRICS, SETTINGS
 from pipelines.io import (
     InputError, atomic_save_figure, atomic_write_json, atomic_write_text, entry_point, first_line, load_samples,
     stage_args,
@@ -26,9 +29,6 @@ from pipelines.params import load_params
 from pipelines.plots import guidance_figure, trilemma_figure, vlb_terms_figure
 from pipelines.tracking import StageRun, log_stage_run
 
-SETTINGS = ["cell", "model", "sampler", "steps", "eta", "variance", "scale"]
-METRICS = ["nfe", "wall_s_per_1k", "wall_s_per_1k_iqr", "hq_fraction", "modes", "kl_uniform", "fid", "precision",
-           "recall", "target_hit", "nll", "nll_se"]
 NLL_UNITS = {"continuous": "nats/dim in data units", "discretized": "bits/dim"}
 ROW_KEYS = ("nfe", "fid", "precision", "recall")  # in every cell's row, whatever the data set (pipelines/sample.py)
 TIMING_KEYS = ("wall_s_per_1k", "wall_s_per_1k_iqr", "device", "threads")  # what the table reads (pipelines/timing.py)
@@ -86,10 +86,11 @@ def read_row(path: Path, required: tuple[str, ...]) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    metrics_dir, timing_dir, samples_dir, json_path, csv_path, md_path, png_path, terms_path, guidance_path = stage_args(
-        argv, ("metrics_dir", "timing_dir", "samples_dir", "trilemma.json", "trilemma.csv", "trilemma.md",
-               "trilemma.png", "vlb_terms.png", "guidance.png"))
+    (metrics_dir, timing_dir, samples_dir, claims_path, json_path, csv_path, md_path, png_path, terms_path,
+     guidance_path) = stage_args(argv, ("metrics_dir", "timing_dir", "samples_dir", "claims.yaml", "trilemma.json",
+                                        "trilemma.csv", "trilemma.md", "trilemma.png", "vlb_terms.png", "guidance.png"))
     params = load_params()
+    claimed = set(load_claims(claims_path).rows) - {"data"}
     spec = DATASETS[params.data.name]
     data_row = read_row(Path(metrics_dir) / "data.json", ROW_KEYS)
     rows = [{"cell": "data", "sampler": "train split", "wall_s_per_1k": 0.0, **data_row}]
@@ -109,12 +110,12 @@ def main(argv: list[str]) -> None:
             full_chains[f"{name} ({getattr(cell, 'model', 'exact')}, {kw['variance']})"] = c["nll_terms"]
 
     df = pd.DataFrame(rows)
-    df = df.reindex(columns=SETTINGS + METRICS).astype({"steps": "Int64", "nfe": "Int64"})
+    df = df.reindex(columns=[*SETTINGS, *METRICS]).astype({"steps": "Int64", "nfe": "Int64"})
     by_cell = {r["cell"]: {k: r[k] for k in METRICS if _present(r.get(k))} for r in rows}  # DVC metrics and MLflow
     atomic_write_json(json_path, by_cell)
     atomic_write_text(csv_path, df.to_csv(index=False))
     atomic_write_text(md_path, table_header(params, spec, len(rows) - 1, timings) + markdown_table(markdown_frame(df)))
-    atomic_save_figure(png_path, trilemma_figure(rows[1:], ceiling=rows[0]))
+    atomic_save_figure(png_path, trilemma_figure(rows[1:], ceiling=rows[0], marked=claimed))
     atomic_save_figure(terms_path, vlb_terms_figure(full_chains, T))
     atomic_save_figure(guidance_path, guidance_figure(guidance_series(rows, params)))
     print(f"table: {len(rows)} rows -> {md_path}")
