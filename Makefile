@@ -1,4 +1,4 @@
-# Two commands for a fresh clone (only Python needed): `make repro` and `make test`.
+# Two commands for a fresh clone (only Python needed): `make repro` and `make test`; `make demo` for a first look.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: repro test install
+.PHONY: repro test install dvc-wrapper demo
 
 install: $(STAMP)
 
@@ -16,7 +16,17 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(MAKE) --no-print-directory dvc-wrapper
 	touch $@
+
+# DVC runs each stage's `python -m ...` through PATH, so `.venv/bin/dvc repro` without the venv first on PATH
+# would run the system's python (no torch) or none. This wrapper, in place of pip's dvc script, puts the venv's
+# bin first and runs DVC with the venv's python.
+dvc-wrapper:
+	printf '%s\n' '#!/bin/sh' '# written by `make install` (see the Makefile): the venv first on PATH for the stages' \
+	  'bin=$$(CDPATH= cd -- "$$(dirname -- "$$0")" && pwd)' 'PATH="$$bin:$$PATH" exec "$$bin/python" -m dvc "$$@"' \
+	  > $(BIN)/dvc.tmp
+	chmod +x $(BIN)/dvc.tmp && mv $(BIN)/dvc.tmp $(BIN)/dvc
 
 # Validate params.yaml first. The DAG's validate stage does the same for a plain `dvc repro`, but a
 # file that is not UTF-8 or YAML, or gives a key twice, fails inside DVC (which reads params.yaml to
@@ -26,6 +36,11 @@ repro: $(STAMP)
 	$(BIN)/python -m pipelines.params
 	$(BIN)/dvc repro || { $(BIN)/python -m pipelines.tracking flush; exit 1; }
 	$(BIN)/python -m pipelines.tracking flush
+	$(BIN)/python -m pipelines.claims summary metrics/claims.json
+
+# The whole DAG on demo.yaml's tiny budgets in demo/ (a scratch copy; the workspace is untouched): about a minute.
+demo: $(STAMP)
+	$(BIN)/python -m pipelines.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -9,45 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from pipelines import demo
+from pipelines.demo import budgets
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Overrides that shrink the default run to seconds while keeping every stage and cell.
-TINY = {
-    "data": {"n_train": 2000, "n_reference": 500},
-    "train_ddpm": {"steps": 40, "batch_size": 128, "warmup_steps": 5, "log_every": 10, "checkpoint_every": 20,
-                   "network": {"name": "mlp", "width": 32, "depth": 1, "temb_dim": 16}},
-    "finetune_iddpm": {"steps": 30, "batch_size": 128, "warmup_steps": 5, "log_every": 10, "checkpoint_every": 10},
-    "train_classifier": {"steps": 30, "batch_size": 128, "warmup_steps": 5, "log_every": 10, "checkpoint_every": 10,
-                         "network": {"name": "mlp", "width": 16, "depth": 1, "temb_dim": 16}},
-    "ddgan": {"T": [1, 4]},
-    "train_ddgan": {"steps": 30, "batch_size": 64, "log_every": 10, "checkpoint_every": 10, "r1_every": 5,
-                    "generator": {"name": "mlp", "nz": 4, "width": 16, "depth": 1, "temb_dim": 8, "zemb_dim": 8,
-                                  "mapping_depth": 1, "fourier_octaves": 0},
-                    "discriminator": {"name": "mlp", "width": 16, "depth": 1, "temb_dim": 8, "fourier_octaves": 2}},
-    "sample": {"n": 500, "batch_size": 500},
-    "timing": {"repeats": 2, "n": 50, "warmup": 1},
-    "nll": {"n": 200, "batch_size": 100},
-}
-
-
-# The tiny budgets with one cell of each kind: every stage module of the DAG, built in about two minutes.
-SMALL_SWEEPS = {
-    "ddgan": {"T": [1, 2]},
-    "sweep": {"ddpm-4": {"model": "ddpm", "sampler": "ddpm", "steps": 4, "variance": "small"},
-              "iddpm-4": {"model": "iddpm", "sampler": "ddpm", "steps": 4, "variance": "learned"},
-              "ddim-4": {"model": "ddpm", "sampler": "ddim", "steps": 4, "eta": 0.0}},
-    "guided_sweep": {"ddim-4-s1": {"model": "ddpm", "sampler": "ddim", "steps": 4, "eta": 0.0, "scale": 1.0}},
-    "exact_sweep": {"exact-ddim-4": {"sampler": "ddim", "steps": 4, "eta": 0.0}},
-}
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "network" else v
-    return out
+# demo.yaml: budgets that shrink the default run to seconds while keeping every stage and cell (TINY), and the
+# sections that leave one cell of each kind (SMALL_SWEEPS): every stage module of the DAG, built in about two minutes.
+TINY, SMALL_SWEEPS = budgets(ROOT)
 
 
 def stage_env(**extra: str) -> dict[str, str]:
@@ -68,8 +38,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess
 
 def write_params(repo: Path, overrides: dict, replace: dict | None = None) -> None:
     """The default params with `overrides` merged in and the sections of `replace` replaced whole."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump({**_merge(params, overrides), **(replace or {})}, sort_keys=False))
+    demo.write_params(repo, overrides, replace, ROOT)
 
 
 @pytest.fixture(scope="session")
@@ -99,14 +68,7 @@ def tiny_repo(tmp_path: Path) -> Path:
 
 
 def make_tiny_repo(repo: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, repo / f)
+    demo.scratch_copy(repo, ROOT)
     write_params(repo, TINY)
-    run(["git", "init", "-q"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo)
+    demo.commit(repo, "init")
     return repo

@@ -1,0 +1,41 @@
+"""What the README's Quickstart tells a new user to run works as it says."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, copy_of
+from pipelines import demo
+
+
+def test_venv_dvc_runs_the_stages_without_activating_the_venv(small_run, tmp_path):
+    """`.venv/bin/dvc repro` with only the system's directories on PATH: the stages' `python` is the venv's (the
+    wrapper `make install` writes), not the system's python without torch, or none."""
+    dvc = Path(sys.executable).parent / "dvc"
+    assert dvc.read_text().startswith("#!/bin/sh"), f"{dvc} is pip's script, not the wrapper: run `make install`"
+    repo = copy_of(small_run, tmp_path / "repo")
+    proc = subprocess.run([str(dvc), "repro", "-f", "validate"], cwd=repo, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Running stage 'validate'" in proc.stdout and "params.yaml: ok; claims.yaml: ok" in proc.stdout
+
+
+def test_the_demo_budgets_are_the_suites_tiny_run():
+    """`make demo` and the suite's end-to-end fixtures build from the same file, so the demo runs every stage the
+    suite checks."""
+    tiny, one_cell_each = demo.budgets()
+    assert set(one_cell_each) == {"ddgan", "sweep", "guided_sweep", "exact_sweep"}
+    assert tiny["train_ddpm"]["steps"] < 100 and tiny["sample"]["n"] <= 500
+
+
+def test_the_demo_never_replaces_a_folder_it_did_not_make(tmp_path):
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    proc = subprocess.run([sys.executable, "-m", "pipelines.demo", str(mine)], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and proc.stderr == f"error: {mine} exists and is not a previous demo; name another " \
+                                                   "folder\n"
+    assert (mine / "notes.txt").read_text() == "keep"
