@@ -40,7 +40,10 @@ from urllib.parse import urlparse
 DEFAULT_EXPERIMENT = "trilemma"
 # MLflow's defaults retry a refused connection for ~4 minutes and wait 120 s per request.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-METRIC_BATCH, PARAM_BATCH = 1000, 100  # MLflow's log_batch limits
+METRIC_BATCH, PARAM_BATCH = 1000, 100  # MLflow's log_batch limits (tags: as params)
+# MLflow 3's UI opens an experiment on its GenAI overview (traces, prompts) unless this tag marks it as one of
+# classic model runs, which is all this project logs: without it, the runs table is a click away.
+KIND_TAG, ML_KIND = "mlflow.experimentKind", "custom_model_development"
 SPOOL = ".mlflow-spool"  # queued stage runs, under the repository root
 RECORD = "record.json"  # a queued run's contents; written last, so a folder without it is still being written
 
@@ -181,7 +184,8 @@ def log_stage_run(run: StageRun, root: str | Path | None = None) -> Path | None:
 
 
 def _queue(run: StageRun, spool: Path, uri: str) -> Path:
-    """Write `run` into a new folder of the spool: its files copied (a later stage may overwrite them), the record last."""
+    """Write `run` into a new folder of the spool: its files copied (a later stage may overwrite them), the record
+    last."""
     end_ms = int(time.time() * 1000)
     start_ms = min(process_start_ms(), end_ms)
     entry = spool / f"{start_ms:015d}-{os.getpid()}-{run.stage.replace('@', '_')}"
@@ -276,7 +280,8 @@ def start_parent_run(name: str, tags: dict[str, str], params: dict[str, Any], ur
     """Open a RUNNING run for a whole sweep, under which stage runs nest; its id, or None after a warning."""
     def log(uri: str) -> str:
         client = _client(uri)
-        run_id = client.create_run(_experiment_id(client, uri), run_name=name, tags={"mlflow.runName": name, **tags}).info.run_id
+        run_id = client.create_run(_experiment_id(client, uri), run_name=name,
+                                   tags={"mlflow.runName": name, **tags}).info.run_id
         _write(client, run_id, StageRun(name, params=params))
         return run_id
     return _fail_soft(f"sweep run {name}", log, uri)
@@ -305,14 +310,20 @@ def _client(uri: str):
 
 def _experiment_id(client, uri: str, name: str | None = None) -> str:
     """The experiment's id, created if new: beside a local sqlite store, its artifacts go to `<store's folder>/mlruns`
-    (MLflow's default, ./mlruns, would follow the working directory of whichever process created it)."""
+    (MLflow's default, ./mlruns, would follow the working directory of whichever process created it).
+
+    The experiment is marked as classic machine learning (KIND_TAG), and so is one created before this tag was set
+    (a user's own kind stays): the check rides on the lookup every logged run does anyway.
+    """
     name = name or experiment_name()
     exp = client.get_experiment_by_name(name)
     if exp:
+        if KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, KIND_TAG, ML_KIND)
         return exp.experiment_id
     local = _sqlite_path(uri)
     location = (local.parent / "mlruns").as_uri() if local else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags={KIND_TAG: ML_KIND})
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -346,22 +357,24 @@ def _log(uri: str, record: dict, entry: Path) -> str:
     return run_id
 
 
-def _log_batches(client, run_id: str, params: list, metrics: list) -> None:
+def _log_batches(client, run_id: str, params: list, metrics: list, tags: list = ()) -> None:
     for i in range(0, len(params), PARAM_BATCH):
         client.log_batch(run_id, params=params[i : i + PARAM_BATCH])
+    for i in range(0, len(tags), PARAM_BATCH):
+        client.log_batch(run_id, tags=tags[i : i + PARAM_BATCH])
     for i in range(0, len(metrics), METRIC_BATCH):
         client.log_batch(run_id, metrics=metrics[i : i + METRIC_BATCH])
 
 
 def _write(client, run_id: str, run: StageRun) -> None:
-    """Params, metrics (step 0) and series, tables and artifacts of `run`, in MLflow's batch sizes."""
-    from mlflow.entities import Metric, Param
+    """Params, metrics (step 0) and series, tags, tables and artifacts of `run`, in MLflow's batch sizes."""
+    from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, 0) for k, v in run.metrics.items()]
     metrics += [Metric(k, float(v), now, int(s)) for k, pts in run.series.items() for s, v in pts]
     params = [Param(k, str(v)) for k, v in flatten(run.params).items()]
-    _log_batches(client, run_id, params, metrics)
+    _log_batches(client, run_id, params, metrics, [RunTag(k, str(v)) for k, v in run.tags.items()])
     for name, table in run.tables.items():
         client.log_table(run_id, data=table, artifact_file=name)
     for path in run.artifacts:

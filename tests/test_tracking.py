@@ -1,17 +1,20 @@
 """MLflow tracking: real sqlite store; stages queue their runs in milliseconds and a logger writes them with their
 real start and end; unreachable or silent servers warn in one line within seconds and lose nothing."""
 
+import json
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pandas as pd
 import pytest
 
-from pipelines.tracking import StageRun, flush, log_stage_run, queued
+from pipelines.tracking import StageRun, flush, log_stage_run, queued, start_parent_run
 
 from conftest import run
 
@@ -34,7 +37,7 @@ def test_stage_run_lands_in_the_store(local_store, tmp_path):
         series={"loss": [(s, 1.0 / s) for s in range(1, 1501)]}, tables={"t.json": pd.DataFrame({"a": [1, 2]})},
         artifacts=[art],
     ))
-    assert entry is not None and time.perf_counter() - queued_at < 0.5  # a stage pays milliseconds, not MLflow's imports
+    assert entry is not None and time.perf_counter() - queued_at < 0.5  # milliseconds for a stage, not MLflow's imports
     art.write_text("overwritten by a later stage\n")  # the queued copy is what gets logged
     flush()
     assert queued() == []
@@ -73,7 +76,8 @@ def test_refused_connection_warns_in_one_line_and_keeps_the_run(tmp_path, monkey
     assert log_stage_run(StageRun("prepare", metrics={"x": 1.0})) is not None
     assert time.time() - t0 < 10
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("warning: MLflow tracking at http://127.0.0.1:") and "not logged" in err[0]
+    assert len(err) == 1 and err[0].startswith("warning: MLflow tracking at http://127.0.0.1:")
+    assert "not logged" in err[0]
     assert flush() == [] and len(queued()) == 1  # still down: the run waits for a store that takes it
     assert "not logged" in capsys.readouterr().err
 
@@ -121,8 +125,8 @@ def test_stage_completes_when_tracking_is_down(tiny_repo):
 
 def _hold_lock(db, mode: str) -> subprocess.Popen:
     """Another process holding a sqlite lock on `db` (EXCLUSIVE: no reader either; IMMEDIATE: no other writer)."""
-    code = (f"import sqlite3, sys, time; c = sqlite3.connect({str(db)!r}, isolation_level=None); c.execute('BEGIN {mode}'); "
-            f"print('held', flush=True); time.sleep(120)")
+    code = (f"import sqlite3, sys, time; c = sqlite3.connect({str(db)!r}, isolation_level=None); "
+            f"c.execute('BEGIN {mode}'); print('held', flush=True); time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
@@ -186,3 +190,68 @@ def test_an_unreadable_queued_run_is_set_aside_and_the_rest_are_logged(local_sto
     assert queued() == [] and bad.with_name(bad.name + ".bad").is_dir() and first is not None
     names = {r.info.run_name for r in mlflow.MlflowClient(local_store).search_runs(["1"])}
     assert names == {"prepare", "sample@ddpm-4"}
+
+
+KIND = "mlflow.experimentKind"
+
+
+def test_the_experiment_is_marked_as_machine_learning(local_store, monkeypatch):
+    """MLflow 3's UI opens an experiment on its GenAI overview unless its kind tag marks it as classic ML: a new
+    experiment gets the tag, one created before without it gets it with the next run, a user's own kind stays."""
+    assert log_stage_run(StageRun("prepare", metrics={"x": 1.0})) is not None and flush()
+    client = mlflow.MlflowClient(local_store)
+    assert client.get_experiment_by_name("trilemma").tags[KIND] == "custom_model_development"
+
+    older = client.create_experiment("older", artifact_location=(Path.cwd() / "mlruns").as_uri())  # MLflow's: no kind
+    mine = client.create_experiment("mine", artifact_location=(Path.cwd() / "mlruns").as_uri(),
+                                    tags={KIND: "genai_development"})
+    assert KIND not in client.get_experiment(older).tags
+    for name in ("older", "mine"):
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+        log_stage_run(StageRun("prepare", metrics={"x": 1.0}))
+        assert flush()
+    assert client.get_experiment(older).tags[KIND] == "custom_model_development"
+    assert client.get_experiment(mine).tags[KIND] == "genai_development"
+    # the sweep's run goes through the same lookup
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "sweeps")
+    assert start_parent_run("full-sweep x", {}, {}, local_store)
+    assert client.get_experiment_by_name("sweeps").tags[KIND] == "custom_model_development"
+
+
+def test_the_sweeps_run_holds_the_table_and_the_claims(local_store, tmp_path):
+    """What the flow's final tasks log to the sweep's run, found by suffix among the table and claims stages' outputs
+    (trilemma.json is a plain output, not a DVC metric): the table's cells as `<cell>.<column>` metrics, each claim's
+    status as a tag `claim.<id>` (more than one log_batch of tags), the counts as metrics, the claims' files."""
+    from pipelines.flow import log_claims, log_table, output_files
+
+    m = tmp_path / "metrics"
+    (m / "claims").mkdir(parents=True)
+    (m / "trilemma.json").write_text(json.dumps({"ddpm-4": {"hq_fraction": 0.5, "sampler": "ddpm"}}))
+    (m / "trilemma.csv").write_text("cell,hq_fraction\nddpm-4,0.5\n")
+    (m / "trilemma.md").write_text("| cell | hq_fraction |\n")
+    statuses = ["holds"] * 100 + ["fails"] * 20 + ["not measured"] * 5
+    claims = [{"id": f"claim-{i}", "paper": "p", "source": "s", "claim": "c", "paper_figure": None, "status": st,
+               "figure": "1", "checks": []} for i, st in enumerate(statuses)]
+    summary = {"holds": 100, "fails": 20, "not measured": 5, "total": 125}
+    (m / "claims.json").write_text(json.dumps({"summary": summary, "claims": claims}))
+    (m / "claims.md").write_text("| claim | holds? |\n")
+
+    def outs(*names):
+        return [SimpleNamespace(fs_path=str(m / n), metric=n == "claims") for n in names]
+
+    table = output_files(outs("trilemma.md", "trilemma.json", "trilemma.csv"))
+    claims_files = output_files(outs("claims.json", "claims.md", "claims"))  # metrics/claims/: a directory, left out
+    assert claims_files == {"json": [m / "claims.json"], "tables": [], "figures": [], "text": [m / "claims.md"]}
+    parent = start_parent_run("full-sweep x", {}, {}, local_store)
+    assert log_table.fn(table, parent, local_store, [{"stage": "table", "status": "ran"}]) == str(m / "trilemma.md")
+    assert log_claims.fn(claims_files, parent, local_store) == summary
+    client = mlflow.MlflowClient(local_store)
+    r = client.get_run(parent)
+    assert r.data.metrics["ddpm-4.hq_fraction"] == 0.5 and "ddpm-4.sampler" not in r.data.metrics
+    assert {k: v for k, v in r.data.tags.items() if k.startswith("claim.")} == {
+        f"claim.{c['id']}": c["status"] for c in claims}
+    assert {k: r.data.metrics[k] for k in ("claims.holds", "claims.fails", "claims.not_measured")} == {
+        "claims.holds": 100, "claims.fails": 20, "claims.not_measured": 5}
+    assert {"claims.md", "claims.json", "trilemma.md", "trilemma.json", "stages.json"} <= {
+        a.path for a in client.list_artifacts(parent)}
+    assert log_claims.fn({}, parent, local_store) is None  # the claims stage not swept: nothing to read
