@@ -7,7 +7,8 @@ dvc.yaml stays the only declaration of the DAG. The flow reads the stage graph t
 (`Repo().index.graph`) and runs each stage with `dvc --wait-for-lock repro --single-item <stage>`, so DVC
 decides what is stale and hashes, commits and caches exactly as under `dvc repro`. The flow adds scheduling:
 
-- Independent stages run at the same time: each stage is a task that waits on its upstream stages.
+- Independent stages run at the same time. A stage's task is submitted once its upstream stages have run and
+  its slots are held (`Dispatch`), so Prefect's timeline shows a stage running only while it runs.
 - A stage with `meta: {gpu: N}` holds N slots of the global concurrency limit `gpu-slots-<host>` while it
   runs (`strict=True`, so a missing limit is an error, not a silent no-op). The flow sets the limit to
   `gpu_slots` when it starts: by default, one per visible GPU, or 1 on a host without one. Each such stage
@@ -22,10 +23,11 @@ decides what is stale and hashes, commits and caches exactly as under `dvc repro
 - A failed stage is retried `retries` times; its output streams into Prefect's logs as it runs, and the
   flow fails with its last error line. A rerun resumes from DVC's state and redoes no finished stage.
 - The sweep is one MLflow run; each stage's run nests under it through TRILEMMA_PARENT_RUN_ID in the
-  stage's environment (never in dvc.yaml's cmd, so stage hashes do not change). A final task logs the
-  table and plots from the evaluation stage's DVC metrics and plots files, even when every stage was
-  skipped. MLflow being down costs a warning, never the sweep.
-- At the end `dvc status` must be clean; the flow returns the trilemma table's path.
+  stage's environment (never in dvc.yaml's cmd, so stage hashes do not change). Final tasks log the
+  table and plots from the table stage's outputs, and the papers' claims from the claims stage's, even when
+  every stage was skipped. MLflow being down costs a warning, never the sweep.
+- At the end `dvc status` must be clean; the table and the claims become markdown artifacts of the flow run,
+  and the flow returns the trilemma table's path.
 - `share_cache`: hosts sharing the default DVC remote restore each other's stages from its run-cache
   (`dvc repro --pull`, then `dvc push --run-cache`).
 """
@@ -33,6 +35,7 @@ decides what is stale and hashes, commits and caches exactly as under `dvc repro
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shutil
 import socket
@@ -41,14 +44,16 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
+from contextvars import copy_context
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
-from prefect.futures import wait
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run, task_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
@@ -58,6 +63,8 @@ from pipelines.tracking import StageRun, flush, log_to_run, start_parent_run, tr
 
 DEPLOYMENT = "full-sweep"
 TABLE_STAGE = "table"  # the stage whose outputs are the trilemma table, logged to the sweep's run
+CLAIMS_STAGE = "claims"  # the stage that checks the papers' claims against the table, logged there too
+LOGGED = (TABLE_STAGE, CLAIMS_STAGE)  # stages whose outputs the sweep's run and the flow run's artifacts show
 RESOURCES = ("gpu", "cpu")  # stage meta keys that take slots of a host-wide concurrency limit
 
 
@@ -75,14 +82,14 @@ class Stage:
     slots: dict[str, int]         # limit kind -> slots held while it runs, e.g. {"gpu": 1}
     stale: bool                   # `dvc status` reports it when the flow starts
     after_stale: bool             # downstream of a stale stage: up to date only once its upstream have run
-    table: dict[str, list[Path]]  # the evaluation stage's files by kind (see table_files); {} for the others
+    table: dict[str, list[Path]]  # a LOGGED stage's outputs by kind (see output_files); {} for the others
 
 
 @dataclass(frozen=True)
 class Sweep:
-    """What every stage task shares: the repository, the stage environment, the limits and the local slot queue.
+    """What every stage shares: the repository, the stage environment, the limits and the local slot queue.
 
-    Tasks get it through prefect's `quote`, so that they all share the one `Slots` rather than copies.
+    Tasks get it through prefect's `quote`: Prefect hands it over as it is, rather than rebuilding it field by field.
     """
 
     root: str
@@ -95,10 +102,10 @@ class Sweep:
 class Slots:
     """This flow run's share of the host's slots, handed to waiting stages in plan order as soon as they free.
 
-    Stages queue here before they take the global limits' slots: Prefect answers a full limit with a
-    Retry-After of up to 30 s, which left the devices idle between stages. Past this queue the global slots
-    are free unless another flow run on the host holds them. Stages holding GPU slots are lent GPU ids,
-    least-loaded first, for CUDA_VISIBLE_DEVICES.
+    Stages (their gates, see `Dispatch`) queue here before they take the global limits' slots: Prefect
+    answers a full limit with a Retry-After of up to 30 s, which left the devices idle between stages. Past
+    this queue the global slots are free unless another flow run on the host holds them. Stages holding GPU
+    slots are lent GPU ids, least-loaded first, for CUDA_VISIBLE_DEVICES.
     """
 
     def __init__(self, capacity: dict[str, int], gpus: list[str]):
@@ -212,21 +219,26 @@ def read_plan(root: Path, targets: list[str] | None, on_gpu_host: bool) -> list[
             if any((u in stale or u in after_stale) and u not in guards for u in upstream):
                 after_stale.add(s.addressing)
             stages.append(Stage(s.addressing, len(stages), upstream, stage_slots(s.addressing, s.meta, on_gpu_host),
-                                s.addressing in stale, s.addressing in after_stale, table_files(s.outs)))
+                                s.addressing in stale, s.addressing in after_stale,
+                                output_files(s.outs) if s.addressing in LOGGED else {}))
     return stages
 
 
-def table_files(outs) -> dict[str, list[Path]]:
-    """A stage's outputs by kind, as dvc.yaml declares them: metrics, csv tables, figures, text; {} without metrics."""
-    if not any(o.metric for o in outs):
-        return {}
-    kinds: dict[str, list[Path]] = {"metrics": [], "tables": [], "figures": [], "text": []}
+SUFFIXES = {".json": "json", ".csv": "tables", ".png": "figures", ".svg": "figures", ".md": "text", ".txt": "text"}
+
+
+def output_files(outs) -> dict[str, list[Path]]:
+    """A stage's output files by kind, from their suffix: json, csv tables, figures, text.
+
+    By suffix, not by dvc.yaml's metric/plot/out flags: those say how `dvc metrics show` and `dvc plots` present a
+    file (trilemma.json left the metrics for being unreadable there), not what the file holds. A directory
+    output (the claims' one file per claim) is none of these.
+    """
+    kinds: dict[str, list[Path]] = {kind: [] for kind in dict.fromkeys(SUFFIXES.values())}
     for out in outs:
         path = Path(out.fs_path)
-        kind = "metrics" if out.metric else "tables" if path.suffix == ".csv" else \
-            "figures" if path.suffix in (".png", ".svg") else "text" if path.suffix in (".md", ".txt") else None
-        if kind:
-            kinds[kind].append(path)
+        if path.suffix in SUFFIXES:
+            kinds[SUFFIXES[path.suffix]].append(path)
     return kinds
 
 
@@ -274,33 +286,117 @@ def stage_error(lines: list[str]) -> str:
     return (own or lines or ["no output"])[-1]
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What a stage's gate hands its task: the GPU ids lent to it, and how long it waited for its slots."""
+
+    gpus: tuple[str, ...] = ()
+    slot_wait_s: float = 0.0  # from its upstream stages having run to holding all its slots
+    lease_s: float = 0.0      # the part of it spent on the host's global limits, past this flow run's queue
+
+
 @task(name="stage", cache_policy=NO_CACHE, retry_delay_seconds=1)
-def run_stage(stage: Stage, sweep: Sweep) -> dict:
-    """`dvc repro --single-item` one stage, holding its slots; a report row."""
+def run_stage(stage: Stage, sweep: Sweep, grant: Grant) -> dict:
+    """`dvc repro --single-item` one stage, whose slots its gate holds until this task run ends; a report row."""
     logger = get_run_logger()
-    row = {"stage": stage.name, "attempts": task_run.get_run_count(), "slot_wait_s": 0.0}
-    if stage.slots and not stage.stale:  # its upstream reran: up to date if their outputs came out identical
-        if subprocess.run(_dvc("--wait-for-lock", "status", "--quiet", stage.name), cwd=sweep.root, env=sweep.env,
-                          capture_output=True).returncode == 0:
-            logger.info(f"{stage.name}: up to date after its upstream stages ran; no slot taken")
-            return {**row, "status": "up to date"}
-    names, occupy = [sweep.limits[k] for k in stage.slots], max(stage.slots.values(), default=0)
-    t0 = time.time()
-    gpus = sweep.slots.take(stage.rank, stage.slots)
-    queued = time.time()
-    try:
-        with concurrency(names, occupy=occupy, strict=True) if names else nullcontext():
-            env = {**sweep.env, "CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else sweep.env
-            started = time.time()
-            repro = ["--wait-for-lock", "repro", "--single-item", *(["--pull"] if sweep.pull else []), stage.name]
-            code, lines, status = _stream(_dvc(*repro), sweep.root, env, logger)
-            ended = time.time()
-    finally:
-        sweep.slots.give(stage.slots, gpus)
+    env = {**sweep.env, "CUDA_VISIBLE_DEVICES": ",".join(grant.gpus)} if grant.gpus else sweep.env
+    started = time.time()
+    repro = ["--wait-for-lock", "repro", "--single-item", *(["--pull"] if sweep.pull else []), stage.name]
+    code, lines, status = _stream(_dvc(*repro), sweep.root, env, logger)
+    ended = time.time()
     if code != 0:
         raise SweepError(f"stage {stage.name} failed: {stage_error(lines)} (dvc repro exited {code})")
-    return {**row, "status": status, "slot_wait_s": round(started - t0, 3), "lease_s": round(started - queued, 3),
-            "started": started, "ended": ended, "seconds": round(ended - started, 3), "gpus": ",".join(gpus)}
+    return {"stage": stage.name, "attempts": task_run.get_run_count(), "status": status,
+            "slot_wait_s": grant.slot_wait_s, "lease_s": grant.lease_s, "started": started, "ended": ended,
+            "seconds": round(ended - started, 3), "gpus": ",".join(grant.gpus)}
+
+
+class Dispatch:
+    """Submits each stage's task once its upstream stages have run and it holds its slots: a task runs only while
+    its stage does.
+
+    Prefect's timeline draws a task run from when it starts Running: tasks that waited for their slots inside
+    showed as running all along (a 48-stage sweep drew 48 overlapping bars for stages that ran one at a time).
+    So each stage to run gets a gate instead, a thread of the flow run that does the waiting: for its upstream
+    stages; for `dvc status` where it is downstream of a stale stage (up to date: no task, no slot); for this flow
+    run's slots (`Slots`, in plan order); then for the host's global limits, which only other flow runs hold at
+    that point. Holding them, the gate has the flow's thread submit the task (submitting stays where Prefect's
+    flow-run context lives, one submission at a time), keeps the slots until the task run is final, retries
+    included, and hands them on at once. Tasks are submitted with their upstream tasks as `wait_for`,
+    already final, for the dependency arrows of Prefect's graph.
+    """
+
+    def __init__(self, todo: list[Stage], sweep: Sweep, retries: int):
+        self.todo, self.sweep, self.retries = todo, sweep, retries
+        self.futures: dict[str, PrefectFuture] = {}  # the stages that got a task; written by the flow's thread only
+        self.rows: dict[str, dict] = {}  # report rows of the stages that got none: up to date, not run, no slots
+        self.ok: dict[str, bool] = {}  # stage -> ran or is up to date; set before `ended` is
+        self.ended = {s.name: threading.Event() for s in todo}
+        self.requests: queue.Queue = queue.Queue()  # (stage, grant, reply) to submit; (None, None, None): a gate ended
+
+    def run(self) -> None:
+        """Start a gate per stage and submit what they ask for, until every gate has ended."""
+        logger = get_run_logger()
+        for s in self.todo:  # each gate in a copy of the flow run's context: it logs to the flow run
+            threading.Thread(target=copy_context().run, args=(self._gate, s, logger), name=f"gate {s.name}",
+                             daemon=True).start()
+        left = len(self.todo)
+        while left:
+            s, grant, reply = self.requests.get()
+            if s is None:
+                left -= 1
+                continue
+            try:
+                self.futures[s.name] = run_stage.with_options(task_run_name=s.name, retries=self.retries).submit(
+                    s, quote(self.sweep), grant, wait_for=[self.futures[u] for u in s.upstream if u in self.futures])
+                reply.set_result(self.futures[s.name])
+            except Exception as e:  # the gate reports it and frees the slots
+                reply.set_exception(e)
+
+    def _gate(self, s: Stage, logger) -> None:
+        ok = False
+        try:
+            ok = self._wait_and_run(s, logger)
+        except Exception as e:  # no task run: the slots or the submission failed
+            self.rows[s.name] = {"stage": s.name, "status": "failed", "attempts": 0,
+                                 "error": f"stage {s.name}: {type(e).__name__}: {e}"}
+        finally:
+            self.ok[s.name] = ok
+            self.ended[s.name].set()
+            self.requests.put((None, None, None))
+
+    def _wait_and_run(self, s: Stage, logger) -> bool:
+        """Wait for the stage's turn, then have its task run while holding its slots; whether it ran or is up to
+        date."""
+        for u in s.upstream:
+            if u in self.ended:
+                self.ended[u].wait()
+        if not all(self.ok.get(u, True) for u in s.upstream):
+            self.rows[s.name] = {"stage": s.name, "status": "not run (upstream failed)", "attempts": 0}
+            return False
+        if s.slots and not s.stale and self._up_to_date(s):  # its upstream reran and came out identical
+            logger.info(f"{s.name}: up to date after its upstream stages ran; no slot taken")
+            self.rows[s.name] = {"stage": s.name, "status": "up to date", "attempts": 0}
+            return True
+        names, occupy = [self.sweep.limits[k] for k in s.slots], max(s.slots.values(), default=0)
+        t0 = time.time()
+        gpus = self.sweep.slots.take(s.rank, s.slots)
+        try:
+            queued = time.time()
+            # released before `give` below: the next stage in this queue finds the global slot free
+            with concurrency(names, occupy=occupy, strict=True) if names else nullcontext():
+                held = time.time()
+                reply: Future = Future()
+                self.requests.put((s, Grant(tuple(gpus), round(held - t0, 3), round(held - queued, 3)), reply))
+                fut = reply.result()
+                fut.wait()
+                return fut.state.is_completed()
+        finally:
+            self.sweep.slots.give(s.slots, gpus)
+
+    def _up_to_date(self, s: Stage) -> bool:
+        return subprocess.run(_dvc("--wait-for-lock", "status", "--quiet", s.name), cwd=self.sweep.root,
+                              env=self.sweep.env, capture_output=True).returncode == 0
 
 
 @task(name="log-table", cache_policy=NO_CACHE)
@@ -316,15 +412,62 @@ def log_table(files: dict[str, list[Path]], parent: str | None, uri: str, report
     import pandas as pd
 
     metrics = {}
-    for path in files.get("metrics", []):
+    for path in files.get("json", []):  # metrics/trilemma.json: {cell: {column: value}}
         for cell, values in json.loads(path.read_text()).items():
-            metrics |= {f"{cell}.{k}": v for k, v in values.items() if isinstance(v, (int, float))}
+            if isinstance(values, dict):
+                metrics |= {f"{cell}.{k}": v for k, v in values.items() if isinstance(v, (int, float))}
     tables = {"stages.json": pd.DataFrame(report)}
     tables |= {f"{p.stem}.json": pd.read_csv(p) for p in files.get("tables", [])}
     artifacts = files.get("text", []) + files.get("figures", [])
     if parent:
         log_to_run(parent, StageRun("trilemma table", metrics=metrics, tables=tables, artifacts=artifacts), uri)
     return str(files["text"][0]) if files.get("text") else None
+
+
+@task(name="log-claims", cache_policy=NO_CACHE)
+def log_claims(files: dict[str, list[Path]], parent: str | None, uri: str) -> dict | None:
+    """Log the papers' claims to the sweep's MLflow run: a tag `claim.<id>` = its status for each claim, the counts
+    as metrics `claims.holds`, `claims.fails`, `claims.not_measured`, and claims.md and claims.json; the counts.
+
+    Tags, so that the runs table shows each claim's verdict as a column and filters on it across sweeps. Reads
+    claims.json (from the plan), which holds every claim; None where it is missing.
+    """
+    import json
+
+    path = next((p for p in files.get("json", []) if p.is_file()), None)
+    if path is None:
+        return None
+    record = json.loads(path.read_text())
+    counts = record["summary"]
+    metrics = {f"claims.{k.replace(' ', '_')}": counts[k] for k in ("holds", "fails", "not measured")}
+    tags = {f"claim.{c['id']}": c["status"] for c in record["claims"]}
+    if parent:
+        log_to_run(parent, StageRun("paper claims", metrics=metrics, tags=tags,
+                                    artifacts=files.get("text", []) + [path]), uri)
+    return counts
+
+
+def publish(files: dict[str, dict[str, list[Path]]], claims: dict | None, parent: str | None) -> list[str]:
+    """The trilemma table and the claims as markdown artifacts of the flow run; their keys.
+
+    Prefect's UI shows them on the flow run's Artifacts tab, and keeps every sweep's version under the same key
+    (Artifacts page), so the result of a deployment run is one click from it, without MLflow.
+    """
+    from prefect.artifacts import create_markdown_artifact
+
+    run = f"; MLflow run `{parent}`" if parent else ""
+    made = []
+    for stage, key, description in (
+            (TABLE_STAGE, "trilemma-table", f"The trilemma table (DVC stage `{TABLE_STAGE}`){run}"),
+            (CLAIMS_STAGE, "paper-claims",
+             f"The papers' claims checked against the table (DVC stage `{CLAIMS_STAGE}`): "
+             + (f"{claims['holds']} of {claims['total']} hold, {claims['fails']} fail, "
+                f"{claims['not measured']} not measured" if claims else "counts unknown") + run)):
+        text = next((p for p in files.get(stage, {}).get("text", []) if p.suffix == ".md" and p.is_file()), None)
+        if text:
+            create_markdown_artifact(text.read_text(), key=key, description=f"{description} ({text.name})")
+            made.append(key)
+    return made
 
 
 def default_remote(root: Path) -> str:
@@ -364,19 +507,19 @@ def stage_environment(uri: str, parent: str | None) -> dict[str, str]:
     return env | ({"TRILEMMA_PARENT_RUN_ID": parent} if parent else {})
 
 
-def collect(futures: dict, skipped: list[str], retries: int) -> tuple[list[dict], list[str]]:
+def collect(dispatch: Dispatch, skipped: list[str]) -> tuple[list[dict], list[str]]:
     """The report, one row per stage, and the failed stages' errors."""
     report = [{"stage": name, "status": "up to date", "attempts": 0} for name in skipped]
-    failures = []
-    for name, fut in futures.items():
-        if fut.state.is_completed():
+    for s in dispatch.todo:
+        fut = dispatch.futures.get(s.name)
+        if fut is None:
+            report.append(dispatch.rows[s.name])
+        elif fut.state.is_completed():
             report.append(fut.result())
-        elif fut.state.is_failed():
-            failures.append(str(fut.result(raise_on_failure=False)))
-            report.append({"stage": name, "status": "failed", "attempts": retries + 1, "error": failures[-1]})
-        else:
-            report.append({"stage": name, "status": "not run (upstream failed)", "attempts": 0})
-    return report, failures
+        else:  # failed after its retries, or crashed
+            error = str(fut.result(raise_on_failure=False))
+            report.append({"stage": s.name, "status": "failed", "attempts": dispatch.retries + 1, "error": error})
+    return report, [r["error"] for r in report if r["status"] == "failed"]
 
 
 @flow(name="diffusion", task_runner=ThreadPoolTaskRunner(), validate_parameters=True)
@@ -408,7 +551,8 @@ def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1
     for s in plan:
         for kind, n in s.slots.items():
             if n > capacity[kind]:
-                raise SweepError(f"dvc.yaml: stage {s.name} needs {n} {kind} slots, but {kind}_slots is {capacity[kind]}")
+                raise SweepError(f"dvc.yaml: stage {s.name} needs {n} {kind} slots, "
+                                 f"but {kind}_slots is {capacity[kind]}")
     limits = open_limits(capacity)
     logger.info(f"slots: {', '.join(f'{limits[k]} = {capacity[k]}' for k in RESOURCES)}; GPUs: {gpus or 'none'}")
 
@@ -425,18 +569,16 @@ def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1
     todo = [s for s in plan if s.stale or s.after_stale]
     skipped = [s.name for s in plan if s not in todo]
     logger.info(f"{len(skipped)} of {len(plan)} stages up to date, skipped: {', '.join(skipped) or 'none'}")
-    futures = {}
-    for s in todo:
-        futures[s.name] = run_stage.with_options(task_run_name=s.name, retries=retries).submit(
-            s, quote(sweep), wait_for=[futures[u] for u in s.upstream if u in futures])
-    wait(list(futures.values()))
-    report, failures = collect(futures, skipped, retries)
+    dispatch = Dispatch(todo, sweep, retries)
+    dispatch.run()
+    report, failures = collect(dispatch, skipped)
     ran = [r["stage"] for r in report if r["status"] in ("ran", "restored")]
     logger.info(f"ran or restored {len(ran)} stages: {', '.join(ran) or 'none'}")
 
     flush(root)  # the stage runs the background logger has not written yet, before the sweep's run closes
-    files = {} if failures else next((s.table for s in plan if s.name == TABLE_STAGE), {})
-    table = log_table(files, parent, uri, report)
+    files = {} if failures else {s.name: s.table for s in plan if s.name in LOGGED}  # stage -> its outputs by kind
+    table = log_table(files.get(TABLE_STAGE, {}), parent, uri, report)
+    claims = log_claims(files[CLAIMS_STAGE], parent, uri) if CLAIMS_STAGE in files else None
     dirty = {} if failures else status_clean(root, targets)
     if parent:
         log_to_run(parent, StageRun("sweep status"), uri, status="FAILED" if failures or dirty else "FINISHED")
@@ -444,6 +586,8 @@ def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1
         raise SweepError(failures[0] if len(failures) == 1 else f"{len(failures)} stages failed; first: {failures[0]}")
     if dirty:
         raise SweepError(f"dvc status is not clean after the sweep: {dirty}")
+    published = publish(files, claims, parent)
+    logger.info(f"Prefect artifacts: {', '.join(published) or 'none (no table or claims stage swept)'}")
     if share_cache:
         push_cache(root, logger)
     logger.info(f"trilemma table: {table}")

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -128,10 +129,48 @@ def table_of(repo: Path, run_id: str, name: str) -> pd.DataFrame:
 
 def all_stages(repo: Path) -> set[str]:
     p = yaml.safe_load((repo / "params.yaml").read_text())
-    return {"prepare", "reference", "train_ddpm", "finetune_iddpm", "train_classifier", "table",
+    return {"prepare", "reference", "train_ddpm", "finetune_iddpm", "train_classifier", "table", "claims",
             *(f"sample@{c}" for c in p["sweep"]), *(f"sample_guided@{c}" for c in p["guided_sweep"]),
             *(f"sample_exact@{c}" for c in p["exact_sweep"]),
             *(f"{s}@{T}" for T in p["ddgan"]["T"] for s in ("train_ddgan", "sample_ddgan"))}
+
+
+def claim_tags(repo: Path, run_id: str) -> dict[str, str]:
+    """A run's tags `claim.<id>`: each paper claim's status."""
+    tags = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(run_id).data.tags
+    return {k: v for k, v in tags.items() if k.startswith("claim.")}
+
+
+def flow_run_id(proc: subprocess.CompletedProcess) -> str:
+    """The flow run that `prefect deployment run` created."""
+    return re.search(r"UUID: ([0-9a-f-]{36})", proc.stdout).group(1)
+
+
+@contextmanager
+def prefect_client(env: dict[str, str]):
+    """Prefect's API client, in this process, for the test's server."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        yield client
+
+
+def assert_each_task_runs_only_while_its_stage_does(env: dict[str, str], flow_run: str, report: pd.DataFrame,
+                                                    tolerance: float = 1.0) -> dict[str, float]:
+    """Every stage that ran has a task run, which went Running when the stage started (`started`, measured in the
+    task just before `dvc repro`), not when the stage began to wait for its slots: Prefect's timeline draws the
+    stage's run, not its wait. Returns each task's Running start minus the stage's start, in seconds."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with prefect_client(env) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run])))
+    ran = report[report["status"].isin(["ran", "restored"])]
+    starts = {t.name: t.start_time.timestamp() for t in task_runs if t.name in ran.index}
+    assert set(starts) == set(ran.index), sorted(set(ran.index) - set(starts))
+    lead = {s: round(start - ran.loc[s, "started"], 3) for s, start in starts.items()}
+    assert all(d >= -tolerance for d in lead.values()), {s: d for s, d in lead.items() if d < -tolerance}
+    return lead
 
 
 def test_full_sweep_through_the_served_deployment(served, tiny_repo, tmp_path):
@@ -175,6 +214,34 @@ def test_full_sweep_through_the_served_deployment(served, tiny_repo, tmp_path):
     assert report.loc["train_ddpm", "started"] - 1 <= ddpm["start_time"].timestamp()
     assert ddpm["end_time"].timestamp() <= report.loc["train_ddpm", "ended"] + 1
 
+    # The sweep's run holds the papers' claims: one tag per claim the claims stage wrote, the counts, its files.
+    claims = json.loads((tiny_repo / "metrics/claims.json").read_text())
+    per_claim = {f"claim.{p.stem}": json.loads(p.read_text())["status"]
+                 for p in (tiny_repo / "metrics/claims").glob("*.json")}
+    assert per_claim and claim_tags(tiny_repo, parent) == per_claim
+    assert parents.loc[0, "metrics.claims.holds"] == claims["summary"]["holds"]
+    assert parents.loc[0, "metrics.claims.not_measured"] == claims["summary"]["not measured"]
+    assert {"claims.md", "claims.json"} <= {a.path for a in client.list_artifacts(parent)}
+    # the experiment opens on MLflow's runs, not its GenAI overview
+    assert client.get_experiment_by_name("trilemma").tags["mlflow.experimentKind"] == "custom_model_development"
+
+    # The flow run shows the table and the claims as markdown artifacts, from the stages' own files.
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with prefect_client(served) as prefect:
+        artifacts = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id(cold)])))
+    by_key = {a.key: a for a in artifacts}
+    assert by_key["trilemma-table"].data == (tiny_repo / "metrics/trilemma.md").read_text()
+    assert by_key["paper-claims"].data == (tiny_repo / "metrics/claims.md").read_text()
+    assert all(by_key[k].type == "markdown" and by_key[k].description for k in ("trilemma-table", "paper-claims"))
+    assert f"{claims['summary']['holds']} of {claims['summary']['total']} hold" in by_key["paper-claims"].description
+
+    # With two slots of each kind, stages queued for their slots; their task runs started when they did.
+    lead = assert_each_task_runs_only_while_its_stage_does(served, flow_run_id(cold), report)
+    print(f"\nslot waits {report['slot_wait_s'].sum():.1f} s over {len(lead)} stages; Running start minus stage "
+          f"start {min(lead.values()):.3f} to {max(lead.values()):.3f} s")
+
     # A second run recomputes nothing: no stage runs, no stage run is logged, and the table is logged again.
     t0 = time.time()
     noop = deployment_run(tiny_repo, served)
@@ -185,27 +252,31 @@ def test_full_sweep_through_the_served_deployment(served, tiny_repo, tmp_path):
     second = parents.loc[1, "run_id"]
     assert (table_of(tiny_repo, second, "stages.json")["status"] == "up to date").all()
     assert list(table_of(tiny_repo, second, "trilemma.json")["cell"]) == list(table.index)
+    assert claim_tags(tiny_repo, second) == per_claim  # the claims too, from the up-to-date stage's files
     print(f"\ncold sweep {cold_s:.1f} s, no-op sweep {noop_s:.1f} s (prefect deployment run --watch)")
 
 
 def test_gpu_slots_decide_whether_independent_stages_overlap(served, tiny_repo):
     """train_ddpm and train_classifier both need only `prepare`; meta {gpu: 1} makes them take a GPU slot each."""
     def training_intervals(**params):
-        deployment_run(tiny_repo, served, targets=["train_ddpm", "train_classifier"], **params)
+        proc = deployment_run(tiny_repo, served, targets=["train_ddpm", "train_classifier"], **params)
         parents, _ = sweep_runs(tiny_repo)
         report = table_of(tiny_repo, parents["run_id"].iloc[-1], "stages.json").set_index("stage")
         assert (report.loc[["train_ddpm", "train_classifier"], "status"] == "ran").all()
-        return [tuple(report.loc[s, ["started", "ended"]]) for s in ("train_ddpm", "train_classifier")]
+        assert_each_task_runs_only_while_its_stage_does(served, flow_run_id(proc), report)
+        return [tuple(report.loc[s, ["started", "ended", "slot_wait_s"]]) for s in ("train_ddpm", "train_classifier")]
 
     # On this CPU host, GPU stages hold a CPU slot too: cpu_slots=2 leaves the GPU limit as the one that binds.
-    (a0, a1), (b0, b1) = training_intervals(gpu_slots=2, cpu_slots=2)
+    (a0, a1, _), (b0, b1, _) = training_intervals(gpu_slots=2, cpu_slots=2)
     assert max(a0, b0) < min(a1, b1), "two slots: the trainings should overlap"
 
     params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
     params["train_ddpm"]["steps"] = params["train_classifier"]["steps"] = 20
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (a0, a1), (b0, b1) = training_intervals(gpu_slots=1, cpu_slots=2)
+    (a0, a1, a_wait), (b0, b1, b_wait) = training_intervals(gpu_slots=1, cpu_slots=2)
     assert a1 <= b0 or b1 <= a0, "one slot: the trainings should run one after the other"
+    # the second waited for the first's slot, all of its run, and its task run started only then (checked above)
+    assert (b_wait if a1 <= b0 else a_wait) >= (a1 - a0 if a1 <= b0 else b1 - b0) - 1
 
 
 def test_failing_stage_is_retried_then_fails_the_flow_on_a_worker(prefect_server, tiny_repo, tmp_path):
@@ -225,8 +296,7 @@ def test_failing_stage_is_retried_then_fails_the_flow_on_a_worker(prefect_server
         failed = deployment_run(tiny_repo, env, check=False, targets=["train_classifier"], retries=1)
         assert failed.returncode != 0 and "Failed" in failed.stdout, failed.stdout
         assert (tiny_repo / "attempts.log").read_text().count("attempt") == 2  # the first try and one retry
-        flow_run = re.search(r"UUID: ([0-9a-f-]{36})", failed.stdout).group(1)
-        logs = run(["prefect", "flow-run", "logs", flow_run], tiny_repo, **env).stdout
+        logs = run(["prefect", "flow-run", "logs", flow_run_id(failed)], tiny_repo, **env).stdout
         assert "stage train_classifier failed: injected crash in train_classifier (dvc repro exited 255)" in logs
         parents, nested = sweep_runs(tiny_repo)
         assert parents["status"].tolist() == ["FAILED"] and nested["tags.mlflow.runName"].tolist() == ["prepare"]
@@ -237,7 +307,8 @@ def test_failing_stage_is_retried_then_fails_the_flow_on_a_worker(prefect_server
         assert "Completed" in fixed.stdout, fixed.stdout
         parents, nested = sweep_runs(tiny_repo)
         report = table_of(tiny_repo, parents["run_id"].iloc[-1], "stages.json").set_index("stage")
-        assert report["status"].to_dict() == {"validate": "up to date", "prepare": "up to date", "train_classifier": "ran"}
+        assert report["status"].to_dict() == {"validate": "up to date", "prepare": "up to date",
+                                              "train_classifier": "ran"}
         assert sorted(nested["tags.mlflow.runName"]) == ["prepare", "train_classifier"]
     finally:
         stop(worker, signals=(signal.SIGTERM, signal.SIGINT))
