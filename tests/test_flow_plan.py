@@ -14,9 +14,10 @@ from conftest import run
 def test_plan_follows_dvc_yaml_and_dvc_status(tiny_repo):
     plan = {s.name: s for s in read_plan(tiny_repo, None, on_gpu_host=False)}
     order = list(plan)
-    assert order[:2] == ["validate", "prepare"] and order[-1] == "table"
+    assert order[:2] == ["validate", "prepare"] and order[-2:] == ["table", "claims"]
     assert all(order.index(u) < order.index(name) for name, s in plan.items() for u in s.upstream)
     assert set(plan["sample_guided@ddim-50-s1"].upstream) == {"train_ddpm", "train_classifier", "prepare", "reference"}
+    assert set(plan["claims"].upstream) == {"table"}  # the claims read the table only
     # GPU stages hold a CPU slot on a host without a GPU; sample_exact is CPU-bound; prepare holds nothing.
     assert plan["train_ddpm"].slots == {"gpu": 1, "cpu": 1} and plan["sample_exact@exact-ddim-4"].slots == {"cpu": 1}
     assert plan["prepare"].slots == {} and plan["table"].table and not plan["prepare"].table
