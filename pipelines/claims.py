@@ -377,8 +377,9 @@ def read_table(csv_path: str | Path) -> Table:
         raise InputError(f"{csv_path}: not found; run stage table") from None
     except (OSError, ValueError) as e:
         raise InputError(f"{csv_path}: not a table ({first_line(e)}); rerun stage table") from None
-    if "cell" not in df.columns:
-        raise InputError(f"{csv_path}: no `cell` column; rerun stage table")
+    missing = [c for c in (*SETTINGS, *METRICS) if c not in df.columns]
+    if missing:
+        raise InputError(f"{csv_path}: no column {', '.join(missing)}; rerun stage table")
     df = df.astype(object).where(df.notna(), None)
     return {str(r["cell"]): r for r in df.to_dict("records")}
 

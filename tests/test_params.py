@@ -197,8 +197,8 @@ STAGE_CMDS = {
     "sample_guided": ["pipelines.sample_guided", "ddim-50-s1", "models/ddpm.pt", "models/clf.pt", *cell_files("ddim-50-s1")],
     "train_ddgan": ["pipelines.train_ddgan", "4", "data/train.npz", "models/ddgan-4.pt", "plots/g.csv", "plots/g.png"],
     "sample_ddgan": ["pipelines.sample_ddgan", "4", "models/ddgan-4.pt", *cell_files("ddgan-4")],
-    "table": ["pipelines.table", "metrics/cells", "metrics/timing", "samples", "metrics/t.json", "metrics/t.csv",
-              "metrics/t.md", "metrics/t.png", "metrics/terms.png", "metrics/guidance.png"],
+    "table": ["pipelines.table", "metrics/cells", "metrics/timing", "samples", "claims.yaml", "metrics/t.json",
+              "metrics/t.csv", "metrics/t.md", "metrics/t.png", "metrics/terms.png", "metrics/guidance.png"],
 }
 
 
@@ -225,7 +225,7 @@ def test_validate_command(tmp_path):
     bad.write_text(yaml.safe_dump(with_change("diffusion.schedule", "sigmoid")))
     proc = run([sys.executable, "-m", "pipelines.params", str(bad)], ROOT, check=False)
     assert proc.returncode == 2 and "diffusion.schedule: unknown schedule 'sigmoid'" in proc.stderr
-    assert run([sys.executable, "-m", "pipelines.params"], ROOT).stdout.strip() == "params.yaml: ok"
+    assert run([sys.executable, "-m", "pipelines.params"], ROOT).stdout.strip() == "params.yaml: ok; claims.yaml: ok"
 
 
 def test_unreadable_params_file(tmp_path):

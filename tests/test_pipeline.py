@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run
+from conftest import ROOT, run
+from pipelines.claims import load_claims
 
 pytestmark = pytest.mark.slow
 
@@ -16,6 +17,10 @@ pytestmark = pytest.mark.slow
 CELLS = {"sweep": ["ddpm-1000", "ddim-50", "ddim-10", "ddim-4", "iddpm-1000", "iddpm-10"],
          "guided_sweep": ["ddim-50-s0", "ddim-50-s1", "ddpm-250-s10"],
          "exact_sweep": ["exact-ddpm-1000", "exact-ddim-4", "exact-ddim-50-s1", "exact-ddpm-250-s1"]}
+
+
+def claim_ids() -> list[str]:
+    return [c.id for c in load_claims(ROOT / "claims.yaml").claims]
 
 
 def mlflow_runs(repo):
@@ -88,10 +93,12 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert (tiny_repo / "metrics/guidance.png").stat().st_size > 10_000
     assert all((tiny_repo / f"plots/samples/{c}.png").exists() for c in cells)
 
-    shown = json.loads(run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout)
-    assert "metrics/trilemma.json" in json.dumps(shown)
+    # dvc metrics show: one row per cell (its own stage's row) and one per claim
+    shown = next(iter(json.loads(run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout).values()))["data"]
+    assert {f"metrics/cells/{c}.json" for c in ["data", *cells]} <= set(shown)
+    assert {f"metrics/claims/{c}.json" for c in claim_ids()} <= set(shown)
 
-    stages = {"prepare", "reference", "train_ddpm", "finetune_iddpm", "train_classifier", "table",
+    stages = {"prepare", "reference", "train_ddpm", "finetune_iddpm", "train_classifier", "table", "claims",
               *(f"sample@{c}" for c in params["sweep"]), *(f"sample_guided@{c}" for c in params["guided_sweep"]),
               *(f"sample_exact@{c}" for c in params["exact_sweep"]),
               *(f"{stage}@{T}" for T in params["ddgan"]["T"] for stage in ("train_ddgan", "sample_ddgan"))}
@@ -117,14 +124,14 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert len(mlflow_runs(tiny_repo)) == len(stages)
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
 
-    # Changing one cell's params re-samples and re-scores that cell alone; the table gathers it (and params.yaml is
-    # validated again). The other cells' rows are their old bytes.
+    # Changing one cell's params re-samples and re-scores that cell alone; the table gathers it, the claims are checked
+    # on it (and params.yaml is validated again). The other cells' rows are their old bytes.
     rows = {c: (tiny_repo / f"metrics/cells/{c}.json").read_bytes() for c in cells}
     params["sweep"]["ddim-10"]["eta"] = 0.5
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["sample@ddim-10", "table", "validate"]
+    assert ran == ["claims", "sample@ddim-10", "table", "validate"]
     assert [c for c in cells if (tiny_repo / f"metrics/cells/{c}.json").read_bytes() != rows[c]] == ["ddim-10"]
 
     # Rerunning a cell whose params did not change writes the same samples and row: only its timing and the table move.
@@ -134,14 +141,14 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert (tiny_repo / "metrics/cells/ddim-4.json").read_bytes() == rows["ddim-4"]
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["table"]
+    assert ran == ["claims", "table"]  # the table holds the new timing, so the claims are checked again
 
     # Fine-tuning again reruns the iDDPM cells only: the DDPM and exact cells do not read models/iddpm.pt.
     params["finetune_iddpm"]["steps"] = 20
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == sorted(["validate", "table", "finetune_iddpm", *(f"sample@{c}" for c in params["sweep"]
+    assert ran == sorted(["validate", "table", "claims", "finetune_iddpm", *(f"sample@{c}" for c in params["sweep"]
                                                           if params["sweep"][c]["model"] == "iddpm")])
 
     # Retraining the classifier reruns the guided cells only.
@@ -149,7 +156,7 @@ def test_dvc_repro_end_to_end(tiny_repo):
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == sorted(["validate", "table", "train_classifier",
+    assert ran == sorted(["validate", "table", "claims", "train_classifier",
                           *(f"sample_guided@{c}" for c in params["guided_sweep"])])
 
     # A new DDGAN T adds its two stages and reruns no other generator (T is in the cmd, not in their params).
@@ -157,7 +164,7 @@ def test_dvc_repro_end_to_end(tiny_repo):
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["sample_ddgan@2", "table", "train_ddgan@2", "validate"]
+    assert ran == ["claims", "sample_ddgan@2", "table", "train_ddgan@2", "validate"]
     assert pd.read_csv(tiny_repo / "metrics/trilemma.csv").set_index("cell").loc["ddgan-2", "nfe"] == 2
 
 
