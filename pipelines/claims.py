@@ -345,10 +345,10 @@ def markdown(results: list[dict]) -> str:
 def headline(result: dict) -> str:
     """A claim's figure in one short line (a `dvc metrics show` column): its first failing check, else its first."""
     if result["status"] == "not measured":
-        return _clip(result["figure"], 70)
+        return _clip(result["figure"], 48)
     first = next((c for c in result["checks"] if not c["holds"]), result["checks"][0])
     more = len(result["checks"]) - 1
-    return _clip(first["values"], 70) + (f" (+{more} more)" if more else "")
+    return _clip(first["values"], 48) + (f" (+{more} more)" if more else "")
 
 
 def summary_lines(record: dict) -> list[str]:
