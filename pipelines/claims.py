@@ -366,20 +366,41 @@ def _clip(text: str, n: int) -> str:
 
 
 def read_table(csv_path: str | Path) -> Table:
-    """trilemma.csv as {row: {column: value}}; InputError names the file."""
+    """trilemma.csv as {row: {column: value}}; InputError names the file. A file cut short (no final newline, a row
+    with fewer fields than the header) is refused: its last rows would otherwise read as empty values."""
+    import csv
+    import io
+
     import pandas as pd
 
     from pipelines.io import InputError, first_line
 
+    def bad(why: str) -> InputError:
+        return InputError(f"{csv_path}: {why}; rerun stage table")
+
     try:
-        df = pd.read_csv(csv_path)
+        text = Path(csv_path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise InputError(f"{csv_path}: not found; run stage table") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{csv_path}: not a table ({first_line(e)}); rerun stage table") from None
-    missing = [c for c in (*SETTINGS, *METRICS) if c not in df.columns]
+    except (OSError, UnicodeDecodeError) as e:
+        raise bad(f"not a table ({first_line(e)})") from None
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as e:
+        raise bad(f"not a table ({first_line(e)})") from None
+    if not rows or not text.endswith("\n"):
+        raise bad("empty or cut short")
+    header = rows[0]
+    missing = [c for c in (*SETTINGS, *METRICS) if c not in header]
     if missing:
-        raise InputError(f"{csv_path}: no column {', '.join(missing)}; rerun stage table")
+        raise bad(f"no column {', '.join(missing)}")
+    short = next((i for i, r in enumerate(rows[1:], 2) if len(r) != len(header)), None)
+    if short is not None:
+        raise bad(f"line {short} has {len(rows[short - 1])} fields, the header {len(header)}")
+    try:
+        df = pd.read_csv(io.StringIO(text))
+    except ValueError as e:
+        raise bad(f"not a table ({first_line(e)})") from None
     df = df.astype(object).where(df.notna(), None)
     return {str(r["cell"]): r for r in df.to_dict("records")}
 

@@ -14,6 +14,7 @@ hosts share stages through `dvc push --run-cache`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -31,8 +32,21 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
+def _restore_file(path: Path, md5: str, cache) -> bool:
+    """Put the cached file `md5` at `path` unless it is there already; whether it was put back."""
+    if path.is_file() and _md5(path) == md5:
+        return False
+    src = Path(cache.oid_to_path(md5))
+    if not src.is_file():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, src.read_bytes())  # a copy: the cache's own files are read-only
+    return True
+
+
 def restore_outputs(root: Path, stage: str) -> list[str]:
-    """Copy the file outputs that `root`/dvc.lock records for `stage` from the DVC cache back into place.
+    """Copy the outputs that `root`/dvc.lock records for `stage` from the DVC cache back into place (a directory
+    output file by file, from its manifest).
 
     Returns the paths restored. An output already present with the recorded hash is left alone,
     and so is one the cache no longer holds (a `dvc gc`).
@@ -50,14 +64,16 @@ def restore_outputs(root: Path, stage: str) -> list[str]:
         restored = []
         for out in entry.get("outs", []):
             md5, path = out.get("md5"), root / out["path"]
-            if not md5 or md5.endswith(".dir") or (path.is_file() and _md5(path) == md5):
-                continue
             cache = repo.cache.local if out.get("hash") == "md5" else repo.cache.legacy
-            src = Path(cache.oid_to_path(md5))
-            if not src.is_file():
+            if not md5:
                 continue
-            atomic_write_bytes(path, src.read_bytes())  # a copy: the cache's own files are read-only
-            restored.append(out["path"])
+            if md5.endswith(".dir"):  # a directory output: its manifest in the cache lists each file's md5
+                manifest = Path(cache.oid_to_path(md5))
+                files = json.loads(manifest.read_text()) if manifest.is_file() else []
+                restored += [f"{out['path']}/{f['relpath']}" for f in files
+                             if _restore_file(path / f["relpath"], f["md5"], cache)]
+            elif _restore_file(path, md5, cache):
+                restored.append(out["path"])
         return restored
     finally:
         repo.close()

@@ -31,6 +31,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from components.data import DATASETS
+from pipelines.claims import load_claims
 from pipelines.io import ONE_LINE_ERRORS, InputError, load_dataset, save_dataset
 from pipelines.params import NAME, INT64, ParamsError, load_params
 
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.slow
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # Trainers: the stages that run the shared training loop (and write resume checkpoints).
 TRAINERS = [name for name, s in DVC_YAML.items() if "pipelines/trainer.py" in s.get("deps", [])]
-INPUT_SUFFIXES = (".npz", ".pt", ".json")  # the files a stage loads; a directory dep is a folder of them
+INPUT_SUFFIXES = (".npz", ".pt", ".json", ".csv")  # the files a stage loads; a directory dep is a folder of them
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,12 @@ def repo(built, tmp_path) -> Path:
 
 
 def md5(path: Path) -> str | None:
+    """A file's md5, or a directory's as dvc.lock records it: the md5 of the JSON list of its files' md5 and relative
+    path, sorted by path, with `.dir` appended (metrics/claims/ is one)."""
+    if path.is_dir():
+        files = sorted((f.relative_to(path).as_posix(), f) for f in path.rglob("*") if f.is_file())
+        entries = [{"md5": md5(f), "relpath": rel} for rel, f in files]
+        return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
     return hashlib.md5(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
@@ -244,6 +251,8 @@ BYTE_KINDS = {
 CORRUPTIONS = {
     ".npz": {**BYTE_KINDS, "NaN in x": _nan_x, "an extra column": _extra_column},
     ".json": {**BYTE_KINDS, "not an object": lambda p: p.write_text("[1, 2]\n")},  # a cell's row or timing
+    ".csv": {**BYTE_KINDS, "a column missing": lambda p: p.write_text(  # the table, read by the claims stage
+        "\n".join(",".join(line.split(",")[:-1]) for line in p.read_text().splitlines()) + "\n")},
     ".pt": {**BYTE_KINDS, "NaN weights": _nan_weights, "no config": _without_config,
             "pickled code": lambda p: torch.save({"ema": Payload(p.parent / "injected")}, p)},
 }
@@ -361,6 +370,21 @@ def test_a_truncated_checkpoint_under_dvc_repro_leaves_the_samples(repo):
     assert proc.returncode != 0
     assert len(error_lines(proc)) == 1 and "models/ddpm.pt: not a loadable checkpoint" in proc.stderr
     ckpt.write_bytes(good)
+    assert_nothing_lost(repo, before)
+
+
+def test_a_failing_claims_stage_under_dvc_repro_puts_its_metrics_directory_back(repo):
+    """The claims stage owns a directory output (metrics/claims/, one file per claim): DVC deletes it before the stage
+    runs, and a failure puts every file back from the cache, by the directory's manifest."""
+    before = lock_entries(repo)
+    table = repo / "metrics/trilemma.csv"
+    good = table.read_bytes()
+    table.write_bytes(good[: len(good) // 2])
+    proc = run(["dvc", "repro", "--single-item", "--force", "claims"], repo, check=False)
+    assert proc.returncode != 0
+    assert len(error_lines(proc)) == 1 and "metrics/trilemma.csv: empty or cut short" in proc.stderr
+    assert len(list((repo / "metrics/claims").glob("*.json"))) == len(load_claims(repo / "claims.yaml").claims)
+    table.write_bytes(good)
     assert_nothing_lost(repo, before)
 
 
