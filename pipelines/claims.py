@@ -412,8 +412,17 @@ def main(argv: list[str]) -> None:
     from pipelines.tracking import StageRun, log_stage_run
 
     if argv[:1] == ["summary"]:
+        from pipelines.io import InputError
+
         path = Path(stage_args(argv[1:], ("claims.json",))[0])
-        print("\n".join(summary_lines(json.loads(path.read_text()))))
+        try:
+            record = json.loads(path.read_text())
+            lines = summary_lines(record)
+        except FileNotFoundError:
+            raise InputError(f"{path}: not found; run `dvc repro claims`") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{path}: not a claims record ({type(e).__name__}); rerun `dvc repro claims`") from None
+        print("\n".join(lines))
         return
     csv_path, claims_path, json_path, md_path, claims_dir = stage_args(
         argv, ("trilemma.csv", "claims.yaml", "claims.json", "claims.md", "claims_dir"))

@@ -294,3 +294,14 @@ def test_no_file_in_the_repository_refers_to_a_file_outside_it():
                     continue
                 resolved = (path.parent / target).resolve()
                 assert resolved.is_relative_to(ROOT) and resolved.exists(), f"{name}: broken link {target}"
+
+
+def test_the_summary_command_names_a_missing_or_broken_record(tmp_path):
+    """What `make repro` ends with: one line naming the file when the claims record is missing or not one."""
+    for content, message in ((None, "not found; run `dvc repro claims`"), ("[1]", "not a claims record")):
+        path = tmp_path / "claims.json"
+        if content is not None:
+            path.write_text(content)
+        proc = run([sys.executable, "-m", "pipelines.claims", "summary", str(path)], ROOT, check=False)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"error: {path}: {message}")
+        assert proc.stderr.count("\n") == 1
