@@ -31,10 +31,13 @@ import operator
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.columns import METRICS, SETTINGS
 from pipelines.params import ParamsError, _key, _show, read_yaml
+
+if TYPE_CHECKING:  # tracking is imported when a run is logged, not to validate claims.yaml
+    from pipelines.tracking import StageRun
 
 CLAIMS_FILE = "claims.yaml"
 STATUSES = ("holds", "fails", "not measured")
@@ -365,13 +368,21 @@ def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n - 1] + "…"
 
 
+def _cell(text: str) -> str | float | None:
+    """A CSV field as the table wrote it: empty is None, a number a float, anything else text."""
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def read_table(csv_path: str | Path) -> Table:
     """trilemma.csv as {row: {column: value}}; InputError names the file. A file cut short (no final newline, a row
     with fewer fields than the header) is refused: its last rows would otherwise read as empty values."""
     import csv
     import io
-
-    import pandas as pd
 
     from pipelines.io import InputError, first_line
 
@@ -380,13 +391,10 @@ def read_table(csv_path: str | Path) -> Table:
 
     try:
         text = Path(csv_path).read_bytes().decode("utf-8")
+        rows = list(csv.reader(io.StringIO(text)))
     except FileNotFoundError:
         raise InputError(f"{csv_path}: not found; run stage table") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise bad(f"not a table ({first_line(e)})") from None
-    try:
-        rows = list(csv.reader(io.StringIO(text)))
-    except csv.Error as e:
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise bad(f"not a table ({first_line(e)})") from None
     if not rows or not text.endswith("\n"):
         raise bad("empty or cut short")
@@ -397,19 +405,24 @@ def read_table(csv_path: str | Path) -> Table:
     short = next((i for i, r in enumerate(rows[1:], 2) if len(r) != len(header)), None)
     if short is not None:
         raise bad(f"line {short} has {len(rows[short - 1])} fields, the header {len(header)}")
-    try:
-        df = pd.read_csv(io.StringIO(text))
-    except ValueError as e:
-        raise bad(f"not a table ({first_line(e)})") from None
-    df = df.astype(object).where(df.notna(), None)
-    return {str(r["cell"]): r for r in df.to_dict("records")}
+    return {r[0]: dict(zip(header, map(_cell, r))) for r in rows[1:]}
+
+
+def stage_run(name: str, record: dict, artifacts: list[Path]) -> StageRun:
+    """The MLflow run of a claims record (the stage's, and the sweep's parent run under Prefect): the counts as
+    metrics, a tag `claim.<id>` = its status per claim, so runs filter and compare by what held."""
+    from pipelines.tracking import StageRun
+
+    s = record["summary"]
+    return StageRun(name, metrics={f"claims.{k.replace(' ', '_')}": s[k] for k in STATUSES},
+                    tags={f"claim.{c['id']}": c["status"] for c in record["claims"]}, artifacts=artifacts)
 
 
 def main(argv: list[str]) -> None:
     import json
 
     from pipelines.io import atomic_write_json, atomic_write_text, stage_args
-    from pipelines.tracking import StageRun, log_stage_run
+    from pipelines.tracking import log_stage_run
 
     if argv[:1] == ["summary"]:
         from pipelines.io import InputError
@@ -438,13 +451,7 @@ def main(argv: list[str]) -> None:
     atomic_write_json(json_path, record)
     atomic_write_text(md_path, markdown(results))
     print("\n".join(summary_lines(record)))
-    s = record["summary"]
-    log_stage_run(StageRun(
-        "claims", metrics={"claims.holds": s["holds"], "claims.fails": s["fails"],
-                           "claims.not_measured": s["not measured"]},
-        tags={f"claim.{r['id']}": r["status"] for r in results},
-        artifacts=[Path(json_path), Path(md_path)],
-    ))
+    log_stage_run(stage_run("claims", record, [Path(json_path), Path(md_path)]))
 
 
 if __name__ == "__main__":

@@ -426,25 +426,19 @@ def log_table(files: dict[str, list[Path]], parent: str | None, uri: str, report
 
 @task(name="log-claims", cache_policy=NO_CACHE)
 def log_claims(files: dict[str, list[Path]], parent: str | None, uri: str) -> dict | None:
-    """Log the papers' claims to the sweep's MLflow run: a tag `claim.<id>` = its status for each claim, the counts
-    as metrics `claims.holds`, `claims.fails`, `claims.not_measured`, and claims.md and claims.json; the counts.
-
-    Tags, so that the runs table shows each claim's verdict as a column and filters on it across sweeps. Reads
-    claims.json (from the plan), which holds every claim; None where it is missing.
-    """
+    """Log the papers' claims to the sweep's MLflow run as the claims stage logs its own (counts, a `claim.<id>`
+    tag per claim, claims.md and claims.json); the counts, or None where claims.json is missing."""
     import json
+
+    from pipelines.claims import stage_run
 
     path = next((p for p in files.get("json", []) if p.is_file()), None)
     if path is None:
         return None
     record = json.loads(path.read_text())
-    counts = record["summary"]
-    metrics = {f"claims.{k.replace(' ', '_')}": counts[k] for k in ("holds", "fails", "not measured")}
-    tags = {f"claim.{c['id']}": c["status"] for c in record["claims"]}
     if parent:
-        log_to_run(parent, StageRun("paper claims", metrics=metrics, tags=tags,
-                                    artifacts=files.get("text", []) + [path]), uri)
-    return counts
+        log_to_run(parent, stage_run("paper claims", record, files.get("text", []) + [path]), uri)
+    return record["summary"]
 
 
 def publish(files: dict[str, dict[str, list[Path]]], claims: dict | None, parent: str | None) -> list[str]:

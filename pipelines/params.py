@@ -614,15 +614,11 @@ def main(argv: list[str] | None = None) -> int:
     params: `validate` orders them after itself without ever invalidating them.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    claims = None
-    if "--claims" in argv:
+    claims = "claims.yaml" if not argv and Path("claims.yaml").is_file() else None
+    if "--claims" in argv[:-1]:
         i = argv.index("--claims")
-        claims = argv[i + 1] if i + 1 < len(argv) else None
-        del argv[i:i + 2]
-        if claims is None:
-            argv.append("--claims")  # a usage error below
-    elif not argv and Path("claims.yaml").is_file():
-        claims = "claims.yaml"
+        claims = argv.pop(i + 1)
+        argv.pop(i)
     if len(argv) > 2 or any(a.startswith("--") for a in argv):
         print("usage: python -m pipelines.params [params.yaml [stamp]] [--claims claims.yaml]", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -34,6 +35,21 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def edited(doc, path: list, value):
+    """A deep copy of `doc` (a parsed YAML document) with the entry at `path` (keys and list indices) set to `value`,
+    or removed where value is None."""
+    out = copy.deepcopy(doc)
+    *parents, leaf = path
+    node = out
+    for p in parents:
+        node = node[p]
+    if value is None:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return out
 
 
 def write_params(repo: Path, overrides: dict, replace: dict | None = None) -> None:

@@ -12,7 +12,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import ROOT, copy_of, run
+from conftest import ROOT, copy_of, edited, run
 from pipelines.claims import (
     OPERATORS, ClaimsError, evaluate, headline, load_claims, markdown, parse_claims, summary, summary_lines,
 )
@@ -94,7 +94,7 @@ def test_not_measured_says_why_and_is_never_counted_as_held():
         {"id": "other", "paper": "P", "source": "S", "claim": "x", "checks": [
             {"left": "a.fid", "op": ">", "right": 100}]},
     ]})
-    results = evaluate(claims, {k: v for k, v in TABLE.items()})
+    results = evaluate(claims, TABLE)
     assert [r["status"] for r in results] == ["holds", "not measured", "fails"]
     assert results[1]["figure"] == "a.nll is empty"
     assert summary(results) == {"holds": 1, "fails": 1, "not measured": 1, "total": 3}
@@ -113,47 +113,38 @@ def test_not_measured_says_why_and_is_never_counted_as_held():
 GOOD = claims_of({"left": "a.hq_fraction", "op": ">=", "right": "b.hq_fraction"})
 
 
-def edited(path: str, value) -> dict:
+def edited_claims(path: str, value) -> dict:
     """GOOD with the entry at `path` (keys and list indices split on '/') set to `value`, or removed if None."""
-    doc = json.loads(json.dumps(GOOD))
-    *parents, last = [int(p) if p.isdigit() else p for p in path.split("/")]
-    node = doc
-    for p in parents:
-        node = node[p]
-    if value is None:
-        del node[last]
-    else:
-        node[last] = value
-    return doc
+    return edited(GOOD, [int(p) if p.isdigit() else p for p in path.split("/")], value)
 
 
 @pytest.mark.parametrize("doc, message", [
-    (edited("claims/0/checks/0/left", "x.hq_fraction"), "claims.c1.checks[0].left: unknown row 'x'; declare it "
+    (edited_claims("claims/0/checks/0/left", "x.hq_fraction"), "claims.c1.checks[0].left: unknown row 'x'; declare it "
                                                          "under `rows` (declared: a, b, c)"),
-    (edited("claims/0/checks/0/right", "b.hq"), "claims.c1.checks[0].right: unknown column 'hq'; allowed: nfe,"),
-    (edited("claims/0/checks/0/op", "=>"), "claims.c1.checks[0].op: unknown operator '=>'; allowed: >=, >, <=, <, "
+    (edited_claims("claims/0/checks/0/right", "b.hq"), "claims.c1.checks[0].right: unknown column 'hq'; allowed: nfe,"),
+    (edited_claims("claims/0/checks/0/op", "=>"), "claims.c1.checks[0].op: unknown operator '=>'; allowed: >=, >, <=, <, "
                                            "within, increasing, decreasing"),
-    (edited("claims/0/checks/0/left", "hq_fraction"), "claims.c1.checks[0].left: expected row.column"),
-    (edited("claims/0/checks/0/right", True), "claims.c1.checks[0].right: expected a finite number, got True"),
-    (edited("claims/0/checks/0/tolerance", -0.1), "claims.c1.checks[0].tolerance: must be at least 0, got -0.1"),
-    (edited("claims/0/checks/0/times", 0), "claims.c1.checks[0].times: must be positive, got 0"),
-    (edited("claims/0/checks/0/by", 2), "claims.c1.checks[0].by: unknown key; allowed: op, left, right, times, "
+    (edited_claims("claims/0/checks/0/left", "hq_fraction"), "claims.c1.checks[0].left: expected row.column"),
+    (edited_claims("claims/0/checks/0/right", True), "claims.c1.checks[0].right: expected a finite number, got True"),
+    (edited_claims("claims/0/checks/0/tolerance", -0.1), "claims.c1.checks[0].tolerance: must be at least 0, got -0.1"),
+    (edited_claims("claims/0/checks/0/times", 0), "claims.c1.checks[0].times: must be positive, got 0"),
+    (edited_claims("claims/0/checks/0/by", 2), "claims.c1.checks[0].by: unknown key; allowed: op, left, right, times, "
                                         "tolerance"),
-    (edited("claims/0/checks/0/op", "within"), "claims.c1.checks[0].tolerance: missing key: `within` needs"),
-    (edited("claims/0/checks/0", {"op": "increasing", "column": "fid", "rows": ["a"]}),
+    (edited_claims("claims/0/checks/0/op", "within"), "claims.c1.checks[0].tolerance: missing key: `within` needs"),
+    (edited_claims("claims/0/checks/0", {"op": "increasing", "column": "fid", "rows": ["a"]}),
      "claims.c1.checks[0].rows: expected a list of at least two rows, got ['a']"),
-    (edited("claims/0/checks/0", {"op": "increasing", "column": "fid", "rows": ["a", "z"]}),
+    (edited_claims("claims/0/checks/0", {"op": "increasing", "column": "fid", "rows": ["a", "z"]}),
      "claims.c1.checks[0].rows: unknown row 'z'"),
-    (edited("claims/0/checks/0", {"left": "a.fid", "right": 1}), "claims.c1.checks[0].op: missing key; allowed:"),
-    (edited("claims/0/checks/0", "a.fid >= 1"), "claims.c1.checks[0]: expected a mapping, got 'a.fid >= 1'"),
-    (edited("claims/0/checks", []), "claims.c1.checks: expected a list of checks, got []"),
-    (edited("claims/0/source", None), "claims[0].source: missing key"),
-    (edited("claims/0/id", "Has Space"), "claims[0].id: use 1 to 64 lower-case letters"),
-    (edited("claims/0/paper", ""), "claims.c1.paper: expected text, got ''"),
-    (edited("claims/0/year", 2020), "claims[0].year: unknown key; allowed: id, paper, source, claim, paper_figure"),
-    (edited("rows/a/steps", [10]), "rows.a.steps: expected text or a number, got [10]"),
-    (edited("rows/a/cfg", 1), "rows.a.cfg: unknown key; allowed: model, sampler, steps, eta, variance, scale"),
-    (edited("rows", None), "rows: missing key"),
+    (edited_claims("claims/0/checks/0", {"left": "a.fid", "right": 1}), "claims.c1.checks[0].op: missing key; allowed:"),
+    (edited_claims("claims/0/checks/0", "a.fid >= 1"), "claims.c1.checks[0]: expected a mapping, got 'a.fid >= 1'"),
+    (edited_claims("claims/0/checks", []), "claims.c1.checks: expected a list of checks, got []"),
+    (edited_claims("claims/0/source", None), "claims[0].source: missing key"),
+    (edited_claims("claims/0/id", "Has Space"), "claims[0].id: use 1 to 64 lower-case letters"),
+    (edited_claims("claims/0/paper", ""), "claims.c1.paper: expected text, got ''"),
+    (edited_claims("claims/0/year", 2020), "claims[0].year: unknown key; allowed: id, paper, source, claim, paper_figure"),
+    (edited_claims("rows/a/steps", [10]), "rows.a.steps: expected text or a number, got [10]"),
+    (edited_claims("rows/a/cfg", 1), "rows.a.cfg: unknown key; allowed: model, sampler, steps, eta, variance, scale"),
+    (edited_claims("rows", None), "rows: missing key"),
     ({**GOOD, "claims": GOOD["claims"] * 2}, "claims[1].id: 'c1' is given twice"),
     ([1, 2], "expected a mapping, got [1, 2]"),
 ])

@@ -360,16 +360,24 @@ def test_every_registered_data_set_refuses_each_bad_file_in_one_line(name, tmp_p
     assert not (tmp_path / "injected").exists()
 
 
+def repro_on_truncated_input(repo: Path, rel: str, stage: str) -> subprocess.CompletedProcess:
+    """`dvc repro` of `stage` alone (as the Prefect flow runs stages) with input `rel` cut in half; the input is put
+    back afterwards, so that only the stage's own outputs are left to check."""
+    path = repo / rel
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    try:
+        return run(["dvc", "repro", "--single-item", "--force", stage], repo, check=False)
+    finally:
+        path.write_bytes(good)
+
+
 def test_a_truncated_checkpoint_under_dvc_repro_leaves_the_samples(repo):
-    """A stage run alone (as the Prefect flow runs them) on a truncated checkpoint: one line, its outputs back."""
+    """A stage run alone on a truncated checkpoint: one line, its outputs back."""
     before = lock_entries(repo)
-    ckpt = repo / "models/ddpm.pt"
-    good = ckpt.read_bytes()
-    ckpt.write_bytes(good[: len(good) // 2])
-    proc = run(["dvc", "repro", "--single-item", "--force", "sample@ddim-4"], repo, check=False)
+    proc = repro_on_truncated_input(repo, "models/ddpm.pt", "sample@ddim-4")
     assert proc.returncode != 0
     assert len(error_lines(proc)) == 1 and "models/ddpm.pt: not a loadable checkpoint" in proc.stderr
-    ckpt.write_bytes(good)
     assert_nothing_lost(repo, before)
 
 
@@ -377,14 +385,10 @@ def test_a_failing_claims_stage_under_dvc_repro_puts_its_metrics_directory_back(
     """The claims stage owns a directory output (metrics/claims/, one file per claim): DVC deletes it before the stage
     runs, and a failure puts every file back from the cache, by the directory's manifest."""
     before = lock_entries(repo)
-    table = repo / "metrics/trilemma.csv"
-    good = table.read_bytes()
-    table.write_bytes(good[: len(good) // 2])
-    proc = run(["dvc", "repro", "--single-item", "--force", "claims"], repo, check=False)
+    proc = repro_on_truncated_input(repo, "metrics/trilemma.csv", "claims")
     assert proc.returncode != 0
     assert len(error_lines(proc)) == 1 and "metrics/trilemma.csv: empty or cut short" in proc.stderr
     assert len(list((repo / "metrics/claims").glob("*.json"))) == len(load_claims(repo / "claims.yaml").claims)
-    table.write_bytes(good)
     assert_nothing_lost(repo, before)
 
 

@@ -10,23 +10,14 @@ import yaml
 
 from pipelines.params import ParamsError, load_params, parse_params
 
-from conftest import ROOT, run, stage_env
+from conftest import ROOT, edited, run, stage_env
 
 DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 def with_change(path: str, value) -> dict:
     """The default params with the dotted key `path` set to value (None deletes it)."""
-    raw = copy.deepcopy(DEFAULT)
-    *parents, leaf = path.split(".")
-    node = raw
-    for p in parents:
-        node = node[p]
-    if value is None:
-        del node[leaf]
-    else:
-        node[leaf] = value
-    return raw
+    return edited(DEFAULT, path.split("."), value)
 
 
 def error_of(raw: dict) -> str:
