@@ -1,17 +1,23 @@
-"""Train one DDGAN in-process with a recipe override and print its samples' metrics: the runs behind
-docs/results.md's DDGAN tuning figures. Reads data/{train,reference}.npz (run `dvc repro prepare` first); writes nothing.
+"""DDGAN on the 25-Gaussians toy: train in-process over seeds and recipe variants, print the table's DDGAN metrics,
+the per-step posterior diagnostic and an ablation table. The runs behind docs/results.md's DDGAN section.
 
-    .venv/bin/python benchmarks/ddgan_recipe.py --T 4 [--steps 2000] [--d-octaves 6] [--r1-gamma 0.02] ...
+    .venv/bin/python benchmarks/ddgan_recipe.py [--T 1 2 4] [--seeds 0 1 2] [--variants default paper-schedule ...]
+        [--steps N] [--diagnose] [--workers 2]
 
-Defaults are params.yaml's train_ddgan recipe, except where an option overrides it; with none, the EMA
-generator is train_ddgan@<T>'s. Metrics are the table's (the sample stages'), for the EMA generator and the raw
-one, on sample.n samples drawn as sample_ddgan@<T> draws them (sample.seed, one batch): with no option,
-the EMA line is the table's row ddgan-<T>.
+Reads params.yaml and data/{train,reference}.npz (run `dvc repro prepare` first); writes nothing. A variant is
+params.yaml's train_ddgan with a few entries changed (VARIANTS below, each one of the recipe's departures from
+DDGAN's paper or from this project's previous recipe, reverted); `default` is params.yaml itself, so with the
+default seed its T = 4 line is the table's row ddgan-4 up to the thread count (the stage runs on torch's default
+threads, these workers on one thread each). Metrics are the table's, for the EMA generator, on sample.n samples
+drawn as sample_ddgan@<T> draws them. --diagnose adds `components.posterior_match`'s per-t table: whether G's
+x0-hat follows the exact posterior q(x0 | x_t) at each denoising step.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,65 +30,115 @@ from components.data import to_data  # noqa: E402
 from components.ddgan import GANState, ddgan_train_step  # noqa: E402
 from components.metrics import reference_set, sample_metrics  # noqa: E402
 from components.networks import make_discriminator, make_generator  # noqa: E402
+from components.posterior_match import format_rows, generator_sampler, posterior_match  # noqa: E402
 from components.samplers import sample_ddgan  # noqa: E402
 from components.schedules import make_schedule, make_trajectory, respace  # noqa: E402
 from components.training import lr_at  # noqa: E402
 from pipelines.io import load_dataset, pin_malloc_thresholds  # noqa: E402
-from pipelines.params import load_params  # noqa: E402
+from pipelines.params import PARAMS_FILE, parse_params, read_yaml  # noqa: E402
+
+# name -> edits of params.yaml's train_ddgan section (key path -> value): each reverts one choice of the recipe.
+PREVIOUS_NETWORKS = {
+    ("generator",): {"name": "mlp", "nz": 16, "width": 128, "depth": 3, "temb_dim": 64, "zemb_dim": 64,
+                     "mapping_depth": 2, "fourier_octaves": 0},
+    ("discriminator",): {"name": "mlp", "width": 128, "depth": 2, "temb_dim": 64, "fourier_octaves": 6},
+}
+VARIANTS: dict[str, dict[tuple, object]] = {
+    "default": {},
+    "paper-schedule": {("schedule",): "ddgan_vp"},  # DDGAN's VP: abar_0 = 0.52 at T = 4
+    "g-no-fourier": {("generator", "fourier_octaves"): 0},
+    "nz-16": {("generator", "nz"): 16},
+    "steps-2000": {("steps",): 2000},
+    "previous-networks": PREVIOUS_NETWORKS,  # residual AdaLN nets, z through a mapping network
+    "previous": {**PREVIOUS_NETWORKS, ("schedule",): "ddgan_vp", ("steps",): 2000},  # the recipe before this one
+}
+METRICS = ("modes", "hq_fraction", "precision", "recall")
+
+
+def variant_params(name: str):
+    """params.yaml with variant `name`'s edits to train_ddgan, validated as the stages validate it."""
+    doc = read_yaml(PARAMS_FILE)
+    for path, value in VARIANTS[name].items():
+        node = doc["train_ddgan"]
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return parse_params(doc)
+
+
+def run(job: tuple[str, int, int, int | None, bool]) -> dict:
+    """Train one DDGAN (variant, T, seed[, steps]) as train_ddgan@<T> trains it; return its metrics."""
+    name, T, seed, steps, diagnose = job
+    torch.set_num_threads(1)
+    params = variant_params(name)
+    p = params.train_ddgan
+    steps = steps or p.steps
+    train, ref = (load_dataset(f"data/{split}.npz", params.data.name) for split in ("train", "reference"))
+    data = torch.from_numpy(train.to_model(train.x))
+    sched = make_schedule(p.schedule, T)
+    torch.manual_seed(seed)
+    G = make_generator(p.generator.name, tuple(data.shape[1:]), **p.generator.kwargs)
+    D = make_discriminator(p.discriminator.name, tuple(data.shape[1:]), **p.discriminator.kwargs)
+    state = GANState.create(G, D, lr_g=p.lr, lr_d=p.lr_d, betas=tuple(p.adam_betas), seed=seed)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        lr_g, lr_d = (lr_at(step, lr=lr, warmup_steps=p.warmup_steps, total_steps=steps, schedule=p.lr_schedule)
+                      for lr in (p.lr, p.lr_d))  # as the stage computes them
+        ddgan_train_step(state, sched, data, batch_size=p.batch_size, lr_g=lr_g, lr_d=lr_d, r1_gamma=p.r1_gamma,
+                         r1_every=p.r1_every, ema_decay=p.ema_decay, grad_clip=p.grad_clip)
+    train_s = time.perf_counter() - t0
+    G = state.ema.eval()
+    generator = torch.Generator().manual_seed(params.sample.seed)
+    x_T = torch.randn((params.sample.n, *data.shape[1:]), generator=generator)
+    with torch.no_grad():
+        x = sample_ddgan(G, respace(sched, make_trajectory("uniform", T, T)), x_T, generator=generator)
+    metrics = sample_metrics(to_data(x.numpy(), ref.shift, ref.scale), reference_set(ref.x, "identity", 3),
+                             modes=ref.modes, mode_std=ref.mode_std)
+    out = {"variant": name, "T": T, "seed": seed, "steps": steps, "train_s": train_s,
+           **{k: metrics[k] for k in METRICS}}
+    if diagnose:
+        out["per_t"] = posterior_match(generator_sampler(G), sched, train.to_model(train.modes),
+                                       train.mode_std * train.scale, data, generator=torch.Generator().manual_seed(1))
+    return out
+
+
+def summary(results: list[dict]) -> str:
+    """A markdown table: one line per (variant, T), the median over seeds and each seed's modes / hq."""
+    lines = ["| variant | T | seeds | modes (median) | hq (median) | precision | recall | per seed: modes / hq "
+             "| train s |", "|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["variant"], r["T"]), []).append(r)
+    for (name, T), rs in groups.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in (*METRICS, "train_s")}
+        seeds = ", ".join(f"{r['seed']}: {r['modes']} / {r['hq_fraction']:.3f}" for r in rs)
+        lines.append(f"| {name} | {T} | {len(rs)} | {med['modes']:g} | {med['hq_fraction']:.3f} | "
+                     f"{med['precision']:.3f} | {med['recall']:.3f} | {seeds} | {med['train_s']:.0f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    params = load_params()
-    p = params.train_ddgan
-    g_kw, d_kw = dict(p.generator.kwargs), dict(p.discriminator.kwargs)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--T", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=p.steps)
-    ap.add_argument("--batch-size", type=int, default=p.batch_size)
-    ap.add_argument("--lr-g", type=float, default=p.lr)
-    ap.add_argument("--lr-d", type=float, default=p.lr_d)
-    ap.add_argument("--r1-gamma", type=float, default=p.r1_gamma)
-    ap.add_argument("--ema-decay", type=float, default=p.ema_decay)
-    ap.add_argument("--g-width", type=int, default=g_kw["width"])
-    ap.add_argument("--g-depth", type=int, default=g_kw["depth"])
-    ap.add_argument("--g-octaves", type=int, default=g_kw["fourier_octaves"])
-    ap.add_argument("--nz", type=int, default=g_kw["nz"])
-    ap.add_argument("--mapping-depth", type=int, default=g_kw["mapping_depth"])
-    ap.add_argument("--d-width", type=int, default=d_kw["width"])
-    ap.add_argument("--d-depth", type=int, default=d_kw["depth"])
-    ap.add_argument("--d-octaves", type=int, default=d_kw["fourier_octaves"])
+    ap.add_argument("--T", type=int, nargs="+", default=[4])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS))
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: the variant's)")
+    ap.add_argument("--diagnose", action="store_true", help="print the per-t posterior diagnostic of every run")
+    ap.add_argument("--workers", type=int, default=2, help="runs in parallel, one torch thread each")
     a = ap.parse_args()
     pin_malloc_thresholds()
-
-    train, ref = (load_dataset(f"data/{split}.npz", params.data.name) for split in ("train", "reference"))
-    data = torch.from_numpy(train.to_model(train.x))
-    sched = make_schedule(p.schedule, a.T)
-    torch.manual_seed(p.seed)
-    G = make_generator(p.generator.name, (2,), **{**g_kw, "width": a.g_width, "depth": a.g_depth, "nz": a.nz,
-                                                   "mapping_depth": a.mapping_depth, "fourier_octaves": a.g_octaves})
-    D = make_discriminator(p.discriminator.name, (2,), **{**d_kw, "width": a.d_width, "depth": a.d_depth,
-                                                           "fourier_octaves": a.d_octaves})
-    state = GANState.create(G, D, lr_g=a.lr_g, lr_d=a.lr_d, betas=tuple(p.adam_betas), seed=p.seed)
+    jobs = [(v, T, s, a.steps, a.diagnose) for v in a.variants for T in a.T for s in a.seeds]
     t0 = time.perf_counter()
-    for step in range(a.steps):
-        lr_g, lr_d = (lr_at(step, lr=lr, warmup_steps=p.warmup_steps, total_steps=a.steps, schedule=p.lr_schedule)
-                      for lr in (a.lr_g, a.lr_d))  # as the stage computes them, so the default run is the stage's
-        m = ddgan_train_step(state, sched, data, batch_size=a.batch_size, lr_g=lr_g, lr_d=lr_d, r1_gamma=a.r1_gamma,
-                             r1_every=p.r1_every, ema_decay=a.ema_decay, grad_clip=p.grad_clip)
-    train_s = time.perf_counter() - t0
-
-    reference = reference_set(ref.x, "identity", 3)
-    print(f"T {a.T}, {a.steps} steps in {train_s:.1f} s ({a.steps / train_s:.1f} it/s); last D loss {m['d_loss']:.3f}, "
-          f"G loss {m['g_loss']:.3f}, D loss at t = 0 {m['d_loss_t0']:.3f}")
-    cell_sched = respace(sched, make_trajectory("uniform", a.T, a.T))  # as sample_ddgan@<T> runs it (run_cell)
-    for name, net in (("ema", state.ema), ("raw", G)):
-        generator = torch.Generator().manual_seed(params.sample.seed)
-        x_T = torch.randn((params.sample.n, 2), generator=generator)
-        x = sample_ddgan(net.eval(), cell_sched, x_T, generator=generator)
-        metrics = sample_metrics(to_data(x.numpy(), ref.shift, ref.scale), reference, modes=ref.modes,
-                                 mode_std=ref.mode_std)
-        print(f"  {name} G: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
-                                           if k in ("hq_fraction", "modes", "precision", "recall", "fid")))
+    with multiprocessing.get_context("spawn").Pool(a.workers) as pool:
+        results = []
+        for r in pool.imap(run, jobs):
+            results.append(r)
+            print(f"{r['variant']} T={r['T']} seed {r['seed']}: {r['steps']} steps in {r['train_s']:.1f} s; "
+                  + ", ".join(f"{k} {r[k]:.3f}" for k in METRICS), flush=True)
+            if a.diagnose:
+                print(format_rows(r["per_t"]), flush=True)
+    print(f"\n{len(jobs)} runs in {time.perf_counter() - t0:.0f} s\n")
+    print(summary(results))
 
 
 if __name__ == "__main__":

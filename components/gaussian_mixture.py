@@ -89,3 +89,27 @@ def mixture_log_prob(x: np.ndarray, means: np.ndarray, std: float, weights: np.n
     log_comp = log_w[None] - 0.5 * sq / std**2 - 0.5 * x.shape[1] * np.log(2 * np.pi * std**2)
     top = log_comp.max(1, keepdims=True)
     return (top + np.log(np.exp(log_comp - top).sum(1, keepdims=True)))[:, 0]
+
+
+def mixture_posterior_sample(sched: Schedule, means: np.ndarray, std: float, x_t: torch.Tensor, t: torch.Tensor,
+                             generator: torch.Generator, weights: np.ndarray | None = None) -> torch.Tensor:
+    """x0 ~ q(x0 | x_t) in closed form, x_t at schedule index t: what an ideal DDGAN generator draws (x_t's shape).
+
+    Bayes' rule per component: the component k ~ p(k | x_t) (the exact classifier's softmax), then
+    x0 | x_t, k ~ N(v (m_k / s^2 + sqrt(abar) x_t / (1 - abar)), v I), 1 / v = 1 / s^2 + abar / (1 - abar).
+    At abar = 0 (pure noise) this is the mixture itself.
+    """
+    q = _NoisedMixture(sched, means, std, weights)
+    logits, _, _, abar = q.parts(x_t, t)
+    k = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=generator)[:, 0]  # (B,)
+    abar = abar[:, 0]  # (B, 1)
+    v = 1.0 / (1.0 / std**2 + abar / (1.0 - abar))
+    mean = v * (q.m[k] / std**2 + abar.sqrt() * x_t.reshape(len(x_t), -1).double() / (1.0 - abar))
+    x0 = mean + v.sqrt() * torch.randn(mean.shape, generator=generator, dtype=torch.float64)
+    return x0.to(x_t.dtype).reshape(x_t.shape)
+
+
+def mixture_posterior_probs(sched: Schedule, means: np.ndarray, std: float, x_t: torch.Tensor, t: torch.Tensor,
+                            weights: np.ndarray | None = None) -> torch.Tensor:
+    """p(k | x_t) over the components (B, K), float64: which modes q(x0 | x_t) puts its mass on."""
+    return torch.softmax(_NoisedMixture(sched, means, std, weights).parts(x_t, t)[0], dim=1)

@@ -72,8 +72,10 @@ def _init_parameters(module: str, cls: str) -> tuple[tuple[str, tuple[str, Any]]
 # and DDGAN's generators G(x_t, z, t) and discriminators D(x_{t-1}, x_t, t).
 NETWORKS = Registry("network", {"mlp": "components.networks:MLP"})
 CLASSIFIERS = Registry("classifier", {"mlp": "components.networks:MLPClassifier"})
-GENERATORS = Registry("generator", {"mlp": "components.networks:MLPGenerator"})
-DISCRIMINATORS = Registry("discriminator", {"mlp": "components.networks:MLPDiscriminator"})
+GENERATORS = Registry("generator", {"mlp": "components.networks:MLPGenerator",
+                                    "plain_mlp": "components.networks:PlainMLPGenerator"})
+DISCRIMINATORS = Registry("discriminator", {"mlp": "components.networks:MLPDiscriminator",
+                                            "plain_mlp": "components.networks:PlainMLPDiscriminator"})
 
 # The eps-model samplers a sweep cell chooses from: DDPM's ancestral sampler (Ho et al. Alg. 2) and DDIM
 # (Song et al. eq. 12).

@@ -63,7 +63,7 @@ def test_default_params_are_valid():
     # unknown names
     ("sweep.ddpm-4.sampler", "euler", "sweep.ddpm-4.sampler: unknown sampler 'euler'; allowed: ddpm, ddim"),
     ("train_ddpm.network.name", "unet9000", "train_ddpm.network.name: unknown network 'unet9000'; allowed: mlp"),
-    ("diffusion.schedule", "sigmoid", "diffusion.schedule: unknown schedule 'sigmoid'; allowed: linear, cosine, ddgan_vp"),
+    ("diffusion.schedule", "sigmoid", "diffusion.schedule: unknown schedule 'sigmoid'; allowed: linear, cosine, ddgan_vp, logsnr_linear"),
     ("sweep.ddim-10.trajectory", "leading", "sweep.ddim-10.trajectory: unknown trajectory 'leading'; allowed: uniform, linspace, quadratic"),
     ("sweep.ddpm-10.variance", "medium", "sweep.ddpm-10.variance: unknown variance 'medium'; allowed: small, large, learned"),
     ("finetune_iddpm.timestep_sampler", "importance",
@@ -113,10 +113,10 @@ def test_default_params_are_valid():
     ("train_ddgan.r1_every", 100, "train_ddgan.r1_every: must be in [1, log_every], so every logged window has an R1"),
     ("train_ddgan.r1_gamma", -1, "train_ddgan.r1_gamma: must be >= 0, got -1.0"),
     ("train_ddgan.lr_d", None, "train_ddgan.lr_d: missing key"),
-    ("train_ddgan.generator.name", "stylegan", "train_ddgan.generator.name: unknown network 'stylegan'; allowed: mlp"),
+    ("train_ddgan.generator.name", "stylegan", "train_ddgan.generator.name: unknown network 'stylegan'; allowed: mlp, plain_mlp"),
     ("train_ddgan.generator.fourier_octaves", -1, "train_ddgan.generator.fourier_octaves: must be in [0, 65,536], got -1"),
     ("train_ddgan.generator.nz", 0, "train_ddgan.generator.nz: must be in [1, 65,536], got 0"),
-    ("train_ddgan.discriminator.nz", 8, "train_ddgan.discriminator.nz: unknown key for network 'mlp'; allowed: name, "
+    ("train_ddgan.discriminator.nz", 8, "train_ddgan.discriminator.nz: unknown key for network 'plain_mlp'; allowed: name, "
                                         "width, depth, temb_dim, fourier_octaves"),
 ])
 def test_bad_params_name_the_key(path, value, expected):

@@ -37,8 +37,16 @@ def test_ddgan_schedule_t4():
     assert np.allclose(ddgan_vp_betas(4), [0.47826, 0.84921, 0.95642, 0.98740], atol=5e-6)
 
 
+def test_logsnr_linear_is_even_in_log_snr():
+    """abar_i = sigmoid(lambda_i), lambda from 4 down to -8 in T even steps; one step sits at -8."""
+    for T in (2, 4, 7):
+        abar = make_schedule("logsnr_linear", T).alphas_cumprod
+        assert np.allclose(np.log(abar / (1 - abar)), np.linspace(4, -8, T))
+    assert make_schedule("logsnr_linear", 1).alphas_cumprod == pytest.approx([1 / (1 + np.exp(8))])
+
+
 def test_unknown_schedule_is_rejected():
-    with pytest.raises(ValueError, match="allowed: linear, cosine, ddgan_vp"):
+    with pytest.raises(ValueError, match="allowed: linear, cosine, ddgan_vp, logsnr_linear"):
         make_schedule("sigmoid", 10)
 
 
