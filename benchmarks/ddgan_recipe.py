@@ -2,11 +2,11 @@
 the per-step posterior diagnostic and an ablation table. The runs behind docs/results.md's DDGAN section.
 
     .venv/bin/python benchmarks/ddgan_recipe.py [--T 1 2 4] [--seeds 0 1 2] [--variants default paper-schedule ...]
-        [--steps N] [--diagnose] [--workers 2]
+        [--set KEY=VALUE ...] [--diagnose] [--workers 2]
 
 Reads params.yaml and data/{train,reference}.npz (run `dvc repro prepare` first); writes nothing. A variant is
 params.yaml's train_ddgan with a few entries changed (VARIANTS below, each one of the recipe's departures from
-DDGAN's paper or from this project's previous recipe, reverted); `default` is params.yaml itself, so with the
+DDGAN's paper or from this project's previous recipe, reverted), then any --set edits; `default` is params.yaml itself, so with the
 default seed its T = 4 line is the table's row ddgan-4 up to the thread count (the stage runs on torch's default
 threads, these workers on one thread each). Metrics are the table's, for the EMA generator, on sample.n samples
 drawn as sample_ddgan@<T> draws them. --diagnose adds `components.posterior_match`'s per-t table: whether G's
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -55,10 +56,10 @@ VARIANTS: dict[str, dict[tuple, object]] = {
 METRICS = ("modes", "hq_fraction", "precision", "recall")
 
 
-def variant_params(name: str):
-    """params.yaml with variant `name`'s edits to train_ddgan, validated as the stages validate it."""
+def variant_params(name: str, extra: tuple[tuple[tuple, object], ...] = ()):
+    """params.yaml with variant `name`'s edits to train_ddgan, then `extra` edits, validated as the stages validate it."""
     doc = read_yaml(PARAMS_FILE)
-    for path, value in VARIANTS[name].items():
+    for path, value in (*VARIANTS[name].items(), *extra):
         node = doc["train_ddgan"]
         for key in path[:-1]:
             node = node[key]
@@ -66,13 +67,21 @@ def variant_params(name: str):
     return parse_params(doc)
 
 
-def run(job: tuple[str, int, int, int | None, bool]) -> dict:
-    """Train one DDGAN (variant, T, seed[, steps]) as train_ddgan@<T> trains it; return its metrics."""
-    name, T, seed, steps, diagnose = job
+def parse_set(text: str) -> tuple[tuple, object]:
+    """`--set generator.nz=4` -> (("generator", "nz"), 4): a train_ddgan entry and its value, read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected key.path=value")
+    return tuple(key.split(".")), yaml.safe_load(value)
+
+
+def run(job: tuple) -> dict:
+    """Train one DDGAN (variant, T, seed, --set edits) as train_ddgan@<T> trains it; return its metrics."""
+    name, T, seed, extra, diagnose = job
     torch.set_num_threads(1)
-    params = variant_params(name)
+    params = variant_params(name, extra)
     p = params.train_ddgan
-    steps = steps or p.steps
+    steps = p.steps
     train, ref = (load_dataset(f"data/{split}.npz", params.data.name) for split in ("train", "reference"))
     data = torch.from_numpy(train.to_model(train.x))
     sched = make_schedule(p.schedule, T)
@@ -94,7 +103,8 @@ def run(job: tuple[str, int, int, int | None, bool]) -> dict:
         x = sample_ddgan(G, respace(sched, make_trajectory("uniform", T, T)), x_T, generator=generator)
     metrics = sample_metrics(to_data(x.numpy(), ref.shift, ref.scale), reference_set(ref.x, "identity", 3),
                              modes=ref.modes, mode_std=ref.mode_std)
-    out = {"variant": name, "T": T, "seed": seed, "steps": steps, "train_s": train_s,
+    label = " ".join([name, *(f"{'.'.join(k)}={v}" for k, v in extra)])
+    out = {"variant": label, "T": T, "seed": seed, "steps": steps, "train_s": train_s,
            **{k: metrics[k] for k in METRICS}}
     if diagnose:
         out["per_t"] = posterior_match(generator_sampler(G), sched, train.to_model(train.modes),
@@ -122,12 +132,13 @@ def main() -> None:
     ap.add_argument("--T", type=int, nargs="+", default=[4])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=["default"], choices=list(VARIANTS))
-    ap.add_argument("--steps", type=int, default=None, help="training steps (default: the variant's)")
+    ap.add_argument("--set", type=parse_set, action="append", default=[], metavar="KEY=VALUE",
+                    help="also change a train_ddgan entry, e.g. --set steps=12000 --set generator.nz=4")
     ap.add_argument("--diagnose", action="store_true", help="print the per-t posterior diagnostic of every run")
     ap.add_argument("--workers", type=int, default=2, help="runs in parallel, one torch thread each")
     a = ap.parse_args()
     pin_malloc_thresholds()
-    jobs = [(v, T, s, a.steps, a.diagnose) for v in a.variants for T in a.T for s in a.seeds]
+    jobs = [(v, T, s, tuple(a.set), a.diagnose) for v in a.variants for T in a.T for s in a.seeds]
     t0 = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(a.workers) as pool:
         results = []

@@ -38,10 +38,10 @@ def test_ddgan_schedule_t4():
 
 
 def test_logsnr_linear_is_even_in_log_snr():
-    """abar_i = sigmoid(lambda_i), lambda from 4 down to -8 in T even steps; one step sits at -8."""
+    """abar_i = sigmoid(lambda_i), lambda from 3.5 down to -8 in T even steps; one step sits at -8."""
     for T in (2, 4, 7):
         abar = make_schedule("logsnr_linear", T).alphas_cumprod
-        assert np.allclose(np.log(abar / (1 - abar)), np.linspace(4, -8, T))
+        assert np.allclose(np.log(abar / (1 - abar)), np.linspace(3.5, -8, T))
     assert make_schedule("logsnr_linear", 1).alphas_cumprod == pytest.approx([1 / (1 + np.exp(8))])
 
 
