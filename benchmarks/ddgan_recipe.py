@@ -6,11 +6,12 @@ the per-step posterior diagnostic and an ablation table. The runs behind docs/re
 
 Reads params.yaml and data/{train,reference}.npz (run `dvc repro prepare` first); writes nothing. A variant is
 params.yaml's train_ddgan with a few entries changed (VARIANTS below, each one of the recipe's departures from
-DDGAN's paper or from this project's previous recipe, reverted), then any --set edits; `default` is params.yaml itself, so with the
-default seed its T = 4 line is the table's row ddgan-4 up to the thread count (the stage runs on torch's default
-threads, these workers on one thread each). Metrics are the table's, for the EMA generator, on sample.n samples
-drawn as sample_ddgan@<T> draws them. --diagnose adds `components.posterior_match`'s per-t table: whether G's
-x0-hat follows the exact posterior q(x0 | x_t) at each denoising step.
+DDGAN's paper or from this project's previous recipe, reverted), then any --set edits. `default` is params.yaml
+itself: at the default seed its lines are the table's ddgan-<T> rows (they were, to the last digit, in the run
+docs/results.md quotes, although the stages run on two threads and these workers on one). Metrics are the table's,
+for the EMA generator, on sample.n samples drawn as sample_ddgan@<T> draws them. --diagnose adds
+`components.posterior_match`'s per-t table: whether G's x0-hat follows the exact posterior q(x0 | x_t) at each
+denoising step.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ METRICS = ("modes", "hq_fraction", "precision", "recall")
 
 
 def variant_params(name: str, extra: tuple[tuple[tuple, object], ...] = ()):
-    """params.yaml with variant `name`'s edits to train_ddgan, then `extra` edits, validated as the stages validate it."""
+    """params.yaml with variant `name`'s edits to train_ddgan, then `extra` edits, validated as the stages do."""
     doc = read_yaml(PARAMS_FILE)
     for path, value in (*VARIANTS[name].items(), *extra):
         node = doc["train_ddgan"]

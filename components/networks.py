@@ -190,61 +190,65 @@ class MLPDiscriminator(nn.Module):
         return self.out(act(h, 0.2)).squeeze(-1)
 
 
-class PlainMLPGenerator(nn.Module):
-    """DDGAN's generator G(x_t, z, t) -> x0-hat as a plain MLP: [x_t, z] in, t added after the first layer.
+class LeakyMLP(nn.Module):
+    """`depth` Linear + LeakyReLU(0.2) layers of `width`, the sinusoidal time embedding's projection added after
+    the first, no normalisation: the trunk of the plain DDGAN networks below. (B, in_dim), (B,) -> (B, width)."""
 
-    `depth` Linear + LeakyReLU(0.2) layers of `width`, no normalisation and no mapping network: z enters
-    as input coordinates, so a low-dimensional z (nz 1 or 2) can be folded directly onto the modes. The
-    toy-scale shape of public 2-D DDGANs (3 x 128 LeakyReLU MLPs); DDGAN's CIFAR-10 generator is a
-    NCSN++ UNet with z through a mapping network (`MLPGenerator` keeps that design).
+    def __init__(self, in_dim: int, width: int, depth: int, temb_dim: int):
+        super().__init__()
+        self.temb_dim = temb_dim
+        self.temb = nn.Linear(temb_dim, width)
+        self.layers = nn.ModuleList(nn.Linear(in_dim if i == 0 else width, width) for i in range(depth))
+
+    def forward(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = self.temb(timestep_embedding(t, self.temb_dim).to(h.dtype))  # (B, width)
+        for i, layer in enumerate(self.layers):
+            h = torch.nn.functional.leaky_relu(layer(h) + (temb if i == 0 else 0), 0.2)
+        return h
+
+
+class PlainMLPGenerator(nn.Module):
+    """DDGAN's generator G(x_t, z, t) -> x0-hat as a plain MLP: [Fourier features of x_t, z] into a `LeakyMLP`.
+
+    No mapping network: z enters as input coordinates, so a low-dimensional z (nz 1 or 2) can be folded
+    directly onto the modes. The toy-scale shape of public 2-D DDGANs (3 x 128 LeakyReLU MLPs); DDGAN's
+    CIFAR-10 generator is a NCSN++ UNet with z through a mapping network (`MLPGenerator` keeps that design).
     """
 
     def __init__(self, data_shape: tuple[int, ...], nz: int = 2, width: int = 128, depth: int = 3,
                  temb_dim: int = 64, fourier_octaves: int = 0):
         super().__init__()
         self.data_shape = tuple(data_shape)
-        self.nz, self.temb_dim, self.fourier_octaves = nz, temb_dim, fourier_octaves
+        self.nz, self.fourier_octaves = nz, fourier_octaves
         d = math.prod(self.data_shape)
-        self.temb = nn.Linear(temb_dim, width)
-        self.layers = nn.ModuleList(nn.Linear(d * (1 + 2 * fourier_octaves) + nz if i == 0 else width, width)
-                                    for i in range(depth))
+        self.trunk = LeakyMLP(d * (1 + 2 * fourier_octaves) + nz, width, depth, temb_dim)
         self.out = nn.Linear(width, d)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """x0-hat (B, ...) from x_t (B, ...), schedule indices t (B,) and latents z (B, nz)."""
         h = torch.cat([fourier_features(x.reshape(len(x), -1), self.fourier_octaves), z.to(x.dtype)], dim=1)
-        temb = self.temb(timestep_embedding(t, self.temb_dim).to(h.dtype))  # (B, width)
-        for i, layer in enumerate(self.layers):
-            h = torch.nn.functional.leaky_relu(layer(h) + (temb if i == 0 else 0), 0.2)
-        return self.out(h).reshape(len(x), *self.data_shape)
+        return self.out(self.trunk(h, t)).reshape(len(x), *self.data_shape)
 
 
 class PlainMLPDiscriminator(nn.Module):
-    """DDGAN's discriminator D(x_{t-1}, x_t, t) -> logit as a plain MLP: the pair in, t added after the first layer.
+    """DDGAN's discriminator D(x_{t-1}, x_t, t) -> logit as a plain MLP: the pair's Fourier features into a `LeakyMLP`.
 
-    The pair (x_{t-1}, x_t) is concatenated (DDGAN's 6-channel input for images), through Fourier features
-    when `fourier_octaves` > 0, then `depth` Linear + LeakyReLU(0.2) layers without normalisation, so the
+    The pair (x_{t-1}, x_t) is concatenated (DDGAN's 6-channel input for images); without normalisation the
     R1 penalty sees a plain function of its input.
     """
 
     def __init__(self, data_shape: tuple[int, ...], width: int = 128, depth: int = 3, temb_dim: int = 64,
                  fourier_octaves: int = 0):
         super().__init__()
-        self.temb_dim, self.fourier_octaves = temb_dim, fourier_octaves
+        self.fourier_octaves = fourier_octaves
         d = math.prod(tuple(data_shape))
-        self.temb = nn.Linear(temb_dim, width)
-        self.layers = nn.ModuleList(nn.Linear(2 * d * (1 + 2 * fourier_octaves) if i == 0 else width, width)
-                                    for i in range(depth))
+        self.trunk = LeakyMLP(2 * d * (1 + 2 * fourier_octaves), width, depth, temb_dim)
         self.out = nn.Linear(width, 1)
 
     def forward(self, x_prev: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """One logit per sample (B,) for pairs (x_{t-1}, x_t) (B, ...) at schedule indices t (B,)."""
         pair = torch.cat([x_prev.reshape(len(x_prev), -1), x_t.reshape(len(x_t), -1)], dim=1)  # (B, 2d)
-        h = fourier_features(pair, self.fourier_octaves)
-        temb = self.temb(timestep_embedding(t, self.temb_dim).to(h.dtype))  # (B, width)
-        for i, layer in enumerate(self.layers):
-            h = torch.nn.functional.leaky_relu(layer(h) + (temb if i == 0 else 0), 0.2)
-        return self.out(h).squeeze(-1)
+        return self.out(self.trunk(fourier_features(pair, self.fourier_octaves), t)).squeeze(-1)
 
 
 # The registries (components/registry.py) name the classes above, so that choosing one imports no torch.

@@ -72,8 +72,9 @@ def posterior_match(draw: X0Sampler, sched: Schedule, means: np.ndarray, std: fl
         tv = 0.5 * ((hist[:, :K] - probs).abs().sum(1) + hist[:, K])
         wanted = probs >= min_prob
         reached = ((hist[:, :K] > 0) & wanted).sum(1) / wanted.sum(1)
-        out.append({"t": step, "abar": float(sched.alphas_cumprod[step]), "posterior_modes": float(wanted.sum(1).double().mean()),
-                    "reached": float(reached.mean()), "tv": float(tv.mean()), "hq": float(hq.double().mean())})
+        out.append({"t": step, "abar": float(sched.alphas_cumprod[step]),
+                    "posterior_modes": float(wanted.sum(1).double().mean()), "reached": float(reached.mean()),
+                    "tv": float(tv.mean()), "hq": float(hq.double().mean())})
     return out
 
 

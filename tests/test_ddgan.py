@@ -232,9 +232,10 @@ def test_posterior_match_is_perfect_for_the_exact_posterior_and_fails_a_collapse
 
 @pytest.mark.slow
 def test_default_recipe_covers_every_mode_of_a_9_mode_grid():
-    """params.yaml's train_ddgan recipe (networks, schedule, optimiser), T = 4, on the centre 3 x 3 of the toy's grid (std
-    0.05 at spacing 2, the toy's model space): a short seeded run reaches all 9 modes, near-uniformly, mostly at high
-    quality (seeds 0, 1, 2 all give 9 modes, hq 0.76-0.79, KL 0.01-0.04). Fails if the recipe's coverage regresses."""
+    """params.yaml's train_ddgan recipe (networks, schedule, optimiser), T = 4, on the centre 3 x 3 of the toy's grid
+    (std 0.05 at spacing 2, the toy's model space): a short seeded run reaches all 9 modes, near-uniformly, mostly at
+    high quality (seeds 0, 1, 2 all give 9 modes, hq 0.76-0.79, KL 0.01-0.04). Fails if the recipe's coverage
+    regresses."""
     p = load_params(ROOT / "params.yaml").train_ddgan
     means, std, x0 = _grid([-2.0, 0.0, 2.0], 0.05, 20_000, 0)
     sched, steps = make_schedule(p.schedule, 4), 3000
@@ -243,7 +244,8 @@ def test_default_recipe_covers_every_mode_of_a_9_mode_grid():
                             make_discriminator(p.discriminator.name, (2,), **p.discriminator.kwargs),
                             lr_g=p.lr, lr_d=p.lr_d, betas=tuple(p.adam_betas), seed=0)
     for step in range(steps):
-        lr_g, lr_d = (lr_at(step, lr=lr, warmup_steps=0, total_steps=steps, schedule=p.lr_schedule) for lr in (p.lr, p.lr_d))
+        lr_g, lr_d = (lr_at(step, lr=lr, warmup_steps=0, total_steps=steps, schedule=p.lr_schedule)
+                      for lr in (p.lr, p.lr_d))
         ddgan_train_step(state, sched, x0, batch_size=256, lr_g=lr_g, lr_d=lr_d, r1_gamma=p.r1_gamma,
                          r1_every=p.r1_every, ema_decay=p.ema_decay)
     g = torch.Generator().manual_seed(0)
