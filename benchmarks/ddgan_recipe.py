@@ -29,15 +29,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.data import to_data  # noqa: E402
-from components.ddgan import GANState, ddgan_train_step  # noqa: E402
 from components.metrics import reference_set, sample_metrics  # noqa: E402
-from components.networks import make_discriminator, make_generator  # noqa: E402
 from components.posterior_match import format_rows, generator_sampler, posterior_match  # noqa: E402
 from components.samplers import sample_ddgan  # noqa: E402
 from components.schedules import make_schedule, make_trajectory, respace  # noqa: E402
-from components.training import lr_at  # noqa: E402
 from pipelines.io import load_dataset, pin_malloc_thresholds  # noqa: E402
 from pipelines.params import PARAMS_FILE, parse_params, read_yaml  # noqa: E402
+from pipelines.train_ddgan import new_state, recipe_step  # noqa: E402
 
 # name -> edits of params.yaml's train_ddgan section (key path -> value): each reverts one choice of the recipe.
 PREVIOUS_NETWORKS = {
@@ -49,7 +47,6 @@ VARIANTS: dict[str, dict[tuple, object]] = {
     "default": {},
     "paper-schedule": {("schedule",): "ddgan_vp"},  # DDGAN's VP: abar_0 = 0.52 at T = 4
     "g-no-fourier": {("generator", "fourier_octaves"): 0},
-    "nz-16": {("generator", "nz"): 16},
     "steps-2000": {("steps",): 2000},
     "previous-networks": PREVIOUS_NETWORKS,  # residual AdaLN nets, z through a mapping network
     "previous": {**PREVIOUS_NETWORKS, ("schedule",): "ddgan_vp", ("steps",): 2000},  # the recipe before this one
@@ -82,20 +79,13 @@ def run(job: tuple) -> dict:
     torch.set_num_threads(1)
     params = variant_params(name, extra)
     p = params.train_ddgan
-    steps = p.steps
     train, ref = (load_dataset(f"data/{split}.npz", params.data.name) for split in ("train", "reference"))
     data = torch.from_numpy(train.to_model(train.x))
     sched = make_schedule(p.schedule, T)
-    torch.manual_seed(seed)
-    G = make_generator(p.generator.name, tuple(data.shape[1:]), **p.generator.kwargs)
-    D = make_discriminator(p.discriminator.name, tuple(data.shape[1:]), **p.discriminator.kwargs)
-    state = GANState.create(G, D, lr_g=p.lr, lr_d=p.lr_d, betas=tuple(p.adam_betas), seed=seed)
+    state = new_state(p, tuple(data.shape[1:]), seed)
     t0 = time.perf_counter()
-    for step in range(steps):
-        lr_g, lr_d = (lr_at(step, lr=lr, warmup_steps=p.warmup_steps, total_steps=steps, schedule=p.lr_schedule)
-                      for lr in (p.lr, p.lr_d))  # as the stage computes them
-        ddgan_train_step(state, sched, data, batch_size=p.batch_size, lr_g=lr_g, lr_d=lr_d, r1_gamma=p.r1_gamma,
-                         r1_every=p.r1_every, ema_decay=p.ema_decay, grad_clip=p.grad_clip)
+    while state.step < p.steps:
+        recipe_step(state, sched, data, p)  # as the stage trains
     train_s = time.perf_counter() - t0
     G = state.ema.eval()
     generator = torch.Generator().manual_seed(params.sample.seed)
@@ -105,7 +95,7 @@ def run(job: tuple) -> dict:
     metrics = sample_metrics(to_data(x.numpy(), ref.shift, ref.scale), reference_set(ref.x, "identity", 3),
                              modes=ref.modes, mode_std=ref.mode_std)
     label = " ".join([name, *(f"{'.'.join(k)}={v}" for k, v in extra)])
-    out = {"variant": label, "T": T, "seed": seed, "steps": steps, "train_s": train_s,
+    out = {"variant": label, "T": T, "seed": seed, "steps": p.steps, "train_s": train_s,
            **{k: metrics[k] for k in METRICS}}
     if diagnose:
         out["per_t"] = posterior_match(generator_sampler(G), sched, train.to_model(train.modes),

@@ -23,10 +23,10 @@ import torch
 
 from components.ddgan import GAN_CHECKPOINT_KEYS, GANState, ddgan_train_step, gan_checkpoint, gan_restore
 from components.networks import make_discriminator, make_generator
-from components.schedules import make_schedule
+from components.schedules import Schedule, make_schedule
 from components.training import lr_at
 from pipelines.io import atomic_save_figure, atomic_torch_save, atomic_write_text, entry_point, load_dataset, parse_T, stage_args
-from pipelines.params import load_params
+from pipelines.params import DDGANTrainParams, load_params
 from pipelines.plots import losses_by_t_figure
 from pipelines.tracking import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop
@@ -46,6 +46,22 @@ def losses_csv(steps: list[int], by_t: dict[str, dict[str, list[float]]]) -> str
     return "step,t,term,value\n" + "\n".join(rows) + "\n"
 
 
+def new_state(p: DDGANTrainParams, data_shape: tuple[int, ...], seed: int) -> GANState:
+    """G, D (initialised from `seed`), their EMA and optimisers as recipe `p` (params.yaml's train_ddgan) builds them."""
+    torch.manual_seed(seed)  # network initialisation
+    G = make_generator(p.generator.name, data_shape, **p.generator.kwargs)
+    D = make_discriminator(p.discriminator.name, data_shape, **p.discriminator.kwargs)
+    return GANState.create(G, D, lr_g=p.lr, lr_d=p.lr_d, betas=tuple(p.adam_betas), seed=seed)
+
+
+def recipe_step(state: GANState, sched: Schedule, data: torch.Tensor, p: DDGANTrainParams) -> dict[str, float]:
+    """One DDGAN iteration of recipe `p` at state.step: both learning rates on p's schedule over p.steps."""
+    lr_g, lr_d = (lr_at(state.step, lr=lr, warmup_steps=p.warmup_steps, total_steps=p.steps, schedule=p.lr_schedule)
+                  for lr in (p.lr, p.lr_d))
+    return ddgan_train_step(state, sched, data, batch_size=p.batch_size, lr_g=lr_g, lr_d=lr_d, r1_gamma=p.r1_gamma,
+                            r1_every=p.r1_every, ema_decay=p.ema_decay, grad_clip=p.grad_clip)
+
+
 def main(argv: list[str]) -> None:
     T_arg, data_path, ckpt_path, csv_path, png_path = stage_args(
         argv, ("T", "train.npz", "checkpoint.pt", "losses.csv", "losses.png"))
@@ -56,10 +72,7 @@ def main(argv: list[str]) -> None:
     data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
     config = scratch_config(p, {"schedule": p.schedule, "T": T}, ds)
     sched = make_schedule(p.schedule, T)
-    torch.manual_seed(p.seed)  # network initialisation
-    G = make_generator(p.generator.name, tuple(data.shape[1:]), **p.generator.kwargs)
-    D = make_discriminator(p.discriminator.name, tuple(data.shape[1:]), **p.discriminator.kwargs)
-    state = GANState.create(G, D, lr_g=p.lr, lr_d=p.lr_d, betas=tuple(p.adam_betas), seed=p.seed)
+    state = new_state(p, tuple(data.shape[1:]), p.seed)
     history: dict[str, list] = {"step": [], **{k: [] for k in TERMS},
                                 **{f"{k}_t{i}": [] for k in TERMS for i in range(T)}, "lr": []}
 
@@ -68,10 +81,8 @@ def main(argv: list[str]) -> None:
     if resume(stage, partial, config, GAN_CHECKPOINT_KEYS, lambda ckpt: history.update(gan_restore(state, ckpt))):
         print(f"{stage}: resuming from {partial} at step {state.step}")
 
-    def step(lr_g: float) -> dict[str, float]:
-        lr_d = lr_at(state.step, lr=p.lr_d, warmup_steps=p.warmup_steps, total_steps=p.steps, schedule=p.lr_schedule)
-        return ddgan_train_step(state, sched, data, batch_size=p.batch_size, lr_g=lr_g, lr_d=lr_d,
-                                r1_gamma=p.r1_gamma, r1_every=p.r1_every, ema_decay=p.ema_decay, grad_clip=p.grad_clip)
+    def step(lr_g: float) -> dict[str, float]:  # train_loop's lr_g is the one recipe_step computes
+        return recipe_step(state, sched, data, p)
 
     def save(path) -> None:
         atomic_torch_save(path, gan_checkpoint(state, config, history))
@@ -83,7 +94,7 @@ def main(argv: list[str]) -> None:
     atomic_write_text(csv_path, losses_csv(history["step"], by_t))
     atomic_save_figure(png_path, losses_by_t_figure(history["step"], by_t, f"{stage}: DDGAN losses per t, "
                                                     f"mean per log_every steps"))
-    n_g, n_d = (sum(x.numel() for x in net.parameters()) for net in (G, D))
+    n_g, n_d = (sum(x.numel() for x in net.parameters()) for net in (state.G, state.D))
     final = {k: history[k][-1] for k in TERMS}
     print(f"{stage}: {p.steps} steps, final D loss {final['d_loss']:.4f}, G loss {final['g_loss']:.4f}, "
           f"R1 {final['r1']:.4g}; G {n_g} and D {n_d} parameters, {train_s:.1f} s in this run ({steps_per_s:.1f} steps/s)")

@@ -1,6 +1,8 @@
 """Denoising Diffusion GAN: its pair sampler, posterior, R1 and sampler against closed forms; determinism; the per-step
 posterior diagnostic against the exact posterior; the default recipe's mode coverage on a small grid."""
 
+import dataclasses
+
 import mlflow
 import numpy as np
 import pytest
@@ -17,9 +19,9 @@ from components.networks import make_discriminator, make_generator
 from components.posterior_match import posterior_match
 from components.samplers import sample_ddgan
 from components.schedules import make_schedule
-from components.training import lr_at
 from conftest import ROOT, run
 from pipelines.params import load_params
+from pipelines.train_ddgan import new_state, recipe_step
 
 
 def test_ddgan_schedule_is_the_papers():
@@ -236,18 +238,12 @@ def test_default_recipe_covers_every_mode_of_a_9_mode_grid():
     (std 0.05 at spacing 2, the toy's model space): a short seeded run reaches all 9 modes, near-uniformly, mostly at
     high quality (seeds 0, 1, 2 all give 9 modes, hq 0.76-0.79, KL 0.01-0.04). Fails if the recipe's coverage
     regresses."""
-    p = load_params(ROOT / "params.yaml").train_ddgan
+    p = dataclasses.replace(load_params(ROOT / "params.yaml").train_ddgan, steps=3000, batch_size=256)
     means, std, x0 = _grid([-2.0, 0.0, 2.0], 0.05, 20_000, 0)
-    sched, steps = make_schedule(p.schedule, 4), 3000
-    torch.manual_seed(0)
-    state = GANState.create(make_generator(p.generator.name, (2,), **p.generator.kwargs),
-                            make_discriminator(p.discriminator.name, (2,), **p.discriminator.kwargs),
-                            lr_g=p.lr, lr_d=p.lr_d, betas=tuple(p.adam_betas), seed=0)
-    for step in range(steps):
-        lr_g, lr_d = (lr_at(step, lr=lr, warmup_steps=0, total_steps=steps, schedule=p.lr_schedule)
-                      for lr in (p.lr, p.lr_d))
-        ddgan_train_step(state, sched, x0, batch_size=256, lr_g=lr_g, lr_d=lr_d, r1_gamma=p.r1_gamma,
-                         r1_every=p.r1_every, ema_decay=p.ema_decay)
+    sched = make_schedule(p.schedule, 4)
+    state = new_state(p, (2,), 0)
+    while state.step < p.steps:
+        recipe_step(state, sched, x0, p)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         x = sample_ddgan(state.ema.eval(), sched, torch.randn(2000, 2, generator=g), generator=g)
