@@ -47,7 +47,7 @@ def losses_csv(steps: list[int], by_t: dict[str, dict[str, list[float]]]) -> str
 
 
 def new_state(p: DDGANTrainParams, data_shape: tuple[int, ...], seed: int) -> GANState:
-    """G, D (initialised from `seed`), their EMA and optimisers as recipe `p` (params.yaml's train_ddgan) builds them."""
+    """G, D (initialised from `seed`), their EMA and optimisers, as recipe `p` (params.yaml's train_ddgan) has them."""
     torch.manual_seed(seed)  # network initialisation
     G = make_generator(p.generator.name, data_shape, **p.generator.kwargs)
     D = make_discriminator(p.discriminator.name, data_shape, **p.discriminator.kwargs)
