@@ -76,6 +76,24 @@ def gaussians25_splits(n_train: int, n_reference: int, std: float, seed: int) ->
     return splits
 
 
+def _swissroll_splits(n_train: int, n_reference: int, std: float, seed: int) -> dict[str, Dataset]:
+    from components.swiss_roll import swissroll_splits  # it imports this module's Dataset
+
+    return swissroll_splits(n_train, n_reference, std, seed)
+
+
+def _swissroll_measures(x: np.ndarray, std: float, n_std: float, min_count: int) -> dict[str, float]:
+    from components.swiss_roll import swissroll_metrics
+
+    return swissroll_metrics(x, std, n_std, min_count)
+
+
+def _swissroll_log_prob(x: np.ndarray, std: float) -> np.ndarray:
+    from components.swiss_roll import swissroll_log_prob
+
+    return swissroll_log_prob(x, std)
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """What the registry knows of a data set: how to build its splits and what a valid split holds."""
@@ -86,11 +104,18 @@ class DataSpec:
     n_classes: int  # labels y lie in [0, n_classes)
     decoder: str  # how L_0 scores it (components/likelihood.py DECODERS): continuous points, discretized 8-bit images
     mixture: bool  # splits carry the mixture's modes and mode_std, so an exact eps* exists
+    # its own quality and coverage measures beyond FID and precision/recall, (x, std, n_std, min_count) -> metrics,
+    # when they are not the mixture's modes; and its exact log density (x, std) -> (N,), if known
+    measures: Callable[[np.ndarray, float, float, int], dict[str, float]] | None = None
+    log_prob: Callable[[np.ndarray, float], np.ndarray] | None = None
 
 
 DATASETS: dict[str, DataSpec] = {
     "gaussians25": DataSpec(gaussians25_splits, shape=(2,), dtype=np.float32, n_classes=25, decoder="continuous",
                             mixture=True),
+    # Sohl-Dickstein et al. 2015's 2-D toy, z-scored; std is the noise around the curve (components/swiss_roll.py)
+    "swissroll": DataSpec(_swissroll_splits, shape=(2,), dtype=np.float32, n_classes=1, decoder="continuous",
+                          mixture=False, measures=_swissroll_measures, log_prob=_swissroll_log_prob),
 }
 
 

@@ -107,3 +107,45 @@ def p_mean_variance(
         x0 = x0.clamp(-1.0, 1.0)
     mean, _ = q_posterior(sched, x0, x_t, t)
     return mean, reverse_log_variance(sched, t, x_t, variance, v), x0
+
+
+def sd2015_mean_variance(sched: Schedule, x_t: torch.Tensor, t: torch.Tensor, z_mu: torch.Tensor,
+                         z_sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and log-variance of Sohl-Dickstein et al. 2015's reverse kernel, perturbations of the forward kernel's.
+
+    Sigma = sigmoid(z_Sigma + logit beta_t) (eq. 64) and mu = sqrt(1 - beta_t) x_t + sqrt(beta_t) z_mu (the
+    reference code's form of eq. 65): at z = 0 the step is the forward kernel N(sqrt(1 - beta_t) x, beta_t I)
+    run backwards, which is the exact reverse of a step whose input is N(0, I) (detailed balance). As z_Sigma
+    goes to -inf or +inf, Sigma goes to 0 or 1. The last step, x_1 -> x_0 (schedule index 0), is fixed to the
+    forward kernel at beta_1 (§2.4.1): there the network's output is ignored.
+    """
+    first = (t == 0).reshape(-1, *([1] * (x_t.ndim - 1)))
+    z_mu, z_sigma = torch.where(first, 0.0, z_mu), torch.where(first, 0.0, z_sigma)
+    mean = extract(np.sqrt(sched.alphas), t, x_t) * x_t + extract(np.sqrt(sched.betas), t, x_t) * z_mu
+    return mean, torch.nn.functional.logsigmoid(z_sigma + extract(sched.logit_betas, t, z_sigma))
+
+
+# How a network's output becomes p_theta(x_{t-1} | x_t): DDPM's noise prediction (eq. 11; with a v output,
+# iDDPM's learned Sigma, eq. 15) or Sohl-Dickstein et al. 2015's perturbation of the forward kernel.
+OUTPUTS = ("eps", "sd2015")
+
+
+def reverse_kernel(sched: Schedule, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor, *, output: str = "eps",
+                   variance: str = "small", clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and log-variance of the Gaussian reverse step p_theta(x_{t-1} | x_t) from a network's raw output.
+
+    output "eps": `p_mean_variance` on eps (and v), with the named `variance`. output "sd2015": the 2015
+    kernel on (z_mu, z_Sigma) (`sd2015_mean_variance`); its variance is its own learned one ("learned").
+    The one entry point of the ancestral sampler and the bound, so every Gaussian model samples, is
+    conditioned and is scored by the same code.
+    """
+    a, b = split_output(out, x_t)
+    if output == "eps":
+        mean, log_var, _ = p_mean_variance(sched, x_t, t, a, b, variance=variance, clip_x0=clip_x0)
+        return mean, log_var
+    if output == "sd2015":
+        if b is None or variance != "learned" or clip_x0:
+            raise ValueError("the 2015 kernel needs 2C output channels (z_mu, z_Sigma), variance 'learned' and no "
+                             "clip_x0")
+        return sd2015_mean_variance(sched, x_t, t, a, b)
+    raise ValueError(f"unknown model output {output!r}; allowed: {', '.join(OUTPUTS)}")

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from components.diffusion import extract, model_timesteps, p_mean_variance, q_posterior, q_sample, split_output
+from components.diffusion import extract, model_timesteps, q_posterior, q_sample, reverse_kernel
 from components.schedules import Schedule
 
 LOG_2PI = math.log(2 * math.pi)
@@ -90,9 +90,13 @@ def vlb_term(sched: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tens
 def variational_bound(
     model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sched: Schedule, x0: torch.Tensor, *,
     variance: str, generator: torch.Generator, decoder: str = "continuous", clip_x0: bool = False,
+    output: str = "eps",
 ) -> dict[str, torch.Tensor]:
     """The full bound (DDPM eq. 5) on the chain `sched` (full or respaced), one x_t ~ q(x_t | x0) draw per term.
 
+    For Sohl-Dickstein et al. 2015's model (output "sd2015") this is minus their K (eqs. 13-14): the same
+    posterior KLs, with the last step's decoder fixed to the forward kernel, and the prior term L_T in
+    place of their entropy difference (equal when q(x_T | x0) = N(0, I), as under their schedule).
     Returns nats per sample: "prior" (B,), "terms" (S, B) with the decoder at index 0, and
     "total" (B,). The math runs in float64; the model sees x_t in the data's dtype.
     """
@@ -102,10 +106,9 @@ def variational_bound(
         t = torch.full((len(x0),), i, dtype=torch.long, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         x_t = q_sample(sched, x0, t, noise)
-        eps, v = split_output(model(x_t, model_timesteps(sched, t)), x_t)
+        out = model(x_t, model_timesteps(sched, t)).double()
         x_td = x_t.double()
-        mean, log_var, _ = p_mean_variance(sched, x_td, t, eps.double(), None if v is None else v.double(),
-                                           variance=variance, clip_x0=clip_x0)
+        mean, log_var = reverse_kernel(sched, x_td, t, out, output=output, variance=variance, clip_x0=clip_x0)
         terms.append(vlb_term(sched, x0d, x_td, t, mean, log_var, decoder))
     terms = torch.stack(terms)  # (S, B)
     prior = prior_kl(sched, x0d)
@@ -122,3 +125,10 @@ def bound_per_dim(total_nats: torch.Tensor, dims: int, decoder: str, scale: floa
     if decoder == "discretized":
         return total_nats / (dims * math.log(2))
     return total_nats / dims - math.log(scale)
+
+
+def null_log_likelihood_bits(x0: torch.Tensor) -> float:
+    """Sohl-Dickstein et al. 2015's L_null (Table 1): the mean log-likelihood of x0 (model space, unit variance)
+    under N(0, I), in bits per sample; about -(D / 2) log2(2 pi e), -4.09 bits for 2-D points."""
+    x = x0.double().reshape(len(x0), -1)
+    return float((-0.5 * (x**2).sum(1) - 0.5 * x.shape[1] * LOG_2PI).mean()) / math.log(2)

@@ -257,3 +257,22 @@ def sample_metrics(
     if modes is not None:
         out |= mode_metrics(x, modes, mode_std, n_std, min_count)
     return out
+
+
+def conditional_metrics(x: np.ndarray, weights: np.ndarray, centres: np.ndarray, std: float, *, n_std: float = 3.0,
+                        min_weight: float = 1e-3) -> dict[str, float]:
+    """Conditional samples against an exact conditional mixture (weights (K,), centres (K, D), isotropic std).
+
+    - cond_hq: share of samples within n_std * std of the nearest centre the conditional gives at least
+      `min_weight` of its mass (the correct modes);
+    - cond_tv: total variation between those samples' histogram over the correct modes and the exact
+      weights renormalised over them (how well the sampler splits its mass).
+    """
+    keep = np.flatnonzero(weights >= min_weight)
+    nearest, dist = nearest_mode(x, centres[keep])
+    hq = dist <= n_std * std
+    counts = np.bincount(nearest[hq], minlength=len(keep))
+    p = counts / max(counts.sum(), 1)
+    w = weights[keep] / weights[keep].sum()
+    tv = 0.5 * float(np.abs(p - w).sum()) if counts.sum() else float("nan")
+    return {"cond_hq": float(hq.mean()), "cond_tv": tv}

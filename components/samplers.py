@@ -6,9 +6,12 @@ is (B, C, ...) and t a LongTensor (B,) of *original* training timesteps. Sampler
 (possibly respaced) `Schedule` from its last index to 0; the timestep grid is chosen outside,
 by `schedules.make_trajectory` + `respace`. Randomness comes in only through `generator`.
 
-Classifier guidance (ADM) enters as an optional gradient function `guidance(x_t, t)` =
-s * grad_x log p(y | x_t, t), called once per step and combined in one line by ADM's rule for
-each sampler (`components/guidance.py`); without it the samplers are unchanged.
+Conditioning enters in two optional ways (`components/guidance.py`). A gradient function
+`guidance(x_t, t)` = grad_x log r(x_t), called once per step and combined in one line by each
+sampler's rule: Sohl-Dickstein et al. 2015's multiplied distribution p(x) r(x) (§2.5), of which
+ADM's classifier guidance is the case r = p(y | x)^s. And `known`, a delta factor on some
+coordinates: they are clamped to their values at every step and the rest is sampled (inpainting).
+Without either the samplers are unchanged.
 
 DDGAN's sampler (`sample_ddgan`) walks the same schedules, but its model is a generator
 G(x_t, t, z) -> x0-hat with latent size `G.nz` (`components/ddgan.py`), so it is kept out of
@@ -23,8 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from components.ddgan import Generator, sample_posterior
-from components.diffusion import ddim_sigma, eps_to_x0, model_timesteps, p_mean_variance, split_output, x0_to_eps
-from components.guidance import GradFn, guided_eps, guided_mean
+from components.diffusion import ddim_sigma, eps_to_x0, model_timesteps, reverse_kernel, split_output, x0_to_eps
+from components.guidance import GradFn, Known, clamp_known, guided_eps, guided_mean
 from components.schedules import Schedule
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,25 +54,30 @@ def sample_ddpm(
     generator: torch.Generator,
     variance: str = "small",
     clip_x0: bool = False,
+    output: str = "eps",
     guidance: GradFn | None = None,
+    known: Known | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """DDPM Algorithm 2, ancestral: x_{t-1} = mu_theta(x_t, t) + Sigma_theta^(1/2) z, with no noise at the last step.
 
     mu_theta is DDPM eq. 11; Sigma_theta is fixed (small: beta-tilde, large: beta; DDPM §3.2) or
-    learned (iDDPM eq. 15), all on this schedule's own betas (`diffusion.p_mean_variance`).
-    With `guidance`, the mean is shifted by Sigma * s * grad log p(y | x_t) (ADM Algorithm 1).
+    learned (iDDPM eq. 15), all on this schedule's own betas. output "sd2015" reads the network as
+    Sohl-Dickstein et al. 2015's kernel instead (`diffusion.reverse_kernel`): the same walk, the same
+    noise. With `guidance` = grad log r, the mean shifts by Sigma grad log r (Sohl-Dickstein et al.
+    2015 eq. 61; ADM Algorithm 1 with r = p(y | x)^s); with `known`, those coordinates stay at their values.
     """
-    x = x_T
+    x = clamp_known(x_T, known)
     for i in tqdm(range(len(sched) - 1, -1, -1), disable=not progress, desc=f"ddpm-{len(sched)}", leave=False):
-        t, eps, v = _model_output(model, sched, x, i)
-        mean, log_var, _ = p_mean_variance(sched, x, t, eps, v, variance=variance, clip_x0=clip_x0)
+        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+        out = model(x, model_timesteps(sched, t))
+        mean, log_var = reverse_kernel(sched, x, t, out, output=output, variance=variance, clip_x0=clip_x0)
         if guidance is not None:
             mean = guided_mean(mean, log_var, _guidance_at(guidance, sched, x, t))
         if i == 0:
-            return mean
+            return clamp_known(mean, known)
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x = mean + torch.exp(0.5 * log_var) * noise
+        x = clamp_known(mean + torch.exp(0.5 * log_var) * noise, known)
     return x
 
 
@@ -83,16 +91,18 @@ def sample_ddim(
     eta: float = 0.0,
     clip_x0: bool = False,
     guidance: GradFn | None = None,
+    known: Known | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """DDIM eq. 12: x_{t-1} = sqrt(a_{t-1}) x0-hat + sqrt(1 - a_{t-1} - sigma_t^2) eps + sigma_t z.
 
     sigma_t(eta) is eq. 16: eta = 0 is deterministic DDIM, eta = 1 has DDPM's posterior variance.
     With `guidance`, eps becomes eps - sqrt(1 - abar_t) s grad log p(y | x_t) and x0-hat follows
-    from it (ADM Algorithm 2).
+    from it (ADM Algorithm 2); any grad log r works the same way. With `known`, those coordinates stay at
+    their values.
     """
     sigma = ddim_sigma(sched, eta)
-    x = x_T
+    x = clamp_known(x_T, known)
     for i in tqdm(range(len(sched) - 1, -1, -1), disable=not progress, desc=f"ddim-{len(sched)}", leave=False):
         t, eps, _ = _model_output(model, sched, x, i)
         x0 = eps_to_x0(sched, x, t, eps)
@@ -106,6 +116,7 @@ def sample_ddim(
         x = a_prev**0.5 * x0 + (1.0 - a_prev - sigma[i] ** 2) ** 0.5 * eps
         if sigma[i] > 0:
             x = x + float(sigma[i]) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x = clamp_known(x, known)
     return x
 
 

@@ -43,6 +43,12 @@ class Schedule:
         return np.log(self.betas)
 
     @cached_property
+    def logit_betas(self) -> np.ndarray:
+        """logit(beta_t) = log beta_t - log(1 - beta_t); +inf where beta_t = 1 (Sohl-Dickstein et al. 2015, eq. 64)."""
+        with np.errstate(divide="ignore"):
+            return self.log_betas - np.log1p(-self.betas)
+
+    @cached_property
     def alphas(self) -> np.ndarray:
         return 1.0 - self.betas
 
@@ -137,8 +143,18 @@ def logsnr_linear_betas(T: int, logsnr_max: float = 3.5, logsnr_min: float = -8.
     return 1.0 - abar / np.append(1.0, abar[:-1])
 
 
+def sd2015_betas(T: int) -> np.ndarray:
+    """beta_t = 1 / (T - t + 1) for t = 1..T: Sohl-Dickstein et al. 2015's fixed schedule (§2.4.1, footnote).
+
+    The paper learns beta_2..beta_T and notes that this schedule, its binomial diffusion's, is just as
+    effective. Then abar_t = prod_s (T - s) / (T - s + 1) = 1 - t / T: linear in t, beta_1 = 1 / T, and
+    beta_T = 1, so abar_T = 0 and x_T is exactly N(0, I) (DDPM's code calls it "jsd").
+    """
+    return 1.0 / np.arange(T, 0, -1, dtype=np.float64)
+
+
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas, "ddgan_vp": ddgan_vp_betas,
-             "logsnr_linear": logsnr_linear_betas}
+             "logsnr_linear": logsnr_linear_betas, "sd2015": sd2015_betas}
 
 
 def make_schedule(name: str, T: int) -> Schedule:

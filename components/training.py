@@ -1,9 +1,9 @@
-"""Training steps and their parts: L_simple (DDPM), L_hybrid (iDDPM), the noise-aware classifier's
-cross-entropy (ADM), timestep samplers, LR, EMA, checkpoints.
+"""Training steps and their parts: L_simple (DDPM), L_hybrid (iDDPM), the full bound (Sohl-Dickstein et al. 2015),
+the noise-aware classifier's cross-entropy (ADM), timestep samplers, LR, EMA, checkpoints.
 
-The loop itself lives in the stage; here are `train_step` / `hybrid_train_step` /
-`classifier_train_step(state, ...) -> metrics` and the pure pieces they are made of. A checkpoint is a dict of tensors and plain
-values, loadable with `torch.load(..., weights_only=True)`.
+The loop itself lives in the stage; here are `train_step` / `hybrid_train_step` / `bound_train_step` /
+`classifier_train_step(state, ...) -> metrics` and the pure pieces they are made of. A checkpoint is a dict of
+tensors and plain values, loadable with `torch.load(..., weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from components.diffusion import model_timesteps, p_mean_variance, q_sample, split_output
+from components.diffusion import model_timesteps, p_mean_variance, q_sample, reverse_kernel, split_output
 from components.likelihood import vlb_term
 from components.schedules import Schedule
 
@@ -55,6 +55,21 @@ def hybrid_losses(model: nn.Module, sched: Schedule, x0: torch.Tensor, t: torch.
     mean, log_var, _ = p_mean_variance(sched, x_t, t, eps.detach(), v, variance="learned")
     vlb = vlb_term(sched, x0, x_t, t, mean, log_var, decoder) / (x0[0].numel() * math.log(2))
     return simple, vlb
+
+
+def bound_losses(model: nn.Module, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
+                 output: str, decoder: str) -> torch.Tensor:
+    """Per-sample L_t (B,) in bits per dimension, the bound's term at t with gradients through mean and Sigma.
+
+    Sohl-Dickstein et al. 2015 train on the bound K itself (eqs. 13-14): minus the posterior KL
+    KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) at each t, closed form for Gaussians; T L_t at a uniform
+    t is an unbiased estimate of the whole sum (their per-example t). At t = 0 the term is the
+    decoder's NLL, which their fixed last step gives no parameters.
+    """
+    x_t = q_sample(sched, x0, t, noise)
+    mean, log_var = reverse_kernel(sched, x_t, t, model(x_t, model_timesteps(sched, t)), output=output,
+                                   variance="learned")
+    return vlb_term(sched, x0, x_t, t, mean, log_var, decoder) / (x0[0].numel() * math.log(2))
 
 
 class UniformTimesteps:
@@ -208,6 +223,24 @@ def hybrid_train_step(
     metrics = optimizer_step(state, loss, lr=lr, grad_clip=grad_clip, ema_decay=ema_decay)
     # T L_t averaged: the one-sample estimate of sum_t L_t, the bound without its prior term (bits/dim)
     return {**metrics, "l_simple": (weights * simple).mean().item(), "l_vlb": (weights * T * vlb).mean().item()}
+
+
+def bound_train_step(
+    state: TrainState, sched: Schedule, data: torch.Tensor, timesteps: UniformTimesteps, *, batch_size: int,
+    output: str, decoder: str, lr: float, grad_clip: float, ema_decay: float,
+) -> dict[str, float]:
+    """One step on the full bound, L_vlb estimated as T L_t (Sohl-Dickstein et al. 2015 eq. 14), t from `timesteps`.
+
+    Uniform t is the paper's; loss_second_moment is iDDPM's importance sampling (§3.3), for which the
+    weights 1 / (T p_t) keep the estimate unbiased. The loss is in bits per dimension.
+    """
+    g = state.generator
+    x0 = data[torch.randint(len(data), (batch_size,), generator=g)]
+    t, weights = timesteps.sample(batch_size, g)
+    noise = torch.randn(x0.shape, generator=g)
+    vlb = bound_losses(state.model, sched, x0, t, noise, output=output, decoder=decoder)
+    timesteps.update(t, vlb.detach())
+    return optimizer_step(state, (weights * len(sched) * vlb).mean(), lr=lr, grad_clip=grad_clip, ema_decay=ema_decay)
 
 
 def classifier_losses(classifier: nn.Module, sched: Schedule, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor,

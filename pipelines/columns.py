@@ -3,6 +3,6 @@
 Kept apart from pipelines/table.py so that checking claims.yaml against them imports no pandas or matplotlib.
 """
 
-SETTINGS = ("cell", "model", "sampler", "steps", "eta", "variance", "scale")
-METRICS = ("nfe", "wall_s_per_1k", "wall_s_per_1k_iqr", "hq_fraction", "modes", "kl_uniform", "fid", "precision",
-           "recall", "target_hit", "nll", "nll_se")
+SETTINGS = ("cell", "data", "model", "sampler", "steps", "eta", "variance", "scale", "condition")
+METRICS = ("nfe", "wall_s_per_1k", "wall_s_per_1k_iqr", "hq_fraction", "modes", "kl_uniform", "arc_coverage", "fid",
+           "precision", "recall", "target_hit", "cond_hq", "cond_tv", "nll", "nll_se", "k_bits", "k_minus_null_bits")

@@ -41,9 +41,13 @@ ANNOTATIONS = {"int": int, "float": float, "bool": bool, "str": str}  # network 
 STAMP_TEXT = "params.yaml passed pipelines.params validation"
 
 # Trained models a sweep cell can sample from: the EMA weights of models/<name>.pt (dvc.yaml), written
-# by train_ddpm and finetune_iddpm. Only iddpm has a variance output.
-TRAINED_MODELS = ("ddpm", "iddpm")
-LEARNED_VARIANCE_MODELS = ("iddpm",)
+# by train_ddpm, finetune_iddpm and train_sd2015. iddpm and sd2015 learn their variance; sd2015's kernel is
+# tied to each step's beta_t (Sohl-Dickstein et al. 2015), so it runs its full chain only.
+TRAINED_MODELS = ("ddpm", "iddpm", "sd2015")
+LEARNED_VARIANCE_MODELS = ("iddpm", "sd2015")
+FULL_CHAIN_MODELS = ("sd2015",)
+FACTORS = ("delta", "gaussian")  # conditioning factors r(x) (Sohl-Dickstein et al. 2015 §2.5)
+EXPERIMENTS = ("swissroll",)  # sections that are an experiment of their own: data, chain, model (Params.experiment)
 
 # A name that reaches a stage name, a path or a command line (sweep cells).
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -185,20 +189,36 @@ class TrainParams(OptimParams):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneParams(OptimParams):
-    """finetune_iddpm: the DDPM model plus a variance output, on L_hybrid (iDDPM §3.1)."""
+class BoundOptimParams(OptimParams):
+    """A trainer whose loss holds the bound's L_t at sampled t: how t is drawn."""
 
-    lambda_vlb: float  # L_hybrid = L_simple + lambda_vlb * L_vlb; iDDPM: 0.001
     timestep_sampler: str  # uniform | loss_second_moment (iDDPM §3.3 importance sampling)
     importance_history: int  # losses kept per t (iDDPM: 10)
     importance_uniform: float  # share of uniform mixed into p_t (iDDPM: 0.001)
 
     def __post_init__(self):
         super().__post_init__()
-        _require(self.lambda_vlb >= 0, "lambda_vlb", f"must be >= 0, got {self.lambda_vlb}")
         _choice("timestep_sampler", self.timestep_sampler, TIMESTEP_SAMPLERS, "timestep sampler")
         _between("importance_history", self.importance_history, 1, 10_000)
         _require(0 < self.importance_uniform <= 1, "importance_uniform", "must be in (0, 1]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneParams(BoundOptimParams):
+    """finetune_iddpm: the DDPM model plus a variance output, on L_hybrid (iDDPM §3.1)."""
+
+    lambda_vlb: float  # L_hybrid = L_simple + lambda_vlb * L_vlb; iDDPM: 0.001
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.lambda_vlb >= 0, "lambda_vlb", f"must be >= 0, got {self.lambda_vlb}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SD2015Params(BoundOptimParams):
+    """train_sd2015: Sohl-Dickstein et al. 2015's model from scratch on the full bound K (eq. 14)."""
+
+    network: NetworkParams
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -310,6 +330,36 @@ class NllParams:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ConditionParams:
+    """A factor r(x) that cells multiply into their model, p~(x) ∝ p(x) r(x) (Sohl-Dickstein et al. 2015 §2.5), in
+    data units: a delta on one coordinate (inpainting: it is clamped, the rest sampled) or a Gaussian bump."""
+
+    factor: str  # delta | gaussian
+    coordinate: int | None = None  # delta: the known coordinate (index into the flattened sample)
+    value: float | None = None  # delta: its value
+    center: list[float] | None = None  # gaussian: the bump's centre, one number per coordinate
+    std: float | None = None  # gaussian: its standard deviation
+
+    def __post_init__(self):
+        _choice("factor", self.factor, FACTORS, "factor")
+        needs = {"delta": ("coordinate", "value"), "gaussian": ("center", "std")}[self.factor]
+        for key in ("coordinate", "value", "center", "std"):
+            given = getattr(self, key) is not None
+            _require(given == (key in needs), key, f"{'required' if key in needs else 'not an option'} for factor "
+                     f"{self.factor!r} (it takes {' and '.join(needs)})")
+        if self.factor == "delta":
+            _between("coordinate", self.coordinate, 0, MAX_WIDTH)
+        else:
+            _require(self.std > 0, "std", f"must be > 0, got {self.std}")
+
+    def describe(self) -> str:
+        """The factor in a few characters, for the table: `x[0] = 0` or `N([2, 2], 1^2)`."""
+        if self.factor == "delta":
+            return f"x[{self.coordinate}] = {self.value:g}"
+        return f"N([{', '.join(f'{c:g}' for c in self.center)}], {self.std:g}^2)"
+
+
+@dataclass(frozen=True, kw_only=True)
 class CellParams:
     """One cell of `exact_sweep`: a sampler and its step count, with the sampler's own options."""
 
@@ -320,6 +370,7 @@ class CellParams:
     variance: str | None = None  # ddpm only: small (beta-tilde) | large (beta) | learned (iDDPM); defaults to small
     clip_x0: bool = False  # clip x0-hat to [-1, 1] (model space); off for the toy
     scale: float | None = None  # classifier-guidance scale s (ADM Alg. 1/2); None: unguided
+    condition: ConditionParams | None = None  # a factor r(x): samples p(x) r(x) (Sohl-Dickstein et al. 2015 §2.5)
 
     def __post_init__(self):
         _choice("sampler", self.sampler, SAMPLERS, "sampler")
@@ -342,8 +393,9 @@ class CellParams:
 
     @property
     def has_likelihood(self) -> bool:
-        """Unguided ancestral (DDPM) chains are latent-variable models of p(x) with a variational bound (DDPM eq. 5)."""
-        return self.sampler == "ddpm" and self.scale is None
+        """Unguided, unconditioned ancestral (DDPM) chains are latent-variable models of p(x) with a variational bound
+        (DDPM eq. 5)."""
+        return self.sampler == "ddpm" and self.scale is None and self.condition is None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -394,11 +446,27 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class SwissRollParams:
+    """Sohl-Dickstein et al. 2015's 2-D toy as an experiment of its own: its data, its chain and its 2015 model."""
+
+    data: DataParams
+    diffusion: DiffusionParams
+    train: SD2015Params
+
+    def __post_init__(self):
+        _require(self.data.name == "swissroll", "data.name", f"must be swissroll, got {self.data.name!r}")
+
+    def cell_name(self) -> str:
+        return f"swissroll-sd2015-{self.diffusion.T}"
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams
     diffusion: DiffusionParams
     train_ddpm: TrainParams
     finetune_iddpm: FinetuneParams
+    train_sd2015: SD2015Params
     train_classifier: ClassifierParams
     ddgan: DDGANParams
     train_ddgan: DDGANTrainParams
@@ -409,11 +477,27 @@ class Params:
     sweep: dict[str, SweepCellParams]
     guided_sweep: dict[str, GuidedCellParams]
     exact_sweep: dict[str, CellParams]
+    swissroll: SwissRollParams
     evaluate: EvaluateParams
 
     def cells(self) -> dict[str, CellParams]:
-        """Every sampler cell in table order: trained, DDGAN, guided, exact."""
+        """Every sampler cell of the main data set in table order: trained, DDGAN, guided, exact."""
         return {**self.sweep, **self.ddgan.cells(), **self.guided_sweep, **self.exact_sweep}
+
+    def experiment(self, name: str | None) -> "Params":
+        """These params as experiment `name` sees them (None: the main run itself).
+
+        `swissroll`: its data, chain and trainer in place of data, diffusion and train_sd2015, and one sweep
+        cell, the 2015 model's full ancestral chain, as the whole sweep; the stages run on it unchanged
+        (`--experiment swissroll`). Its DDGAN section is the main run's, which no swiss roll stage reads.
+        """
+        if name is None:
+            return self
+        _choice("experiment", name, EXPERIMENTS, "experiment")
+        x = self.swissroll
+        cell = SweepCellParams(model="sd2015", sampler="ddpm", steps=x.diffusion.T, variance="learned")
+        return dataclasses.replace(self, data=x.data, diffusion=x.diffusion, train_sd2015=x.train,
+                                   sweep={x.cell_name(): cell}, guided_sweep={}, exact_sweep={})
 
 
 # --- the converter ----------------------------------------------------------------------
@@ -505,7 +589,23 @@ def _build_network(cls: type[NetworkParams], raw: Any, key: str) -> NetworkParam
 
 
 def _cross_checks(p: Params) -> None:
-    """Constraints between sections."""
+    """Constraints between sections, on the main run and on each experiment as its stages see it."""
+    _run_checks(p)
+    if make_schedule(p.diffusion.schedule, p.diffusion.T).alphas_cumprod[-1] <= 0:
+        raise ParamsError(f"diffusion.schedule: {p.diffusion.schedule!r} ends at abar_T = 0, where an eps model "
+                          f"cannot recover x0 (train_ddpm); it is for Sohl-Dickstein et al. 2015's model "
+                          f"(swissroll.diffusion)")
+    for name in p.experiment("swissroll").sweep:
+        if name in p.cells():
+            raise ParamsError(f"swissroll: its row {name} is also a cell's name; cell names must be unique")
+    try:
+        _run_checks(p.experiment("swissroll"))
+    except ParamsError as e:
+        raise ParamsError(f"swissroll: {e}") from None
+
+
+def _run_checks(p: Params) -> None:
+    """Constraints between the sections one run's stages read."""
     if p.exact_sweep and not DATASETS[p.data.name].mixture:
         raise ParamsError(f"exact_sweep: the exact eps* needs a Gaussian-mixture data set; allowed with data.name: "
                           f"{', '.join(name for name, spec in DATASETS.items() if spec.mixture)}")
@@ -533,9 +633,24 @@ def _cross_checks(p: Params) -> None:
             if section == "sweep" and cell.scale is not None:
                 raise ParamsError(f"{key}.scale: a guided cell reads the classifier; allowed in guided_sweep "
                                   f"(trained classifier) and exact_sweep (exact p(y | x_t))")
-            if cell.variance == "learned" and getattr(cell, "model", None) not in LEARNED_VARIANCE_MODELS:
+            model = getattr(cell, "model", None)
+            if cell.variance == "learned" and model not in LEARNED_VARIANCE_MODELS:
                 raise ParamsError(f"{key}.variance: 'learned' needs a model with a variance output; allowed: "
                                   f"model {', '.join(LEARNED_VARIANCE_MODELS)}")
+            if model in FULL_CHAIN_MODELS and (cell.sampler, cell.steps, cell.variance, cell.clip_x0) != (
+                    "ddpm", p.diffusion.T, "learned", False):
+                raise ParamsError(f"{key}: model {model} samples its own kernel on every step of its chain: it needs "
+                                  f"sampler ddpm, steps {p.diffusion.T} (diffusion.T), variance learned, no clip_x0")
+            c = cell.condition
+            if c is not None and cell.scale is not None:
+                raise ParamsError(f"{key}.condition: a cell multiplies in one factor: a condition or a guidance scale")
+            dims = math.prod(DATASETS[p.data.name].shape)
+            if c is not None and c.coordinate is not None and c.coordinate >= dims:
+                raise ParamsError(f"{key}.condition.coordinate: {c.coordinate} is out of range for {p.data.name}'s "
+                                  f"{dims} coordinates")
+            if c is not None and c.center is not None and len(c.center) != dims:
+                raise ParamsError(f"{key}.condition.center: {len(c.center)} numbers, expected one per coordinate "
+                                  f"({dims})")
             if cell.steps > p.diffusion.T:
                 raise ParamsError(f"{key}.steps: {cell.steps} exceeds diffusion.T = {p.diffusion.T}; allowed: 1..{p.diffusion.T}")
             try:
@@ -603,6 +718,16 @@ def read_yaml(path: str | Path) -> Any:
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read and validate params.yaml."""
     return parse_params(read_yaml(path), str(path))
+
+
+def experiment_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    """A stage's leading `--experiment NAME` (dvc.yaml's cmd), and the rest of its arguments: the stage then reads
+    `load_params().experiment(NAME)`. None when absent (the main run)."""
+    if argv[:1] != ["--experiment"]:
+        return None, argv
+    if len(argv) < 2 or argv[1] not in EXPERIMENTS:
+        raise ParamsError(f"--experiment: expected one of {', '.join(EXPERIMENTS)}, got {argv[1:2] or 'nothing'}")
+    return argv[1], argv[2:]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Stage `prepare`: write the train and held-out reference splits of the data set.
 
-    python -m pipelines.prepare <train.npz> <reference.npz>
+    python -m pipelines.prepare [--experiment swissroll] <train.npz> <reference.npz>
 """
 
 from __future__ import annotations
@@ -9,25 +9,27 @@ import dataclasses
 
 from components.data import DATASETS, split_problem
 from pipelines.io import entry_point, save_dataset, stage_args
-from pipelines.params import ParamsError, load_params
+from pipelines.params import ParamsError, experiment_args, load_params
 from pipelines.tracking import StageRun, log_stage_run
 
 
 def main(argv: list[str]) -> None:
+    experiment, argv = experiment_args(argv)
     train_path, reference_path = stage_args(argv, ("train.npz", "reference.npz"))
-    p = load_params().data
+    p = load_params().experiment(experiment).data
     spec = DATASETS[p.name]
     splits = spec.build(p.n_train, p.n_reference, p.std, p.seed)
     for split, ds in splits.items():  # what every stage's loader will check, before anything is written
         problem = split_problem(ds, spec)
         if problem:
-            raise ParamsError(f"params.yaml: data: its {split} split of {p.name} is unusable: {problem}")
+            section = f"{experiment}.data" if experiment else "data"
+            raise ParamsError(f"params.yaml: {section}: its {split} split of {p.name} is unusable: {problem}")
     save_dataset(train_path, splits["train"])
     save_dataset(reference_path, splits["reference"])
     train = splits["train"]
     print(f"prepare: {p.name} train {train.x.shape} reference {splits['reference'].x.shape}, model scale {train.scale:.6f}")
     log_stage_run(StageRun(
-        "prepare", params={"data": dataclasses.asdict(p)},
+        "prepare" + (f"@{experiment}" if experiment else ""), params={"data": dataclasses.asdict(p)},
         metrics={"n_train": len(train.x), "n_reference": len(splits["reference"].x), "model_scale": train.scale},
     ))
 

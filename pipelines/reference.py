@@ -1,6 +1,6 @@
 """Stage `reference`: what every cell is scored against, computed once per data set, and the ceiling row.
 
-    python -m pipelines.reference <train.npz> <reference.npz> <reference_stats.npz> <data.json>
+    python -m pipelines.reference [--experiment swissroll] <train.npz> <reference.npz> <reference_stats.npz> <data.json>
 
 The held-out split's features, their k-NN radii (improved precision/recall, Kynkaanniemi et al.
 2019) and their Gaussian fit (FID, Heusel et al. 2017) go to `reference_stats.npz`, which every
@@ -12,32 +12,47 @@ mixture density's NLL on the points every bound is computed on (the first `nll.n
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import torch
+
+from components.data import DATASETS
 from components.gaussian_mixture import mixture_log_prob
+from components.likelihood import null_log_likelihood_bits
 from components.metrics import reference_set, sample_metrics
 from pipelines.io import atomic_save_npz, atomic_write_json, entry_point, load_dataset, stage_args
-from pipelines.params import load_params
+from pipelines.params import experiment_args, load_params
 from pipelines.tracking import StageRun, log_stage_run
 
 
 def main(argv: list[str]) -> None:
+    experiment, argv = experiment_args(argv)
     train_path, ref_path, stats_path, data_json = stage_args(
         argv, ("train.npz", "reference.npz", "reference_stats.npz", "data.json"))
-    params = load_params()
-    e, name = params.evaluate, params.data.name
+    params = load_params().experiment(experiment)
+    e, name, spec = params.evaluate, params.data.name, DATASETS[params.data.name]
     ref, train = load_dataset(ref_path, name), load_dataset(train_path, name)
     reference = reference_set(ref.x, e.features, e.k)
     atomic_save_npz(stats_path, **reference.to_arrays())
-    row = {"nfe": 0, **sample_metrics(train.x[: params.sample.n], reference, modes=ref.modes, mode_std=ref.mode_std,
-                                      n_std=e.n_std, min_count=e.min_mode_count)}
-    if ref.modes is not None:  # the true density is known: the bound's floor, per dimension
-        points = ref.x[: params.nll.n]
-        row["nll"] = float(-mixture_log_prob(points, ref.modes, ref.mode_std).mean() / points[0].size)
+    x = train.x[: params.sample.n]
+    row = {"nfe": 0, **sample_metrics(x, reference, modes=ref.modes, mode_std=ref.mode_std, n_std=e.n_std,
+                                      min_count=e.min_mode_count)}
+    if spec.measures is not None:
+        row |= spec.measures(x, params.data.std, e.n_std, e.min_mode_count)
+    points = ref.x[: params.nll.n]
+    log_p = (mixture_log_prob(points, ref.modes, ref.mode_std) if ref.modes is not None
+             else spec.log_prob(points, params.data.std) if spec.log_prob is not None else None)
+    if log_p is not None:  # the true density is known: the bound's floor, per dimension
+        dims = points[0].size
+        row["nll"] = float(-log_p.mean() / dims)
+        row["k_bits"] = float(log_p.mean() - dims * math.log(ref.scale)) / math.log(2)  # model space
+        row["k_minus_null_bits"] = row["k_bits"] - null_log_likelihood_bits(torch.from_numpy(ref.to_model(points)))
     atomic_write_json(data_json, row)
     print(f"reference: {len(ref.x)} reference points ({e.features} features, k = {e.k}); data row: "
           + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
-    log_stage_run(StageRun("reference", params={"evaluate": dataclasses.asdict(e), "sample": {"n": params.sample.n}},
-                           metrics=row, tags={"cell": "data"}))
+    log_stage_run(StageRun("reference" + (f"@{experiment}" if experiment else ""),
+                           params={"evaluate": dataclasses.asdict(e), "sample": {"n": params.sample.n}},
+                           metrics=row, tags={"cell": "data" + (f"-{experiment}" if experiment else "")}))
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ import torch
 
 from components.data import DATASETS, Dataset, to_data
 from components.ddgan import Generator
-from components.guidance import Classifier, classifier_grad
-from components.likelihood import bound_per_dim, variational_bound
-from components.metrics import ReferenceSet, sample_metrics, target_hit_rate
+from components.gaussian_mixture import conditioned_mixture
+from components.guidance import Classifier, Known, classifier_grad, gaussian_factor
+from components.likelihood import bound_per_dim, null_log_likelihood_bits, variational_bound
+from components.metrics import ReferenceSet, conditional_metrics, sample_metrics, target_hit_rate
 from components.networks import make_classifier, make_generator, make_network
 from components.registry import SAMPLERS
 from components.samplers import EpsModel, sample_ddgan
@@ -39,7 +40,7 @@ from pipelines.io import (
     InputError, NonFiniteError, atomic_save_figure, atomic_save_npz, atomic_write_json, entry_point, first_line,
     load_checkpoint, load_dataset, load_reference_stats, progress_enabled, stage_args,
 )
-from pipelines.params import CellParams, Params, ParamsError, load_params
+from pipelines.params import CellParams, ConditionParams, Params, ParamsError, experiment_args, load_params
 from pipelines.plots import samples_figure
 from pipelines.timing import time_draws
 from pipelines.tracking import StageRun, log_stage_run
@@ -92,6 +93,9 @@ def check_cell_model(cell_key: str, cell: CellParams, ckpt_path: str, cfg: dict,
         raise InputError(f"{ckpt_path}: trained with T={T}, but {cell_key}.steps = {cell.steps}")
     if cell.variance == "learned" and cfg["network"].get("out_mult", 1) != 2:
         raise InputError(f"{ckpt_path}: {cell_key}.variance 'learned' needs a model with a variance output")
+    if cfg.get("output", "eps") == "sd2015" and (cell.sampler, cell.steps, cell.variance) != ("ddpm", T, "learned"):
+        raise InputError(f"{ckpt_path}: Sohl-Dickstein et al. 2015's kernel; {cell_key} needs sampler ddpm, steps {T} "
+                         f"and variance learned")
     if (ref.shift, ref.scale) != (cfg["data"]["shift"], cfg["data"]["scale"]):
         raise InputError(f"{ref_path}: its model-space map differs from the one {ckpt_path} was trained with")
 
@@ -126,22 +130,29 @@ def guide_for(classifier: Classifier | None, y: torch.Tensor, scale: float | Non
     return lambda batch: classifier_grad(classifier, y[batch], scale)
 
 
-def bound(model: EpsModel, sched: Schedule, cell: CellParams, ref: Dataset, params: Params) -> dict[str, np.ndarray]:
-    """The cell's variational bound on the first nll.n reference points: mean, standard error, per-term means."""
+def bound(model: EpsModel, sched: Schedule, cell: CellParams, ref: Dataset, params: Params,
+          output: str = "eps") -> dict[str, np.ndarray]:
+    """The cell's variational bound on the first nll.n reference points: mean and standard error per dimension in the
+    data set's unit, per-term means, and Sohl-Dickstein et al. 2015's K in bits per sample in model space (unit
+    variance), with K - L_null, L_null the points' log-likelihood under N(0, I) (their Table 1)."""
     nll, decoder = params.nll, DATASETS[params.data.name].decoder
     x0 = torch.from_numpy(ref.to_model(ref.x[: nll.n]))  # (n, ...) model space
     dims = math.prod(x0.shape[1:])
     generator = torch.Generator().manual_seed(nll.seed)
-    per_dim, terms, prior = [], [], []
+    per_dim, terms, prior, total = [], [], [], []
     for start in range(0, len(x0), nll.batch_size):
         out = variational_bound(model, sched, x0[start:start + nll.batch_size], variance=cell.sampler_kwargs()["variance"],
-                                generator=generator, decoder=decoder, clip_x0=cell.clip_x0)
+                                generator=generator, decoder=decoder, clip_x0=cell.clip_x0, output=output)
         per_dim.append(bound_per_dim(out["total"], dims, decoder, ref.scale))
         terms.append(out["terms"].sum(1) / dims)  # (S,) nats/dim, model space, summed over the batch
         prior.append(out["prior"].sum() / dims)
+        total.append(out["total"])
     per_dim = torch.cat(per_dim)
+    k_bits = -float(torch.cat(total).mean()) / math.log(2)
     return {"nll": np.float64(per_dim.mean()), "nll_se": np.float64(per_dim.std() / math.sqrt(len(per_dim))),
-            "nll_terms": (torch.stack(terms).sum(0) / len(x0)).numpy(), "nll_prior": np.float64(sum(prior) / len(x0))}
+            "nll_terms": (torch.stack(terms).sum(0) / len(x0)).numpy(), "nll_prior": np.float64(sum(prior) / len(x0)),
+            "k_bits": np.float64(k_bits), "k_minus_null_bits": np.float64(k_bits - null_log_likelihood_bits(x0))}
+
 
 
 @dataclass(frozen=True)
@@ -158,26 +169,53 @@ class CellFiles:
     timing: str  # its speed, apart: the only output that differs between two runs
 
 
-def score(x: np.ndarray, ref: Dataset, reference: ReferenceSet, params: Params, y: np.ndarray | None) -> dict[str, float]:
-    """The cell's quality and coverage against the reference split, in data units; guided cells add the target-hit rate."""
+def score(x: np.ndarray, ref: Dataset, reference: ReferenceSet, params: Params, y: np.ndarray | None,
+          condition: ConditionParams | None = None) -> dict[str, float]:
+    """The cell's quality and coverage against the reference split, in data units, with the data set's own measures
+    (a mixture's modes, the swiss roll's curve); guided cells add the target-hit rate, conditioned cells on a mixture
+    the share at the exact conditional's modes and the distance of their weights from its."""
     e = params.evaluate
     out = sample_metrics(x, reference, modes=ref.modes, mode_std=ref.mode_std, n_std=e.n_std, min_count=e.min_mode_count)
+    measures = DATASETS[params.data.name].measures
+    if measures is not None:
+        out |= measures(x, params.data.std, e.n_std, e.min_mode_count)
     if y is not None and ref.modes is not None:
         out["target_hit"] = target_hit_rate(x, y, ref.modes)
+    if condition is not None and ref.modes is not None:
+        out |= conditional_metrics(x, *conditioned_mixture(ref.modes, ref.mode_std, condition), n_std=e.n_std)
     return out
+
+
+def factor(condition: ConditionParams | None, ref: Dataset, shape: tuple[int, ...]) -> dict:
+    """A condition (data units) as the samplers' keyword arguments in model space: `known` for a delta on a
+    coordinate, `guidance` = grad log r for a Gaussian bump (Sohl-Dickstein et al. 2015 §2.5); none without one."""
+    if condition is None:
+        return {}
+    if condition.factor == "delta":
+        mask = torch.zeros(math.prod(shape), dtype=torch.bool)
+        mask[condition.coordinate] = True
+        values = torch.full((math.prod(shape),), (condition.value - ref.shift) * ref.scale)
+        return {"known": Known(mask.reshape(shape), values.reshape(shape))}
+    center = (torch.tensor(condition.center, dtype=torch.float64) - ref.shift) * ref.scale
+    return {"guidance": gaussian_factor(center.reshape(shape), condition.std * ref.scale)}
 
 
 def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Generator, full: Schedule,
              shape: tuple[int, ...], ref: Dataset, params: Params, files: CellFiles,
-             classifier: Classifier | None = None, n_classes: int | None = None) -> None:
+             classifier: Classifier | None = None, n_classes: int | None = None, output: str = "eps") -> None:
     """Sample the cell, score it, compute its bound if it has one, time it; write each output, log to MLflow.
 
-    A cell with a guidance scale needs `classifier` (logits over `n_classes`) and draws its targets.
+    A cell with a guidance scale needs `classifier` (logits over `n_classes`) and draws its targets; a cell
+    with a condition multiplies its factor in. `output` says how an ancestral sampler reads the model
+    (`diffusion.reverse_kernel`): eps, or Sohl-Dickstein et al. 2015's kernel.
     """
     p, e = params.sample, params.evaluate
     reference = load_reference_stats(files.stats, e.features, e.k)  # a bad file fails here, before any compute
     sched = respace(full, make_trajectory(cell.trajectory, len(full), cell.steps))
-    sampler, kwargs = CELL_SAMPLERS[cell.sampler], cell.sampler_kwargs()
+    condition = cell.condition
+    sampler, kwargs = CELL_SAMPLERS[cell.sampler], {**cell.sampler_kwargs(), **factor(condition, ref, shape)}
+    if output != "eps":
+        kwargs["output"] = output
     guided = cell.scale is not None
     y = target_labels(p.n, n_classes, params.guidance.label_seed) if guided else None
     x = draw(sampler, model, sched, p.n, p.batch_size, shape, torch.Generator().manual_seed(p.seed), kwargs,
@@ -185,14 +223,14 @@ def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Gen
     bad = int((~torch.isfinite(x)).any(dim=tuple(range(1, x.dim()))).sum())
     if bad:
         raise NonFiniteError(f"{stage}: {bad} of {p.n} samples are non-finite: the sampler diverged; nothing written")
-    likelihood = bound(model, sched, cell, ref, params) if cell.has_likelihood else {}
+    likelihood = bound(model, sched, cell, ref, params, output) if cell.has_likelihood else {}
 
     x_data = to_data(x.numpy(), ref.shift, ref.scale)  # metrics live in data units
     nfe = len(sched)  # one network evaluation per step
     y_np = None if y is None else y.numpy()
     targets = {"y": y_np, "scale": np.float64(cell.scale)} if guided else {}
-    row = {"nfe": nfe, **score(x_data, ref, reference, params, y_np),
-           **{k: float(likelihood[k]) for k in ("nll", "nll_se") if k in likelihood}}
+    row = {"nfe": nfe, **score(x_data, ref, reference, params, y_np, condition),
+           **{k: float(likelihood[k]) for k in ("nll", "nll_se", "k_bits", "k_minus_null_bits") if k in likelihood}}
 
     def timed_draw(n: int, draw_seed: int) -> torch.Tensor:  # the cell's sampler on one batch, its own noise
         guide = guide_for(classifier, target_labels(n, n_classes, draw_seed), cell.scale) if guided else None
@@ -202,7 +240,8 @@ def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Gen
     timing = time_draws(timed_draw, n=t.n, repeats=t.repeats, warmup=t.warmup, threads=t.threads)
 
     atomic_save_npz(files.samples, x=x_data, nfe=np.int64(nfe), **likelihood, **targets)
-    title = f"{cell_name}: NFE {nfe}" + (f", guidance s = {cell.scale:g} (colour: target)" if guided else "")
+    title = (f"{cell_name}: NFE {nfe}" + (f", guidance s = {cell.scale:g} (colour: target)" if guided else "")
+             + (f", times r: {condition.describe()}" if condition else ""))
     atomic_save_figure(files.scatter, samples_figure(x_data, title, labels=y_np))
     atomic_write_json(files.metrics, row)
     atomic_write_json(files.timing, timing)
@@ -212,16 +251,18 @@ def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Gen
     numbers = {k: v for k, v in timing.items() if isinstance(v, (int, float))}
     log_stage_run(StageRun(
         stage, params={"cell": dataclasses.asdict(cell), "sample": dataclasses.asdict(p), "timing": dataclasses.asdict(t),
-                       **({"guidance": dataclasses.asdict(params.guidance)} if guided else {})},
+                       **({"guidance": dataclasses.asdict(params.guidance)} if guided else {}),
+                       **({"condition": dataclasses.asdict(condition)} if condition else {})},
         metrics={**row, **{f"timing.{k}": v for k, v in numbers.items()}}, artifacts=[Path(files.scatter)],
         tags={"cell": cell_name, "timing.device": timing["device"]},
     ))
 
 
 def main(argv: list[str]) -> None:
+    experiment, argv = experiment_args(argv)
     cell_name, ckpt_path, *paths = stage_args(argv, ("cell", "checkpoint.pt", *CellFiles.ARGS))
     files = CellFiles(*paths)
-    params = load_params()
+    params = load_params().experiment(experiment)
     if cell_name not in params.sweep:
         raise ParamsError(f"params.yaml: sweep.{cell_name}: no such cell; allowed: {', '.join(params.sweep)}")
     cell = params.sweep[cell_name]
@@ -229,7 +270,8 @@ def main(argv: list[str]) -> None:
     ref = load_dataset(files.reference, params.data.name)
     check_cell_model(f"sweep.{cell_name}", cell, ckpt_path, cfg, files.reference, ref)
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
-    run_cell(f"sample@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, files)
+    run_cell(f"sample@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, files,
+             output=cfg.get("output", "eps"))
 
 
 if __name__ == "__main__":

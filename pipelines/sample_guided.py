@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
         raise InputError(f"{clf_path}: trained on other data than {ckpt_path} (data fingerprint or model-space map differ)")
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
     run_cell(f"sample_guided@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, files,
-             classifier=classifier, n_classes=clf_cfg["n_classes"])
+             classifier=classifier, n_classes=clf_cfg["n_classes"], output=cfg.get("output", "eps"))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ def _present(v) -> bool:
 def markdown_table(df: pd.DataFrame) -> str:
     """The table as GitHub markdown, numbers rounded for reading."""
     fmt = {"wall_s_per_1k": "{:.3f}", "hq_fraction": "{:.3f}", "kl_uniform": "{:.4f}", "fid": "{:.4f}",
-           "precision": "{:.3f}", "recall": "{:.3f}", "target_hit": "{:.3f}", "scale": "{:g}"}
+           "precision": "{:.3f}", "recall": "{:.3f}", "target_hit": "{:.3f}", "scale": "{:g}", "arc_coverage": "{:.2f}",
+           "cond_hq": "{:.3f}", "cond_tv": "{:.3f}", "k_bits": "{:.2f}", "k_minus_null_bits": "{:.2f}"}
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     for _, row in df.iterrows():
         cells = []
@@ -92,30 +93,37 @@ def main(argv: list[str]) -> None:
     params = load_params()
     claimed = set(load_claims(claims_path).rows) - {"data"}
     spec = DATASETS[params.data.name]
-    data_row = read_row(Path(metrics_dir) / "data.json", ROW_KEYS)
-    rows = [{"cell": "data", "sampler": "train split", "wall_s_per_1k": 0.0, **data_row}]
-    timings, full_chains = {}, {}
+    rows, timings, full_chains = [], {}, {}
+    for run in (params, params.experiment("swissroll")):  # the main data set's rows, then the swiss roll's
+        ceiling = "data" if run is params else "data-swissroll"
+        rows.append({"cell": ceiling, "data": run.data.name, "sampler": "train split", "wall_s_per_1k": 0.0,
+                     **read_row(Path(metrics_dir) / f"{ceiling}.json", ROW_KEYS)})
+        for name, cell in run.cells().items() if run is params else run.sweep.items():
+            c = load_samples(Path(samples_dir) / f"{name}.npz", DATASETS[run.data.name], run.sample.n)
+            if cell.scale is not None and ("y" not in c or float(c["scale"]) != cell.scale):
+                raise InputError(f"{samples_dir}/{name}.npz: not guided at scale {cell.scale:g} as params say; "
+                                 f"rerun its stage")
+            timings[name] = read_row(Path(timing_dir) / f"{name}.json", TIMING_KEYS)
+            kw = cell.sampler_kwargs()
+            rows.append({"cell": name, "data": run.data.name, "model": getattr(cell, "model", "exact"),
+                         "sampler": cell.sampler, "steps": cell.steps, "eta": kw.get("eta"),
+                         "variance": kw.get("variance"), "scale": cell.scale,
+                         "condition": cell.condition.describe() if cell.condition else None,
+                         **read_row(Path(metrics_dir) / f"{name}.json", ROW_KEYS),
+                         **{k: timings[name][k] for k in ("wall_s_per_1k", "wall_s_per_1k_iqr")}})
+            if run is params and "nll_terms" in c and cell.steps == params.diffusion.T:
+                full_chains[f"{name} ({getattr(cell, 'model', 'exact')}, {kw['variance']})"] = c["nll_terms"]
     T = params.diffusion.T
-    for name, cell in params.cells().items():
-        c = load_samples(Path(samples_dir) / f"{name}.npz", spec, params.sample.n)
-        if cell.scale is not None and ("y" not in c or float(c["scale"]) != cell.scale):
-            raise InputError(f"{samples_dir}/{name}.npz: not guided at scale {cell.scale:g} as params say; rerun its stage")
-        timings[name] = read_row(Path(timing_dir) / f"{name}.json", TIMING_KEYS)
-        kw = cell.sampler_kwargs()
-        rows.append({"cell": name, "model": getattr(cell, "model", "exact"), "sampler": cell.sampler,
-                     "steps": cell.steps, "eta": kw.get("eta"), "variance": kw.get("variance"), "scale": cell.scale,
-                     **read_row(Path(metrics_dir) / f"{name}.json", ROW_KEYS),
-                     **{k: timings[name][k] for k in ("wall_s_per_1k", "wall_s_per_1k_iqr")}})
-        if "nll_terms" in c and cell.steps == T:
-            full_chains[f"{name} ({getattr(cell, 'model', 'exact')}, {kw['variance']})"] = c["nll_terms"]
+    # the trilemma figure: samples of the main data set's p(x), unconditioned
+    trilemma_rows = [r for r in rows if r["data"] == params.data.name and not _present(r.get("condition"))]
 
     df = pd.DataFrame(rows)
     df = df.reindex(columns=[*SETTINGS, *METRICS]).astype({"steps": "Int64", "nfe": "Int64"})
     by_cell = {r["cell"]: {k: r[k] for k in METRICS if _present(r.get(k))} for r in rows}  # DVC metrics and MLflow
     atomic_write_json(json_path, by_cell)
     atomic_write_text(csv_path, df.to_csv(index=False))
-    atomic_write_text(md_path, table_header(params, spec, len(rows) - 1, timings) + markdown_table(markdown_frame(df)))
-    atomic_save_figure(png_path, trilemma_figure(rows[1:], ceiling=rows[0], marked=claimed))
+    atomic_write_text(md_path, markdown_document(df, params, spec, timings))
+    atomic_save_figure(png_path, trilemma_figure(trilemma_rows[1:], ceiling=trilemma_rows[0], marked=claimed))
     atomic_save_figure(terms_path, vlb_terms_figure(full_chains, T))
     atomic_save_figure(guidance_path, guidance_figure(guidance_series(rows, params)))
     print(f"table: {len(rows)} rows -> {md_path}")
@@ -126,11 +134,46 @@ def main(argv: list[str]) -> None:
     ))
 
 
+# Columns each part of the markdown leaves out: they are blank in every row of that part.
+MAIN_ONLY = ("arc_coverage", "cond_hq", "cond_tv", "k_bits", "k_minus_null_bits", "data", "condition")
+CONDITIONED_DROP = ("arc_coverage", "k_bits", "k_minus_null_bits", "nll", "nll_se", "target_hit", "scale", "data",
+                    "eta", "modes", "kl_uniform")
+SWISSROLL_DROP = ("modes", "kl_uniform", "target_hit", "cond_hq", "cond_tv", "scale", "condition", "eta", "data")
+
+
+def markdown_document(df: pd.DataFrame, params, spec, timings: dict[str, dict]) -> str:
+    """trilemma.md: the main table (the main data set's unconditioned rows), then the conditioned rows and the swiss
+    roll's rows, each with the columns it fills."""
+    main = df[(df["data"] == params.data.name) & df["condition"].isna()]
+    conditioned = df[(df["data"] == params.data.name) & df["condition"].notna()]
+    swissroll = df[df["data"] != params.data.name]
+    text = table_header(params, spec, len(main) - 1, timings)
+    text += markdown_table(markdown_frame(main.drop(columns=list(MAIN_ONLY))))
+    if len(conditioned):
+        text += ("\n\nConditioned rows: samples of p(x) r(x) for a factor r (Sohl-Dickstein et al. 2015 §2.5; "
+                 "`condition` in data units). `cond_hq`: share of samples within "
+                 f"{params.evaluate.n_std:g} std of a mode of the exact conditional (the mixture times r, closed "
+                 "form); `cond_tv`: total variation between their split over those modes and the exact weights.\n\n"
+                 + markdown_table(markdown_frame(conditioned.drop(columns=list(CONDITIONED_DROP)))))
+    if len(swissroll):
+        x = params.swissroll
+        text += (f"\n\nSwiss roll rows (Sohl-Dickstein et al. 2015, Table 1: K = 2.35 bits, K - L_null = 6.45 bits): "
+                 f"{x.data.n_reference} reference points, noise std {x.data.std:g} around the z-scored curve, T = "
+                 f"{x.diffusion.T} ({x.diffusion.schedule} schedule). `hq_fraction`: share within "
+                 f"{params.evaluate.n_std:g} std of the curve; `arc_coverage`: share of 50 equal pieces of its arc "
+                 f"holding at least {params.evaluate.min_mode_count} of them. `k_bits`: the bound K in bits per point "
+                 f"on unit-variance data (for `data-swissroll` the true log-likelihood), `k_minus_null_bits`: K minus the points' "
+                 f"log-likelihood under N(0, I).\n\n"
+                 + markdown_table(markdown_frame(swissroll.drop(columns=list(SWISSROLL_DROP)))))
+    return text
+
+
 def markdown_frame(df: pd.DataFrame) -> pd.DataFrame:
     """The table as the markdown shows it: the bound as `nll ± se`, the time as `median ± IQR/2`."""
-    md = df.drop(columns=["nll_se", "wall_s_per_1k_iqr"]).astype({"nll": object, "wall_s_per_1k": object})
-    md["nll"] = [None if not _present(v) else f"{v:.4f}" + (f" ± {se:.4f}" if _present(se) else "")
-                 for v, se in zip(df["nll"], df["nll_se"])]
+    md = df.drop(columns=["nll_se", "wall_s_per_1k_iqr"], errors="ignore").astype({"wall_s_per_1k": object})
+    if "nll" in df:
+        md["nll"] = [None if not _present(v) else f"{v:.4f}" + (f" ± {se:.4f}" if _present(se) else "")
+                     for v, se in zip(df["nll"], df["nll_se"])]
     md["wall_s_per_1k"] = [f"{v:.3f}" + (f" ± {iqr / 2:.3f}" if _present(iqr) else "")
                            for v, iqr in zip(df["wall_s_per_1k"], df["wall_s_per_1k_iqr"])]
     return md

@@ -1,0 +1,90 @@
+"""Stage `train_sd2015`: Sohl-Dickstein et al. 2015's diffusion model, trained on the full bound K (eq. 14).
+
+    python -m pipelines.train_sd2015 [--experiment swissroll] <train.npz> <checkpoint.pt> <loss.csv> <loss.png>
+
+The reverse kernel has a learned mean and a learned diagonal variance, both perturbations of the forward
+kernel (eqs. 64-65; `diffusion.sd2015_mean_variance`): the network outputs (z_mu, z_Sigma), 2C channels,
+recorded in the checkpoint as output "sd2015". The loss is T L_t at per-example t, L_t the closed-form
+posterior KL in bits per dimension, with gradients through mean and variance (`training.bound_train_step`).
+On the main data set it uses params diffusion's schedule and T, the DDPM model's chain, so its row compares
+parameterisation and objective alone (DDPM Table 2); `--experiment swissroll` trains on the swiss roll at the
+paper's T = 40 with its own schedule. Resume works as in train_ddpm, importance-sampler history included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from components.data import DATASETS
+from components.networks import make_network
+from components.schedules import make_schedule
+from components.training import (
+    CHECKPOINT_KEYS, TrainState, bound_train_step, checkpoint, make_timestep_sampler, restore,
+)
+from pipelines.io import atomic_torch_save, entry_point, load_dataset, stage_args
+from pipelines.params import experiment_args, load_params
+from pipelines.tracking import StageRun, log_stage_run
+from pipelines.trainer import resume, scratch_config, train_loop, write_history
+
+OUTPUT = "sd2015"  # how the network's output is read (diffusion.reverse_kernel)
+
+
+def main(argv: list[str]) -> None:
+    experiment, argv = experiment_args(argv)
+    data_path, ckpt_path, csv_path, png_path = stage_args(argv, ("train.npz", "checkpoint.pt", "loss.csv", "loss.png"))
+    params = load_params().experiment(experiment)
+    p, diff = params.train_sd2015, params.diffusion
+    stage = "train_sd2015" + (f" ({experiment})" if experiment else "")
+    ds = load_dataset(data_path, params.data.name)
+    data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
+    decoder = DATASETS[params.data.name].decoder
+    config = scratch_config(p, dataclasses.asdict(diff), ds, output=OUTPUT,
+                            objective={"loss": "vlb", "decoder": decoder})
+    config["network"]["out_mult"] = 2  # z_mu and z_Sigma
+    sched = make_schedule(diff.schedule, diff.T)
+    torch.manual_seed(p.seed)  # network initialisation
+    net = make_network(p.network.name, tuple(data.shape[1:]), **p.network.kwargs, out_mult=2)
+    state = TrainState.create(net, p.lr, p.seed)
+    timesteps = make_timestep_sampler(p.timestep_sampler, len(sched), p.importance_history, p.importance_uniform)
+    history: dict[str, list] = {"step": [], "loss": [], "lr": []}
+
+    def restore_all(ckpt: dict) -> None:
+        history.update(restore(state, ckpt))
+        timesteps.load_state_dict(ckpt["timestep_sampler"])
+
+    def save(path) -> None:
+        atomic_torch_save(path, checkpoint(state, config, history, timestep_sampler=timesteps.state_dict()))
+
+    partial = Path(f"{ckpt_path}.partial")
+    if resume(stage, partial, config, (*CHECKPOINT_KEYS, "timestep_sampler"), restore_all):
+        print(f"{stage}: resuming from {partial} at step {state.step}")
+    train_s, steps_per_s = train_loop(
+        stage, p, state,
+        lambda lr: bound_train_step(state, sched, data, timesteps, batch_size=p.batch_size, output=OUTPUT,
+                                    decoder=decoder, lr=lr, grad_clip=p.grad_clip, ema_decay=p.ema_decay),
+        history, save, partial)
+
+    save(ckpt_path)
+    write_history(csv_path, png_path, history,
+                  f"{stage}: T L_t (bits/dim), the bound's estimate, mean per log_every steps")
+    n_params = sum(x.numel() for x in net.parameters())
+    print(f"{stage}: {p.steps} steps on {params.data.name} (T = {diff.T}, {diff.schedule}), final T L_t "
+          f"{history['loss'][-1]:.4f} bits/dim, {n_params} parameters, {train_s:.1f} s in this run "
+          f"({steps_per_s:.1f} steps/s)")
+    log_stage_run(StageRun(
+        "train_sd2015" + (f"@{experiment}" if experiment else ""),
+        params={"data": dataclasses.asdict(params.data), "diffusion": dataclasses.asdict(diff),
+                "train_sd2015": dataclasses.asdict(p)},
+        metrics={"final_loss": history["loss"][-1], "n_params": n_params, "train_s": train_s,
+                 "steps_per_s": steps_per_s},
+        series={"loss": list(zip(history["step"], history["loss"])), "lr": list(zip(history["step"], history["lr"]))},
+        artifacts=[Path(csv_path), Path(png_path)],
+    ))
+    partial.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    entry_point(main)
