@@ -484,6 +484,13 @@ class Params:
         """Every sampler cell of the main data set in table order: trained, DDGAN, guided, exact."""
         return {**self.sweep, **self.ddgan.cells(), **self.guided_sweep, **self.exact_sweep}
 
+    def experiment_data(self, name: str | None) -> DataParams:
+        """Experiment `name`'s data section (None: the main run's), read without the rest of `experiment(name)`."""
+        if name is None:
+            return self.data
+        _choice("experiment", name, EXPERIMENTS, "experiment")
+        return self.swissroll.data
+
     def experiment(self, name: str | None) -> "Params":
         """These params as experiment `name` sees them (None: the main run itself).
 

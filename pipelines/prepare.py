@@ -16,7 +16,7 @@ from pipelines.tracking import StageRun, log_stage_run
 def main(argv: list[str]) -> None:
     experiment, argv = experiment_args(argv)
     train_path, reference_path = stage_args(argv, ("train.npz", "reference.npz"))
-    p = load_params().experiment(experiment).data
+    p = load_params().experiment_data(experiment)
     spec = DATASETS[p.name]
     splits = spec.build(p.n_train, p.n_reference, p.std, p.seed)
     for split, ds in splits.items():  # what every stage's loader will check, before anything is written

@@ -29,8 +29,9 @@ def main(argv: list[str]) -> None:
     experiment, argv = experiment_args(argv)
     train_path, ref_path, stats_path, data_json = stage_args(
         argv, ("train.npz", "reference.npz", "reference_stats.npz", "data.json"))
-    params = load_params().experiment(experiment)
-    e, name, spec = params.evaluate, params.data.name, DATASETS[params.data.name]
+    params = load_params()
+    data = params.experiment_data(experiment)
+    e, name, spec = params.evaluate, data.name, DATASETS[data.name]
     ref, train = load_dataset(ref_path, name), load_dataset(train_path, name)
     reference = reference_set(ref.x, e.features, e.k)
     atomic_save_npz(stats_path, **reference.to_arrays())
@@ -38,10 +39,10 @@ def main(argv: list[str]) -> None:
     row = {"nfe": 0, **sample_metrics(x, reference, modes=ref.modes, mode_std=ref.mode_std, n_std=e.n_std,
                                       min_count=e.min_mode_count)}
     if spec.measures is not None:
-        row |= spec.measures(x, params.data.std, e.n_std, e.min_mode_count)
+        row |= spec.measures(x, data.std, e.n_std, e.min_mode_count)
     points = ref.x[: params.nll.n]
     log_p = (mixture_log_prob(points, ref.modes, ref.mode_std) if ref.modes is not None
-             else spec.log_prob(points, params.data.std) if spec.log_prob is not None else None)
+             else spec.log_prob(points, data.std) if spec.log_prob is not None else None)
     if log_p is not None:  # the true density is known: the bound's floor, per dimension
         dims = points[0].size
         row["nll"] = float(-log_p.mean() / dims)

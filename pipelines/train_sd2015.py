@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
           f"({steps_per_s:.1f} steps/s)")
     log_stage_run(StageRun(
         "train_sd2015" + (f"@{experiment}" if experiment else ""),
-        params={"data": dataclasses.asdict(params.data), "diffusion": dataclasses.asdict(diff),
+        params={"data": {"name": params.data.name}, "diffusion": dataclasses.asdict(diff),
                 "train_sd2015": dataclasses.asdict(p)},
         metrics={"final_loss": history["loss"][-1], "n_params": n_params, "train_s": train_s,
                  "steps_per_s": steps_per_s},

@@ -42,6 +42,15 @@ pytestmark = pytest.mark.slow
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # Trainers: the stages that run the shared training loop (and write resume checkpoints).
 TRAINERS = [name for name, s in DVC_YAML.items() if "pipelines/trainer.py" in s.get("deps", [])]
+TRAINER_PARAMS = {"train_sd2015_swissroll": ("swissroll", "train")}  # where a trainer's section sits, if not at its name
+
+
+def trainer_section(params: dict, trainer: str) -> dict:
+    """The params section (a mapping inside `params`) that trainer stage `trainer` trains with."""
+    section = params
+    for key in TRAINER_PARAMS.get(trainer, (trainer,)):
+        section = section[key]
+    return section
 INPUT_SUFFIXES = (".npz", ".pt", ".json", ".csv")  # the files a stage loads; a directory dep is a folder of them
 
 
@@ -439,8 +448,8 @@ def test_killed_trainer_resumes_to_byte_identical_outputs(repo, trainer):
     appears (while the outputs are written and logged); the run that finishes writes the bytes an unbroken run writes,
     and one killed after its last step redoes no training. Resume checkpoints every log_every steps, so that kills land
     between them."""
-    section = yaml.safe_load((repo / "params.yaml").read_text())[trainer]
-    set_params(repo, lambda p: p[trainer].update(checkpoint_every=section["log_every"]))
+    section = trainer_section(yaml.safe_load((repo / "params.yaml").read_text()), trainer)
+    set_params(repo, lambda p: trainer_section(p, trainer).update(checkpoint_every=section["log_every"]))
     stages = stage_addresses(repo)
     address = instance(stages, trainer)
     argv, _, outs = stages[address]
@@ -476,7 +485,7 @@ def test_killed_trainer_resumes_to_byte_identical_outputs(repo, trainer):
     print(f"\n{address}: killed {kills}; the last run: {[l for l in out.splitlines() if 'resuming' in l]}")
     assert last.returncode == 0, out
     if kills[-1:] == ["final checkpoint written"]:
-        steps = yaml.safe_load((repo / "params.yaml").read_text())[trainer]["steps"]
+        steps = section["steps"]
         assert f"resuming from {partial.relative_to(repo)} at step {steps}" in out
     assert {o: md5(repo / o) for o in outs} == reference, f"kills: {kills}"
     assert not partial.exists() and not [t for o in outs for t in (repo / o).parent.glob(".*.tmp")]
