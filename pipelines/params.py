@@ -727,6 +727,11 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     return parse_params(read_yaml(path), str(path))
 
 
+def stage_name(stage: str, experiment: str | None) -> str:
+    """dvc.yaml's name for stage `stage` run on `experiment` (its MLflow run's name too): `<stage>_<experiment>`."""
+    return stage if experiment is None else f"{stage}_{experiment}"
+
+
 def experiment_args(argv: list[str]) -> tuple[str | None, list[str]]:
     """A stage's leading `--experiment NAME` (dvc.yaml's cmd), and the rest of its arguments: the stage then reads
     `load_params().experiment(NAME)`. None when absent (the main run)."""

@@ -9,7 +9,7 @@ import dataclasses
 
 from components.data import DATASETS, split_problem
 from pipelines.io import entry_point, save_dataset, stage_args
-from pipelines.params import ParamsError, experiment_args, load_params
+from pipelines.params import ParamsError, experiment_args, load_params, stage_name
 from pipelines.tracking import StageRun, log_stage_run
 
 
@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
     train = splits["train"]
     print(f"prepare: {p.name} train {train.x.shape} reference {splits['reference'].x.shape}, model scale {train.scale:.6f}")
     log_stage_run(StageRun(
-        "prepare" + (f"@{experiment}" if experiment else ""), params={"data": dataclasses.asdict(p)},
+        stage_name("prepare", experiment), params={"data": dataclasses.asdict(p)},
         metrics={"n_train": len(train.x), "n_reference": len(splits["reference"].x), "model_scale": train.scale},
     ))
 

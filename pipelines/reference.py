@@ -21,7 +21,7 @@ from components.gaussian_mixture import mixture_log_prob
 from components.likelihood import null_log_likelihood_bits
 from components.metrics import reference_set, sample_metrics
 from pipelines.io import atomic_save_npz, atomic_write_json, entry_point, load_dataset, stage_args
-from pipelines.params import experiment_args, load_params
+from pipelines.params import experiment_args, load_params, stage_name
 from pipelines.tracking import StageRun, log_stage_run
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
     atomic_write_json(data_json, row)
     print(f"reference: {len(ref.x)} reference points ({e.features} features, k = {e.k}); data row: "
           + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
-    log_stage_run(StageRun("reference" + (f"@{experiment}" if experiment else ""),
+    log_stage_run(StageRun(stage_name("reference", experiment),
                            params={"evaluate": dataclasses.asdict(e), "sample": {"n": params.sample.n}},
                            metrics=row, tags={"cell": "data" + (f"-{experiment}" if experiment else "")}))
 

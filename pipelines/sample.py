@@ -40,7 +40,9 @@ from pipelines.io import (
     InputError, NonFiniteError, atomic_save_figure, atomic_save_npz, atomic_write_json, entry_point, first_line,
     load_checkpoint, load_dataset, load_reference_stats, progress_enabled, stage_args,
 )
-from pipelines.params import CellParams, ConditionParams, Params, ParamsError, experiment_args, load_params
+from pipelines.params import (
+    CellParams, ConditionParams, Params, ParamsError, experiment_args, load_params, stage_name,
+)
 from pipelines.plots import samples_figure
 from pipelines.timing import time_draws
 from pipelines.tracking import StageRun, log_stage_run
@@ -270,7 +272,7 @@ def main(argv: list[str]) -> None:
     ref = load_dataset(files.reference, params.data.name)
     check_cell_model(f"sweep.{cell_name}", cell, ckpt_path, cfg, files.reference, ref)
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
-    run_cell(f"sample@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, files,
+    run_cell(f"sample@{cell_name}" if experiment is None else stage_name("sample", experiment), cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, files,
              output=cfg.get("output", "eps"))
 
 

@@ -25,7 +25,7 @@ from components.training import (
     CHECKPOINT_KEYS, TrainState, bound_train_step, checkpoint, make_timestep_sampler, restore,
 )
 from pipelines.io import atomic_torch_save, entry_point, load_dataset, stage_args
-from pipelines.params import experiment_args, load_params
+from pipelines.params import experiment_args, load_params, stage_name
 from pipelines.tracking import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop, write_history
 
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     data_path, ckpt_path, csv_path, png_path = stage_args(argv, ("train.npz", "checkpoint.pt", "loss.csv", "loss.png"))
     params = load_params().experiment(experiment)
     p, diff = params.train_sd2015, params.diffusion
-    stage = "train_sd2015" + (f" ({experiment})" if experiment else "")
+    stage = stage_name("train_sd2015", experiment)
     ds = load_dataset(data_path, params.data.name)
     data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
     decoder = DATASETS[params.data.name].decoder
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
           f"{history['loss'][-1]:.4f} bits/dim, {n_params} parameters, {train_s:.1f} s in this run "
           f"({steps_per_s:.1f} steps/s)")
     log_stage_run(StageRun(
-        "train_sd2015" + (f"@{experiment}" if experiment else ""),
+        stage,
         params={"data": {"name": params.data.name}, "diffusion": dataclasses.asdict(diff),
                 "train_sd2015": dataclasses.asdict(p)},
         metrics={"final_loss": history["loss"][-1], "n_params": n_params, "train_s": train_s,
