@@ -41,7 +41,8 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert "warning" not in first.stderr.lower(), first.stderr
 
     table = pd.read_csv(tiny_repo / "metrics/trilemma.csv")
-    assert list(table["cell"]) == ["data", *cells]
+    swissroll = f"swissroll-sd2015-{params['swissroll']['diffusion']['T']}"  # the swiss roll experiment's rows last
+    assert list(table["cell"]) == ["data", *cells, "data-swissroll", swissroll]
     for col in ["scale", "nfe", "wall_s_per_1k", "wall_s_per_1k_iqr", "hq_fraction", "modes", "kl_uniform", "fid", "precision", "recall",
                 "target_hit", "nll"]:
         assert col in table.columns
@@ -98,7 +99,8 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert {f"metrics/cells/{c}.json" for c in ["data", *cells]} <= set(shown)
     assert {f"metrics/claims/{c}.json" for c in claim_ids()} <= set(shown)
 
-    stages = {"prepare", "reference", "train_ddpm", "finetune_iddpm", "train_classifier", "table", "claims",
+    stages = {"prepare", "reference", "train_ddpm", "finetune_iddpm", "train_sd2015", "train_classifier", "table",
+              "claims", "prepare_swissroll", "reference_swissroll", "train_sd2015_swissroll", "sample_swissroll",
               *(f"sample@{c}" for c in params["sweep"]), *(f"sample_guided@{c}" for c in params["guided_sweep"]),
               *(f"sample_exact@{c}" for c in params["exact_sweep"]),
               *(f"{stage}@{T}" for T in params["ddgan"]["T"] for stage in ("train_ddgan", "sample_ddgan"))}
