@@ -118,7 +118,7 @@ def main(argv: list[str]) -> None:
     trilemma_rows = [r for r in rows if r["data"] == params.data.name and not _present(r.get("condition"))]
 
     df = pd.DataFrame(rows)
-    df = df.reindex(columns=[*SETTINGS, *METRICS]).astype({"steps": "Int64", "nfe": "Int64"})
+    df = df.reindex(columns=[*SETTINGS, *METRICS]).astype({"steps": "Int64", "nfe": "Int64", "modes": "Int64"})
     by_cell = {r["cell"]: {k: r[k] for k in METRICS if _present(r.get(k))} for r in rows}  # DVC metrics and MLflow
     atomic_write_json(json_path, by_cell)
     atomic_write_text(csv_path, df.to_csv(index=False))
@@ -136,8 +136,9 @@ def main(argv: list[str]) -> None:
 
 # Columns each part of the markdown leaves out: they are blank in every row of that part.
 MAIN_ONLY = ("arc_coverage", "cond_hq", "cond_tv", "k_bits", "k_minus_null_bits", "data", "condition")
+# conditioned rows: FID and precision/recall against the unconditional reference split say nothing
 CONDITIONED_DROP = ("arc_coverage", "k_bits", "k_minus_null_bits", "nll", "nll_se", "target_hit", "scale", "data",
-                    "eta", "modes", "kl_uniform")
+                    "eta", "modes", "kl_uniform", "fid", "precision", "recall")
 SWISSROLL_DROP = ("modes", "kl_uniform", "target_hit", "cond_hq", "cond_tv", "scale", "condition", "eta", "data")
 
 

@@ -22,14 +22,24 @@ from components.data import DATASETS
 from components.networks import make_network
 from components.schedules import make_schedule
 from components.training import (
-    CHECKPOINT_KEYS, TrainState, bound_train_step, checkpoint, make_timestep_sampler, restore,
+    CHECKPOINT_KEYS, TrainState, UniformTimesteps, bound_train_step, checkpoint, make_timestep_sampler, restore,
 )
 from pipelines.io import atomic_torch_save, entry_point, load_dataset, stage_args
-from pipelines.params import experiment_args, load_params, stage_name
+from pipelines.params import SD2015Params, experiment_args, load_params, stage_name
 from pipelines.tracking import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop, write_history
 
 OUTPUT = "sd2015"  # how the network's output is read (diffusion.reverse_kernel)
+
+
+def new_state(p: SD2015Params, data_shape: tuple[int, ...], T: int) -> tuple[TrainState, UniformTimesteps]:
+    """A fresh run of params `p` (train_sd2015 or swissroll.train): the network seeded by `p.seed`, with 2C
+    outputs (z_mu, z_Sigma), its optimiser and EMA, and the timestep sampler over T steps. Shared with
+    benchmarks/sd2015_recipe.py."""
+    torch.manual_seed(p.seed)  # network initialisation
+    net = make_network(p.network.name, data_shape, **p.network.kwargs, out_mult=2)
+    return (TrainState.create(net, p.lr, p.seed),
+            make_timestep_sampler(p.timestep_sampler, T, p.importance_history, p.importance_uniform))
 
 
 def main(argv: list[str]) -> None:
@@ -45,10 +55,8 @@ def main(argv: list[str]) -> None:
                             objective={"loss": "vlb", "decoder": decoder})
     config["network"]["out_mult"] = 2  # z_mu and z_Sigma
     sched = make_schedule(diff.schedule, diff.T)
-    torch.manual_seed(p.seed)  # network initialisation
-    net = make_network(p.network.name, tuple(data.shape[1:]), **p.network.kwargs, out_mult=2)
-    state = TrainState.create(net, p.lr, p.seed)
-    timesteps = make_timestep_sampler(p.timestep_sampler, len(sched), p.importance_history, p.importance_uniform)
+    state, timesteps = new_state(p, tuple(data.shape[1:]), len(sched))
+    net = state.model
     history: dict[str, list] = {"step": [], "loss": [], "lr": []}
 
     def restore_all(ckpt: dict) -> None:
