@@ -192,7 +192,7 @@ def table_header(params, spec, n_cells: int, timings: dict[str, dict]) -> str:
         f"Row `data` is the train split (the ceiling); model `exact` rows sample with the mixture's closed-form eps* "
         f"(the sampler's ceiling, no model error). "
         f"Rows `ddgan-T` sample the Denoising Diffusion GAN trained with T steps (T generator calls, fresh z "
-        f"at each). "
+        f"at each). Model `sd2015` is Sohl-Dickstein et al. 2015's (its own reverse kernel, on its full chain). "
         f"`scale`: classifier-guidance scale s (ADM Alg. 1 for ddpm, Alg. 2 for ddim; exact rows guide with the "
         f"exact p(y | x_t)); `target_hit`: share of a guided row's samples whose nearest mode is its target label, "
         f"targets uniform. NFE counts denoiser evaluations; a guided step adds one classifier forward and backward, "
