@@ -1,8 +1,9 @@
 """Samplers: one short function per paper, sharing one model contract.
 
 Model contract: `model(x_t, t) -> eps`, or eps and v stacked along the channel axis (2C
-channels) for a learned-variance model (iDDPM); `diffusion.split_output` tells them apart. x_t
-is (B, C, ...) and t a LongTensor (B,) of *original* training timesteps. Samplers walk a
+channels) for a learned-variance model (iDDPM); `diffusion.split_output` tells them apart. The
+ancestral sampler also takes Sohl-Dickstein et al. 2015's model, whose 2C channels are (z_mu,
+z_Sigma), with `output="sd2015"` (`diffusion.reverse_kernel`). x_t is (B, C, ...) and t a LongTensor (B,) of *original* training timesteps. Samplers walk a
 (possibly respaced) `Schedule` from its last index to 0; the timestep grid is chosen outside,
 by `schedules.make_trajectory` + `respace`. Randomness comes in only through `generator`.
 
