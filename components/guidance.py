@@ -13,7 +13,7 @@ one-line rules combine it with the reverse process:
 Classifier guidance is the factor r = p_phi(y | x_t, t)^s (`classifier_grad`): s = 1 is the
 conditional p(x | y), larger s sharpens the classifier. A classifier maps (x_t, t) -> logits
 (B, K), t being the diffusion's original timesteps, exactly as eps_theta is called. The smooth
-factors `gaussian_factor` and `logistic_factor` need no network. A delta on known coordinates
+factor `gaussian_factor` needs no network. A delta on known coordinates
 multiplies in exactly: those coordinates are clamped to their values at every step and the others
 are sampled (`Known`, `clamp_known`; inpainting, which the paper shows on a bark texture).
 """
@@ -52,15 +52,6 @@ def gaussian_factor(center: torch.Tensor, std: float) -> GradFn:
     """r(x) = N(x; center, std^2 I), a smooth bump (model space): grad log r = (center - x) / std^2."""
     def grad(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return (center.to(x_t.dtype) - x_t) / std**2
-    return grad
-
-
-def logistic_factor(normal: torch.Tensor, offset: float, sharpness: float) -> GradFn:
-    """r(x) = sigmoid(k (n . x - b)), a soft half-plane (model space): grad log r = k n sigmoid(-k (n . x - b))."""
-    def grad(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        n = normal.to(x_t.dtype)
-        a = sharpness * ((x_t * n).reshape(len(x_t), -1).sum(1) - offset)
-        return sharpness * torch.sigmoid(-a).reshape(-1, *([1] * (x_t.ndim - 1))) * n
     return grad
 
 
