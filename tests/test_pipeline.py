@@ -83,7 +83,8 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert encoding["color"]["field"] == "t" and encoding["row"]["field"] == "term"  # .dvc/plots/by_t.json
     assert (tiny_repo / "plots/train_classifier/accuracy.csv").read_text().startswith(
         "t_lo,t_hi,t_mid,accuracy,chance,bayes_accuracy\n")
-    assert (table["wall_s_per_1k"][1:] > 0).all() and (table["wall_s_per_1k_iqr"][1:] >= 0).all()
+    sampled = table[table["sampler"] != "train split"]  # the data rows (the main one and the swiss roll's) take no time
+    assert (sampled["wall_s_per_1k"] > 0).all() and (sampled["wall_s_per_1k_iqr"] >= 0).all()
     timing = json.loads((tiny_repo / "metrics/timing/ddim-4.json").read_text())
     assert timing["repeats"] == params["timing"]["repeats"] and timing["threads"] == 1 and timing["device"]
     assert set(np.load(tiny_repo / "samples/ddim-4.npz").files) == {"x", "nfe"}  # no timing in the samples
