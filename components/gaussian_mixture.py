@@ -115,26 +115,30 @@ def mixture_posterior_probs(sched: Schedule, means: np.ndarray, std: float, x_t:
     return torch.softmax(_NoisedMixture(sched, means, std, weights).parts(x_t, t)[0], dim=1)
 
 
-def conditioned_mixture(means: np.ndarray, std: float, condition) -> tuple[np.ndarray, np.ndarray, float]:
-    """The exact p(x) r(x) / Z of the mixture sum_k (1/K) N(m_k, std^2 I) under a factor r, in data units:
-    (weights (K,), centres (K, D), isotropic std) of the mixture it is again.
 
-    `condition` (params `conditions`: factor, coordinate, value, center, std): a delta on coordinate d at c
-    reweights component k by N(c; m_kd, std^2) and pins its d-th coordinate to c (the others keep std); a
-    Gaussian bump N(x; c, tau^2 I) reweights it by N(c; m_k, (std^2 + tau^2) I), moves its centre to
-    (tau^2 m_k + std^2 c) / (std^2 + tau^2) and narrows it to std tau / sqrt(std^2 + tau^2) (a product of
-    Gaussians). What Sohl-Dickstein et al. 2015's multiplied sampler (§2.5) should draw.
-    """
+def delta_conditional(means: np.ndarray, std: float, coordinate: int, value: float
+                      ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The mixture sum_k (1/K) N(m_k, std^2 I) times a delta on one coordinate, normalised: (weights (K,), centres
+    (K, D), std) of the mixture it is again, data units. Component k is reweighted by N(value; m_k[coordinate], std^2)
+    and its coordinate pinned at `value`; the others keep std. What a clamped sampler should draw (Sohl-Dickstein et
+    al. 2015 §2.5)."""
     m = np.asarray(means, dtype=np.float64).reshape(len(means), -1)
-    if condition.factor == "delta":
-        log_w = -0.5 * (condition.value - m[:, condition.coordinate]) ** 2 / std**2
-        centres, out_std = m.copy(), std
-        centres[:, condition.coordinate] = condition.value
-    elif condition.factor == "gaussian":
-        c, tau2 = np.asarray(condition.center, dtype=np.float64), condition.std**2
-        log_w = -0.5 * ((c - m) ** 2).sum(1) / (std**2 + tau2)
-        centres, out_std = (tau2 * m + std**2 * c) / (std**2 + tau2), std * np.sqrt(tau2 / (std**2 + tau2))
-    else:
-        raise ValueError(f"no closed form for factor {condition.factor!r}")
+    centres = m.copy()
+    centres[:, coordinate] = value
+    return _normalised(-0.5 * (value - m[:, coordinate]) ** 2 / std**2), centres, float(std)
+
+
+def bump_conditional(means: np.ndarray, std: float, center: np.ndarray, bump_std: float
+                     ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The mixture times a Gaussian bump N(x; c, tau^2 I), normalised (a product of Gaussians): component k is
+    reweighted by N(c; m_k, (std^2 + tau^2) I), centred at (tau^2 m_k + std^2 c) / (std^2 + tau^2) and narrowed to
+    std tau / sqrt(std^2 + tau^2). Returns (weights (K,), centres (K, D), std), data units."""
+    m = np.asarray(means, dtype=np.float64).reshape(len(means), -1)
+    c, tau2 = np.asarray(center, dtype=np.float64), bump_std**2
+    log_w = -0.5 * ((c - m) ** 2).sum(1) / (std**2 + tau2)
+    return _normalised(log_w), (tau2 * m + std**2 * c) / (std**2 + tau2), float(std * np.sqrt(tau2 / (std**2 + tau2)))
+
+
+def _normalised(log_w: np.ndarray) -> np.ndarray:
     w = np.exp(log_w - log_w.max())
-    return w / w.sum(), centres, float(out_std)
+    return w / w.sum()

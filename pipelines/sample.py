@@ -28,7 +28,7 @@ import torch
 
 from components.data import DATASETS, Dataset, to_data
 from components.ddgan import Generator
-from components.gaussian_mixture import conditioned_mixture
+from components.gaussian_mixture import bump_conditional, delta_conditional
 from components.guidance import Classifier, Known, classifier_grad, gaussian_factor
 from components.likelihood import bound_per_dim, null_log_likelihood_bits, variational_bound
 from components.metrics import ReferenceSet, conditional_metrics, sample_metrics, target_hit_rate
@@ -184,7 +184,10 @@ def score(x: np.ndarray, ref: Dataset, reference: ReferenceSet, params: Params, 
     if y is not None and ref.modes is not None:
         out["target_hit"] = target_hit_rate(x, y, ref.modes)
     if condition is not None and ref.modes is not None:
-        out |= conditional_metrics(x, *conditioned_mixture(ref.modes, ref.mode_std, condition), n_std=e.n_std)
+        exact = (delta_conditional(ref.modes, ref.mode_std, condition.coordinate, condition.value)
+                 if condition.factor == "delta" else
+                 bump_conditional(ref.modes, ref.mode_std, np.asarray(condition.center), condition.std))
+        out |= conditional_metrics(x, *exact, n_std=e.n_std)
     return out
 
 

@@ -2,7 +2,6 @@
 bound K on Gaussian data, training on the bound, and multiplying distributions (§2.5) with a delta and a bump."""
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import torch
 
 from components.data import gaussians25_means
 from components.diffusion import reverse_kernel, sd2015_mean_variance
-from components.gaussian_mixture import conditioned_mixture, mixture_eps_model
+from components.gaussian_mixture import bump_conditional, delta_conditional, mixture_eps_model
 from components.guidance import Known, gaussian_factor
 from components.likelihood import null_log_likelihood_bits, variational_bound
 from components.metrics import conditional_metrics
@@ -102,7 +101,7 @@ def test_training_on_the_bound_lowers_it():
     assert after < before - 1.0
 
 
-def _exact_sampler(condition, n=4000, steps=100, factor=None):
+def _exact_sampler(n=4000, steps=100, factor=None):
     full = make_schedule("linear", 1000)
     sched = respace(full, make_trajectory("uniform", 1000, steps))
     g = torch.Generator().manual_seed(0)
@@ -113,18 +112,17 @@ def _exact_sampler(condition, n=4000, steps=100, factor=None):
 
 def test_a_unit_factor_leaves_the_samples_bit_identical():
     """r = 1 (grad log r = 0) and no known coordinates: the multiplied sampler is the plain one, bit for bit."""
-    plain = _exact_sampler(None, n=500, steps=20)
-    zero = _exact_sampler(None, n=500, steps=20, factor={"guidance": lambda x, t: torch.zeros_like(x), "known": None})
+    plain = _exact_sampler(n=500, steps=20)
+    zero = _exact_sampler(n=500, steps=20, factor={"guidance": lambda x, t: torch.zeros_like(x), "known": None})
     assert np.array_equal(plain, zero)
 
 
 def test_a_delta_on_a_coordinate_samples_the_mixtures_exact_conditional():
     """Clamping x1 = 0 at every step with the exact eps*: x1 stays 0, and x2 lands on the column's five modes in
     equal weights (the exact conditional, components/gaussian_mixture.py)."""
-    condition = SimpleNamespace(factor="delta", coordinate=0, value=0.0, center=None, std=None)
     known = Known(torch.tensor([True, False]), torch.tensor([0.0, 0.0]))
-    x = _exact_sampler(condition, factor={"known": known})
-    weights, centres, std = conditioned_mixture(MEANS, STD, condition)
+    x = _exact_sampler(factor={"known": known})
+    weights, centres, std = delta_conditional(MEANS, STD, 0, 0.0)
     assert np.all(x[:, 0] == 0.0)
     column = np.isclose(MEANS[:, 0], 0.0)
     assert np.allclose(weights[column], 0.2) and weights[~column].max() < 1e-100 and std == STD
@@ -138,8 +136,7 @@ def test_a_gaussian_bump_by_the_mean_shift_samples_near_the_product():
     the product's modes, and split over them within 0.12 (total variation) of the closed-form weights, which a
     brute-force reweighting confirms. Not closer: holding r constant over t (eq. 23) makes each x_t's law p(x_t) r(x_t),
     not the diffused p r, and the gap (0.09 here) stays at 250 and 1000 steps (docs/results.md)."""
-    condition = SimpleNamespace(factor="gaussian", coordinate=None, value=None, center=[2.0, 2.0], std=1.0)
-    weights, centres, std = conditioned_mixture(MEANS, STD, condition)
+    weights, centres, std = bump_conditional(MEANS, STD, np.array([2.0, 2.0]), 1.0)
     # brute force: data samples reweighted by r
     rng = np.random.default_rng(0)
     pts = MEANS[rng.integers(0, 25, 200_000)] + STD * rng.standard_normal((200_000, 2))
@@ -148,7 +145,7 @@ def test_a_gaussian_bump_by_the_mean_shift_samples_near_the_product():
     brute = np.bincount(mode, weights=r, minlength=25) / r.sum()
     assert np.abs(brute - weights).max() < 0.01
     factor = {"guidance": gaussian_factor(torch.tensor([2.0, 2.0]) * SCALE, 1.0 * SCALE)}
-    m = conditional_metrics(_exact_sampler(condition, factor=factor), weights, centres, std, n_std=3.0)
+    m = conditional_metrics(_exact_sampler(factor=factor), weights, centres, std, n_std=3.0)
     print(f"\nbump N([2, 2], 1), exact eps*: {m}")
     assert m["cond_hq"] >= 0.99 and m["cond_tv"] < 0.12
 
