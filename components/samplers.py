@@ -3,9 +3,10 @@
 Model contract: `model(x_t, t) -> eps`, or eps and v stacked along the channel axis (2C
 channels) for a learned-variance model (iDDPM); `diffusion.split_output` tells them apart. The
 ancestral sampler also takes Sohl-Dickstein et al. 2015's model, whose 2C channels are (z_mu,
-z_Sigma), with `output="sd2015"` (`diffusion.reverse_kernel`). x_t is (B, C, ...) and t a LongTensor (B,) of *original* training timesteps. Samplers walk a
-(possibly respaced) `Schedule` from its last index to 0; the timestep grid is chosen outside,
-by `schedules.make_trajectory` + `respace`. Randomness comes in only through `generator`.
+z_Sigma), with `output="sd2015"` (`diffusion.reverse_kernel`). x_t is (B, C, ...) and t a
+LongTensor (B,) of *original* training timesteps. Samplers walk a (possibly respaced) `Schedule`
+from its last index to 0; the timestep grid is chosen outside, by `schedules.make_trajectory` +
+`respace`. Randomness comes in only through `generator`.
 
 Conditioning enters in two optional ways (`components/guidance.py`). A gradient function
 `guidance(x_t, t)` = grad_x log r(x_t), called once per step and combined in one line by each

@@ -275,7 +275,8 @@ def main(argv: list[str]) -> None:
     ref = load_dataset(files.reference, params.data.name)
     check_cell_model(f"sweep.{cell_name}", cell, ckpt_path, cfg, files.reference, ref)
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
-    run_cell(f"sample@{cell_name}" if experiment is None else stage_name("sample", experiment), cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, files,
+    stage = f"sample@{cell_name}" if experiment is None else stage_name("sample", experiment)
+    run_cell(stage, cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, files,
              output=cfg.get("output", "eps"))
 
 

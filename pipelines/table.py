@@ -163,8 +163,8 @@ def markdown_document(df: pd.DataFrame, params, spec, timings: dict[str, dict]) 
                  f"{x.diffusion.T} ({x.diffusion.schedule} schedule). `hq_fraction`: share within "
                  f"{params.evaluate.n_std:g} std of the curve; `arc_coverage`: share of 50 equal pieces of its arc "
                  f"holding at least {params.evaluate.min_mode_count} of them. `k_bits`: the bound K in bits per point "
-                 f"on unit-variance data (for `data-swissroll` the true log-likelihood), `k_minus_null_bits`: K minus the points' "
-                 f"log-likelihood under N(0, I).\n\n"
+                 f"on unit-variance data (for `data-swissroll` the true log-likelihood), `k_minus_null_bits`: K minus "
+                 f"the points' log-likelihood under N(0, I).\n\n"
                  + markdown_table(markdown_frame(swissroll.drop(columns=list(SWISSROLL_DROP)))))
     return text
 

@@ -42,7 +42,8 @@ pytestmark = pytest.mark.slow
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # Trainers: the stages that run the shared training loop (and write resume checkpoints).
 TRAINERS = [name for name, s in DVC_YAML.items() if "pipelines/trainer.py" in s.get("deps", [])]
-TRAINER_PARAMS = {"train_sd2015_swissroll": ("swissroll", "train")}  # where a trainer's section sits, if not at its name
+# where a trainer's params section sits, when not at the top level under the stage's name
+TRAINER_PARAMS = {"train_sd2015_swissroll": ("swissroll", "train")}
 
 
 def trainer_section(params: dict, trainer: str) -> dict:
