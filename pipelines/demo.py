@@ -1,4 +1,4 @@
-"""`make demo`: the whole DAG on a tiny budget, in a scratch copy of the repository, in about a minute.
+"""`make demo`: the whole DAG on a tiny budget, in a scratch copy of the repository, in about two minutes.
 
     python -m pipelines.demo [DIR]      # default: demo/ (git-ignored); a previous demo there is replaced
 
