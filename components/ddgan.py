@@ -29,7 +29,7 @@ from torch.nn.functional import softplus
 
 from components.diffusion import extract, q_posterior
 from components.schedules import Schedule
-from components.training import ema_update, series_tensor
+from components.training import ema_update, minibatch, series_tensor, set_rng_state, to_cpu
 
 Generator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t, z) -> x0-hat
 Discriminator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_{t-1}, x_t, t) -> (B,)
@@ -86,7 +86,7 @@ def r1_penalty(D: Discriminator, real_prev: torch.Tensor, x_t: torch.Tensor, t: 
 
 def mean_by_t(values: torch.Tensor, t: torch.Tensor, T: int) -> list[float]:
     """The mean of per-sample `values` at each t = 0..T-1; NaN where the batch has no sample at t."""
-    sums = torch.zeros(T, dtype=torch.float64).index_add_(0, t, values.detach().double())
+    sums = torch.zeros(T, dtype=torch.float64, device=t.device).index_add_(0, t, values.detach().double())
     counts = torch.bincount(t, minlength=T).double()
     return (sums / counts).tolist()  # 0/0 = NaN
 
@@ -105,10 +105,13 @@ class GANState:
 
     @classmethod
     def create(cls, G: nn.Module, D: nn.Module, *, lr_g: float, lr_d: float, betas: tuple[float, float],
-               seed: int) -> "GANState":
-        """Adam for each network with its own learning rate (DDGAN: betas (0.5, 0.9))."""
+               seed: int, device: torch.device | str = "cpu") -> "GANState":
+        """Adam for each network with its own learning rate (DDGAN: betas (0.5, 0.9)); G and D moved to `device`
+        (in place) and the generator seeded there."""
+        G.to(device), D.to(device)
         return cls(G, D, copy.deepcopy(G).requires_grad_(False), torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas),
-                   torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas), torch.Generator().manual_seed(seed))
+                   torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas),
+                   torch.Generator(device=device).manual_seed(seed))
 
     def networks(self) -> dict[str, nn.Module]:
         """The networks whose weights a checkpoint holds, by name."""
@@ -142,14 +145,15 @@ def ddgan_train_step(
     G, D, g, T = state.G, state.D, state.generator, len(sched)
 
     def pairs():
-        x0 = data[torch.randint(len(data), (batch_size,), generator=g)]
-        t = torch.randint(T, (batch_size,), generator=g)
-        x_prev, x_t = q_sample_pair(sched, x0, t, torch.randn(x0.shape, generator=g), torch.randn(x0.shape, generator=g))
+        x0, _ = minibatch(data, batch_size, g)
+        t = torch.randint(T, (batch_size,), generator=g, device=g.device)
+        noise_prev, noise = (torch.randn(x0.shape, generator=g, device=g.device) for _ in range(2))
+        x_prev, x_t = q_sample_pair(sched, x0, t, noise_prev, noise)
         return x_prev, x_t, t
 
     def fake(x_t, t):
-        x0_hat = G(x_t, t, torch.randn((len(x_t), G.nz), generator=g))
-        return sample_posterior(sched, x0_hat, x_t, t, torch.randn(x_t.shape, generator=g))
+        x0_hat = G(x_t, t, torch.randn((len(x_t), G.nz), generator=g, device=g.device))
+        return sample_posterior(sched, x0_hat, x_t, t, torch.randn(x_t.shape, generator=g, device=g.device))
 
     # Discriminator step: real pairs against the generator's, G frozen.
     real_prev, x_t, t = pairs()
@@ -186,9 +190,10 @@ GAN_CHECKPOINT_KEYS = ("G", "D", "ema", "opt_g", "opt_d", "step", "rng", "config
 
 
 def gan_checkpoint(state: GANState, config: dict, history: dict[str, list]) -> dict:
-    """A weights_only-loadable dict: G, D, EMA of G, both optimisers, step, RNG state, config and loss history."""
-    return {"G": state.G.state_dict(), "D": state.D.state_dict(), "ema": state.ema.state_dict(),
-            "opt_g": state.opt_g.state_dict(), "opt_d": state.opt_d.state_dict(), "step": state.step,
+    """A weights_only-loadable dict of CPU tensors: G, D, EMA of G, both optimisers, step, RNG state, config and loss
+    history (written on a GPU, it loads on a CPU machine)."""
+    return {"G": to_cpu(state.G.state_dict()), "D": to_cpu(state.D.state_dict()), "ema": to_cpu(state.ema.state_dict()),
+            "opt_g": to_cpu(state.opt_g.state_dict()), "opt_d": to_cpu(state.opt_d.state_dict()), "step": state.step,
             "rng": state.generator.get_state(), "config": config,
             "history": {k: series_tensor(v) for k, v in history.items()}}
 
@@ -200,6 +205,6 @@ def gan_restore(state: GANState, ckpt: dict) -> dict[str, list]:
     state.ema.load_state_dict(ckpt["ema"])
     state.opt_g.load_state_dict(ckpt["opt_g"])
     state.opt_d.load_state_dict(ckpt["opt_d"])
-    state.generator.set_state(ckpt["rng"])
+    set_rng_state(state.generator, ckpt["rng"])
     state.step = int(ckpt["step"])
     return {k: v.tolist() for k, v in ckpt["history"].items()}

@@ -7,15 +7,47 @@ Shapes: x0, x_t, eps, v are (B, C, ...) with any trailing shape.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
+
 import numpy as np
 import torch
 
 from components.schedules import Schedule
 
 
+# Schedule tables as tensors, one per (table, device), so a sampler step indexes a tensor already on the
+# device instead of copying the table from the host. Keyed by the array's id; an entry holds only a weak
+# reference to its array and is dropped when the array dies, so a freed id is never matched to a new array,
+# and temporary tables (np.sqrt(sched.alphas)) leave no entry behind. Tables are never modified in place.
+TABLE_CACHE_SIZE = 256
+_tables: OrderedDict[tuple[int, torch.device], tuple[weakref.ref, torch.Tensor]] = OrderedDict()
+
+
+def _forget(key: tuple[int, torch.device], ref: weakref.ref) -> None:
+    entry = _tables.get(key)
+    if entry is not None and entry[0] is ref:
+        del _tables[key]
+
+
+def device_table(table: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`table` as a tensor on `device` in its own dtype (float64 stays float64), copied at most once per device."""
+    key = (id(table), torch.device(device))
+    entry = _tables.get(key)
+    if entry is not None and entry[0]() is table:
+        _tables.move_to_end(key)  # least recently used first out
+        return entry[1]
+    # a copy even on the CPU: a tensor sharing the array's memory would keep the array, and so the entry, alive
+    tensor = torch.from_numpy(table).to(key[1], copy=True)
+    _tables[key] = (weakref.ref(table, lambda ref, key=key: _forget(key, ref)), tensor)
+    if len(_tables) > TABLE_CACHE_SIZE:
+        _tables.popitem(last=False)
+    return tensor
+
+
 def extract(table: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """table[t] as a (B, 1, ..., 1) tensor that broadcasts against `like`."""
-    vals = torch.from_numpy(table).to(like.device)[t].to(like.dtype)
+    """table[t] as a (B, 1, ..., 1) tensor that broadcasts against `like`, cast to its dtype after indexing."""
+    vals = device_table(table, like.device)[t].to(like.dtype)
     return vals.reshape(-1, *([1] * (like.ndim - 1)))
 
 
@@ -52,7 +84,7 @@ def ddim_sigma(sched: Schedule, eta: float) -> np.ndarray:
 
 def model_timesteps(sched: Schedule, t: torch.Tensor) -> torch.Tensor:
     """The original training timesteps for schedule indices t: what the network is called with."""
-    return torch.from_numpy(sched.timesteps).to(t.device)[t]
+    return device_table(sched.timesteps, t.device)[t]
 
 
 # --- the reverse process p_theta(x_{t-1} | x_t) ------------------------------------------

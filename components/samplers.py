@@ -42,6 +42,11 @@ def _model_output(model: EpsModel, sched: Schedule, x: torch.Tensor, i: int):
     return t, eps, v
 
 
+def _known_on(known: Known | None, device: torch.device) -> Known | None:
+    """`known` on the chain's device: a mask built on the host still clamps a chain run on a GPU."""
+    return None if known is None else Known(known.mask.to(device), known.values.to(device))
+
+
 def _guidance_at(guidance: GradFn, sched: Schedule, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """s * grad log p(y | x_t) at schedule indices t; the classifier, like the model, sees original timesteps."""
     return guidance(x, model_timesteps(sched, t))
@@ -69,6 +74,7 @@ def sample_ddpm(
     noise. With `guidance` = grad log r, the mean shifts by Sigma grad log r (Sohl-Dickstein et al.
     2015 eq. 61; ADM Algorithm 1 with r = p(y | x)^s); with `known`, those coordinates stay at their values.
     """
+    known = _known_on(known, x_T.device)
     x = clamp_known(x_T, known)
     for i in tqdm(range(len(sched) - 1, -1, -1), disable=not progress, desc=f"ddpm-{len(sched)}", leave=False):
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
@@ -104,6 +110,7 @@ def sample_ddim(
     their values.
     """
     sigma = ddim_sigma(sched, eta)
+    known = _known_on(known, x_T.device)
     x = clamp_known(x_T, known)
     for i in tqdm(range(len(sched) - 1, -1, -1), disable=not progress, desc=f"ddim-{len(sched)}", leave=False):
         t, eps, _ = _model_output(model, sched, x, i)

@@ -3,7 +3,12 @@ the noise-aware classifier's cross-entropy (ADM), timestep samplers, LR, EMA, ch
 
 The loop itself lives in the stage; here are `train_step` / `hybrid_train_step` / `bound_train_step` /
 `classifier_train_step(state, ...) -> metrics` and the pure pieces they are made of. A checkpoint is a dict of
-tensors and plain values, loadable with `torch.load(..., weights_only=True)`.
+CPU tensors and plain values, loadable with `torch.load(..., weights_only=True)` on any machine.
+
+Devices: every random draw (minibatch, t, noise) comes from `state.generator` and lands on its device, so
+a run is reproducible per device type (a CUDA generator's stream differs from the CPU's). The data may live
+on the host or on that device (`minibatch`). Losses call the network through `state.forward`
+(`components.runtime.forward_fn`: autocast, channels_last, compile), the model itself by default.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,10 +24,13 @@ from torch import nn
 
 from components.diffusion import model_timesteps, p_mean_variance, q_sample, reverse_kernel, split_output
 from components.likelihood import vlb_term
+from components.runtime import Forward  # (x_t, t) -> output: a network or forward_fn's
 from components.schedules import Schedule
 
 
-def l_simple(model: nn.Module, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+
+
+def l_simple(model: Forward, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """DDPM eq. 14: L_simple = E ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2."""
     eps_pred = model(q_sample(sched, x0, t, noise), model_timesteps(sched, t))
     return (eps_pred - noise).pow(2).mean()
@@ -40,7 +49,7 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, schedule
 from components.registry import TIMESTEP_SAMPLERS  # noqa: E402  (names the two classes below)
 
 
-def hybrid_losses(model: nn.Module, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
+def hybrid_losses(model: Forward, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
                   decoder: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample L_simple and L_t of iDDPM §3.1, each (B,): the two halves of L_hybrid.
 
@@ -57,7 +66,7 @@ def hybrid_losses(model: nn.Module, sched: Schedule, x0: torch.Tensor, t: torch.
     return simple, vlb
 
 
-def bound_losses(model: nn.Module, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
+def bound_losses(model: Forward, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
                  output: str, decoder: str) -> torch.Tensor:
     """Per-sample L_t (B,) in bits per dimension, the bound's term at t with gradients through mean and Sigma.
 
@@ -79,7 +88,9 @@ class UniformTimesteps:
         self.T = T
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.randint(self.T, (n,), generator=generator), torch.ones(n)
+        """(t, weights), each (n,), on the generator's device."""
+        device = generator.device
+        return torch.randint(self.T, (n,), generator=generator, device=device), torch.ones(n, device=device)
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         pass
@@ -117,8 +128,9 @@ class LossSecondMomentTimesteps(UniformTimesteps):
         p = self.probs()
         if p is None:
             return super().sample(n, generator)
-        t = torch.multinomial(torch.from_numpy(p), n, replacement=True, generator=generator)
-        return t, torch.from_numpy(1.0 / (self.T * p[t.numpy()])).float()
+        device = generator.device
+        t = torch.multinomial(torch.from_numpy(p).to(device), n, replacement=True, generator=generator)
+        return t, torch.from_numpy(1.0 / (self.T * p[t.cpu().numpy()])).float().to(device)
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         """Record each sample's loss at its t, oldest first out."""
@@ -144,6 +156,27 @@ def make_timestep_sampler(name: str, T: int, history: int = 10, uniform_prob: fl
     return TIMESTEP_SAMPLERS[name](T, history, uniform_prob)
 
 
+def minibatch(data: torch.Tensor, batch_size: int, generator: torch.Generator, *, labels: torch.Tensor | None = None,
+              hflip: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A minibatch (x0, y) drawn with replacement (DDPM Algorithm 1's x0 ~ q(x0)), on the generator's device.
+
+    Indices are drawn first, then, with `hflip`, one flip decision per image: DDPM's random horizontal
+    flip (appendix B), each image mirrored along its last axis with probability 1/2. Without hflip the
+    draws are exactly `data[torch.randint(len(data), (batch_size,), generator=generator)]`. `data` (and
+    `labels`) may live on the host or on the generator's device; y is None without labels.
+    """
+    device = generator.device
+    idx = torch.randint(len(data), (batch_size,), generator=generator, device=device)
+    x0 = data[idx.to(data.device)].to(device)
+    y = None if labels is None else labels[idx.to(labels.device)].to(device)
+    if hflip:
+        if x0.ndim != 4:
+            raise ValueError(f"hflip flips images (B, C, H, W); this data is {tuple(x0.shape)}")
+        flip = torch.rand(batch_size, generator=generator, device=device) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)  # (B, C, H, W)
+    return x0, y
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """theta_ema <- decay * theta_ema + (1 - decay) * theta."""
@@ -153,19 +186,34 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 @dataclass
 class TrainState:
-    """Everything a run needs to resume exactly: weights, EMA, optimiser, step and RNG."""
+    """Everything a run needs to resume exactly: weights, EMA, optimiser, step and RNG.
+
+    `forward` is what the losses call, (x_t, t) -> output: the model itself unless the stage sets
+    `runtime.forward_fn(state.model, rt)`; it is not saved, and `model` stays the module checkpointed.
+    """
 
     model: nn.Module
     ema: nn.Module
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     step: int = 0
+    forward: Forward | None = None
+
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            self.forward = self.model
 
     @classmethod
-    def create(cls, model: nn.Module, lr: float, seed: int, *, weight_decay: float | None = None) -> "TrainState":
-        """Adam; AdamW with decoupled weight decay when `weight_decay` is given (ADM's classifier)."""
+    def create(cls, model: nn.Module, lr: float, seed: int, *, weight_decay: float | None = None,
+               device: torch.device | str = "cpu") -> "TrainState":
+        """Adam; AdamW with decoupled weight decay when `weight_decay` is given (ADM's classifier).
+
+        Moves `model` (in place) to `device` before the EMA copy and the optimiser are made, and seeds
+        the generator there.
+        """
+        model.to(device)
         ema = copy.deepcopy(model).requires_grad_(False)
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator(device=device).manual_seed(seed)
         opt = (torch.optim.Adam(model.parameters(), lr=lr) if weight_decay is None
                else torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay))
         return cls(model, ema, opt, generator)
@@ -191,20 +239,23 @@ def optimizer_step(state: TrainState, loss: torch.Tensor, *, lr: float, grad_cli
 
 def train_step(
     state: TrainState, sched: Schedule, data: torch.Tensor, *, batch_size: int, lr: float, grad_clip: float,
-    ema_decay: float,
+    ema_decay: float, hflip: bool = False,
 ) -> dict[str, float]:
-    """One DDPM step (Algorithm 1): L_simple with t ~ U{0..T-1} on a minibatch of `data` (model space)."""
+    """One DDPM step (Algorithm 1): L_simple with t ~ U{0..T-1} on a minibatch of `data` (model space).
+
+    hflip: DDPM's random horizontal flips of images (appendix B; `minibatch`).
+    """
     g = state.generator
-    x0 = data[torch.randint(len(data), (batch_size,), generator=g)]
-    t = torch.randint(len(sched), (batch_size,), generator=g)
-    noise = torch.randn(x0.shape, generator=g)
-    return optimizer_step(state, l_simple(state.model, sched, x0, t, noise), lr=lr, grad_clip=grad_clip,
+    x0, _ = minibatch(data, batch_size, g, hflip=hflip)
+    t = torch.randint(len(sched), (batch_size,), generator=g, device=g.device)
+    noise = torch.randn(x0.shape, generator=g, device=g.device)
+    return optimizer_step(state, l_simple(state.forward, sched, x0, t, noise), lr=lr, grad_clip=grad_clip,
                           ema_decay=ema_decay)
 
 
 def hybrid_train_step(
     state: TrainState, sched: Schedule, data: torch.Tensor, timesteps: UniformTimesteps, *, batch_size: int,
-    lambda_vlb: float, decoder: str, lr: float, grad_clip: float, ema_decay: float,
+    lambda_vlb: float, decoder: str, lr: float, grad_clip: float, ema_decay: float, hflip: bool = False,
 ) -> dict[str, float]:
     """One iDDPM step on L_hybrid = L_simple + lambda L_vlb (§3.1), L_vlb estimated as T L_t, t from `timesteps`.
 
@@ -212,10 +263,10 @@ def hybrid_train_step(
     unbiased; the sampler's history tracks L_t, the term importance sampling is for (§3.3).
     """
     g = state.generator
-    x0 = data[torch.randint(len(data), (batch_size,), generator=g)]
+    x0, _ = minibatch(data, batch_size, g, hflip=hflip)
     t, weights = timesteps.sample(batch_size, g)
-    noise = torch.randn(x0.shape, generator=g)
-    simple, vlb = hybrid_losses(state.model, sched, x0, t, noise, decoder=decoder)
+    noise = torch.randn(x0.shape, generator=g, device=g.device)
+    simple, vlb = hybrid_losses(state.forward, sched, x0, t, noise, decoder=decoder)
     T = len(sched)
     loss = (weights * (simple + lambda_vlb * T * vlb)).mean()
     simple, vlb = simple.detach(), vlb.detach()
@@ -227,7 +278,7 @@ def hybrid_train_step(
 
 def bound_train_step(
     state: TrainState, sched: Schedule, data: torch.Tensor, timesteps: UniformTimesteps, *, batch_size: int,
-    output: str, decoder: str, lr: float, grad_clip: float, ema_decay: float,
+    output: str, decoder: str, lr: float, grad_clip: float, ema_decay: float, hflip: bool = False,
 ) -> dict[str, float]:
     """One step on the full bound, L_vlb estimated as T L_t (Sohl-Dickstein et al. 2015 eq. 14), t from `timesteps`.
 
@@ -235,15 +286,15 @@ def bound_train_step(
     weights 1 / (T p_t) keep the estimate unbiased. The loss is in bits per dimension.
     """
     g = state.generator
-    x0 = data[torch.randint(len(data), (batch_size,), generator=g)]
+    x0, _ = minibatch(data, batch_size, g, hflip=hflip)
     t, weights = timesteps.sample(batch_size, g)
-    noise = torch.randn(x0.shape, generator=g)
-    vlb = bound_losses(state.model, sched, x0, t, noise, output=output, decoder=decoder)
+    noise = torch.randn(x0.shape, generator=g, device=g.device)
+    vlb = bound_losses(state.forward, sched, x0, t, noise, output=output, decoder=decoder)
     timesteps.update(t, vlb.detach())
     return optimizer_step(state, (weights * len(sched) * vlb).mean(), lr=lr, grad_clip=grad_clip, ema_decay=ema_decay)
 
 
-def classifier_losses(classifier: nn.Module, sched: Schedule, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
+def classifier_losses(classifier: Forward, sched: Schedule, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
                       noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample cross-entropy of p_phi(y | x_t, t) on x_t = q_sample(x0, t), and whether argmax is right (ADM §4.1)."""
     logits = classifier(q_sample(sched, x0, t, noise), model_timesteps(sched, t))
@@ -256,11 +307,10 @@ def classifier_train_step(
 ) -> dict[str, float]:
     """One step of the noise-aware classifier: cross-entropy with t ~ U{0..T-1}, the diffusion's own schedule."""
     g = state.generator
-    idx = torch.randint(len(data), (batch_size,), generator=g)
-    x0, y = data[idx], labels[idx]
-    t = torch.randint(len(sched), (batch_size,), generator=g)
-    noise = torch.randn(x0.shape, generator=g)
-    ce, correct = classifier_losses(state.model, sched, x0, y, t, noise)
+    x0, y = minibatch(data, batch_size, g, labels=labels)
+    t = torch.randint(len(sched), (batch_size,), generator=g, device=g.device)
+    noise = torch.randn(x0.shape, generator=g, device=g.device)
+    ce, correct = classifier_losses(state.forward, sched, x0, y, t, noise)
     metrics = optimizer_step(state, ce.mean(), lr=lr, grad_clip=grad_clip, ema_decay=ema_decay)
     return {**metrics, "accuracy": correct.float().mean().item()}
 
@@ -270,7 +320,7 @@ def accuracy_by_t(classifier, sched: Schedule, x0: torch.Tensor, y: torch.Tensor
                   generator: torch.Generator, batch_size: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
     """Top-1 accuracy of a noise-aware classifier in `buckets` equal t-ranges of [0, T): (edges (buckets+1,), acc).
 
-    Every x0 is noised once per bucket, at a t drawn uniformly within the bucket.
+    Every x0 is noised once per bucket, at a t drawn uniformly within the bucket; `generator` is on x0's device.
     """
     T = len(sched)
     edges = np.linspace(0, T, buckets + 1).round().astype(np.int64)
@@ -279,20 +329,41 @@ def accuracy_by_t(classifier, sched: Schedule, x0: torch.Tensor, y: torch.Tensor
         correct = 0
         for start in range(0, len(x0), batch_size):
             xb, yb = x0[start:start + batch_size], y[start:start + batch_size]
-            t = torch.randint(int(edges[b]), int(edges[b + 1]), (len(xb),), generator=generator)
-            noise = torch.randn(xb.shape, generator=generator)
+            t = torch.randint(int(edges[b]), int(edges[b + 1]), (len(xb),), generator=generator, device=xb.device)
+            noise = torch.randn(xb.shape, generator=generator, device=xb.device)
             correct += int(classifier_losses(classifier, sched, xb, yb, t, noise)[1].sum())
         acc[b] = correct / len(x0)
     return edges, acc
 
 
+def to_cpu(obj: Any) -> Any:
+    """obj with every tensor in its nested dicts, lists and tuples on the CPU; the very same object where all already
+    are, so a CPU run's checkpoint pickles to the same bytes (state dicts keep their type and `_metadata`)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        moved = {k: to_cpu(v) for k, v in obj.items()}
+        if all(moved[k] is v for k, v in obj.items()):
+            return obj
+        out = copy.copy(obj)  # same class and attributes (an OrderedDict state dict keeps `_metadata`)
+        out.update(moved)
+        return out
+    if isinstance(obj, (list, tuple)):
+        moved = [to_cpu(v) for v in obj]
+        if all(m is v for m, v in zip(moved, obj)):
+            return obj
+        return type(obj)(moved)
+    return obj
+
+
 def checkpoint(state: TrainState, config: dict, history: dict[str, list[float]], **extra: dict) -> dict:
-    """A weights_only-loadable dict: weights, EMA, optimiser, step, RNG state, config, loss history and `extra` state."""
+    """A weights_only-loadable dict of CPU tensors: weights, EMA, optimiser, step, RNG state, config, loss history and
+    `extra` state. Written on a GPU, it loads on a CPU machine (`restore` moves it to the state's device)."""
     return {
-        **extra,
-        "model": state.model.state_dict(),
-        "ema": state.ema.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
+        **to_cpu(extra),
+        "model": to_cpu(state.model.state_dict()),
+        "ema": to_cpu(state.ema.state_dict()),
+        "optimizer": to_cpu(state.optimizer.state_dict()),
         "step": state.step,
         "rng": state.generator.get_state(),
         "config": config,
@@ -306,14 +377,26 @@ def series_tensor(values: list) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64 if is_int else torch.float64)
 
 
+def set_rng_state(generator: torch.Generator, rng: torch.Tensor) -> None:
+    """generator.set_state(rng), with a clear error when the state was written by a generator of another device type."""
+    try:
+        generator.set_state(rng)
+    except RuntimeError as err:
+        raise ValueError(f"the checkpoint's RNG state ({rng.numel()} bytes) does not fit this run's {generator.device} "
+                         "generator: a run resumes only on the device type it was started on (cpu or cuda)") from err
+
+
 CHECKPOINT_KEYS = ("model", "ema", "optimizer", "step", "rng", "config", "history")
 
 
 def restore(state: TrainState, ckpt: dict) -> dict[str, list[float]]:
-    """Load a `checkpoint()` dict into state in place; return the loss history."""
+    """Load a `checkpoint()` dict into state in place, onto the state's device; return the loss history.
+
+    The RNG state is a CPU generator's or a CUDA generator's, so a run resumes on the device type it started on.
+    """
     state.model.load_state_dict(ckpt["model"])
     state.ema.load_state_dict(ckpt["ema"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.generator.set_state(ckpt["rng"])
+    set_rng_state(state.generator, ckpt["rng"])
     state.step = int(ckpt["step"])
     return {k: v.tolist() for k, v in ckpt["history"].items()}
