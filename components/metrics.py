@@ -25,13 +25,15 @@ computed in a call of the same kind as torch-fidelity's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from components.features import Extractor
 from components.registry import FEATURE_EXTRACTORS
 
 
@@ -151,7 +153,8 @@ def precision_recall(features: torch.Tensor, ref_features: torch.Tensor, k: int 
 
 @dataclass(frozen=True)
 class ReferenceSet:
-    """The held-out split as every row is scored against it, computed once: features, k-NN radii, Gaussian fit.
+    """The held-out split as every row is scored against it, computed once: features, k-NN radii, Gaussian fit, and
+    the extractor that made them (its registry kind, weights and config), so every row is scored by the same one.
 
     `to_arrays` / `from_arrays` convert to and from plain numpy arrays (np.savez / np.load with
     allow_pickle=False), so one stage computes it and every sample stage reads it.
@@ -159,18 +162,25 @@ class ReferenceSet:
 
     features: torch.Tensor  # (N, F)
     radii: torch.Tensor  # (N,) float32 k-NN radii of the features (precision's balls, Kynkaanniemi et al. 2019)
-    feature_name: str
+    feature_name: str  # the extractor's name, with a short hash of its weights (components/features.py)
     k: int
     mu: np.ndarray  # (F,) mean of the features (FID's Gaussian fit, Heusel et al. 2017)
     sigma: np.ndarray  # (F, F) their sample covariance
+    kind: str = "identity"  # FEATURE_EXTRACTORS' name of the extractor
+    weights: Mapping[str, np.ndarray] = field(default_factory=dict)  # its state dict; none for the identity
+    config: Mapping[str, Any] = field(default_factory=dict)  # its constructor's options
 
-    ARRAYS: ClassVar[tuple[str, ...]] = ("features", "radii", "mu", "sigma", "feature_name", "k")
+    ARRAYS: ClassVar[tuple[str, ...]] = ("features", "radii", "mu", "sigma", "feature_name", "k", "kind", "config")
+    WEIGHT_PREFIX: ClassVar[str] = "weights/"
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Plain numpy arrays, one per field (feature_name and k as 0-d arrays): what np.savez writes."""
+        """Plain numpy arrays, one per field (strings and k as 0-d arrays, the config as JSON, each weight apart under
+        `weights/<name>`): what np.savez writes."""
         return {"features": self.features.detach().cpu().numpy(), "radii": self.radii.detach().cpu().numpy(),
                 "mu": np.asarray(self.mu), "sigma": np.asarray(self.sigma),
-                "feature_name": np.array(self.feature_name), "k": np.array(self.k)}
+                "feature_name": np.array(self.feature_name), "k": np.array(self.k), "kind": np.array(self.kind),
+                "config": np.array(json.dumps(dict(self.config), sort_keys=True)),
+                **{self.WEIGHT_PREFIX + name: np.asarray(w) for name, w in self.weights.items()}}
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ReferenceSet:
@@ -179,8 +189,16 @@ class ReferenceSet:
         problem = _arrays_problem(a)
         if problem:
             raise ValueError(problem)
+        weights = {name[len(cls.WEIGHT_PREFIX):]: np.asarray(arrays[name]).copy() for name in arrays
+                   if name.startswith(cls.WEIGHT_PREFIX)}
         return cls(torch.tensor(a["features"]), torch.tensor(a["radii"]), str(a["feature_name"][()]),
-                   int(a["k"][()]), a["mu"].copy(), a["sigma"].copy())
+                   int(a["k"][()]), a["mu"].copy(), a["sigma"].copy(), str(a["kind"][()]), weights,
+                   json.loads(str(a["config"][()])))
+
+    def extractor(self, device: torch.device | None = None) -> Extractor:
+        """The extractor that made these features, rebuilt from the saved weights, on `device`."""
+        weights = {name: torch.from_numpy(w) for name, w in self.weights.items()}
+        return FEATURE_EXTRACTORS[self.kind](weights, dict(self.config), device)
 
 
 def _arrays_problem(a: dict[str, np.ndarray]) -> str | None:
@@ -195,18 +213,29 @@ def _arrays_problem(a: dict[str, np.ndarray]) -> str | None:
     for name, shape in expected.items():
         if a[name].shape != shape:
             return f"{name} has shape {a[name].shape}, expected {shape} for {n} features of size {f}"
-    if a["feature_name"].shape != () or a["feature_name"].dtype.kind != "U":
-        name = a["feature_name"]
-        return f"feature_name must be a 0-d string array, got shape {name.shape} and dtype {name.dtype}"
+    for name in ("feature_name", "kind", "config"):
+        if a[name].shape != () or a[name].dtype.kind != "U":
+            return f"{name} must be a 0-d string array, got shape {a[name].shape} and dtype {a[name].dtype}"
     if a["k"].shape != () or not np.issubdtype(a["k"].dtype, np.integer) or not 1 <= a["k"] < n:
         return f"k must be a 0-d integer array in [1, {n}), got {a['k']!r}"
+    if a["kind"][()] not in FEATURE_EXTRACTORS:
+        return f"kind {str(a['kind'][()])!r} is no feature extractor; allowed: {', '.join(FEATURE_EXTRACTORS)}"
+    try:
+        json.loads(str(a["config"][()]))
+    except ValueError:
+        return "config is not JSON"
     return None
 
 
-def reference_set(x: np.ndarray, features: str = "identity", k: int = 3) -> ReferenceSet:
-    """Extract the reference features, their k-NN radii and their Gaussian fit once, for all rows."""
-    f = FEATURE_EXTRACTORS[features](x)
-    return ReferenceSet(f, knn_radii(f, k), features, k, *fid_statistics(f))
+def reference_set(x: np.ndarray, kind: str = "identity", k: int = 3, weights: Mapping[str, torch.Tensor] | None = None,
+                  config: Mapping[str, Any] | None = None, device: torch.device | None = None) -> ReferenceSet:
+    """Extract the reference features (with extractor `kind` and its weights), their k-NN radii and their Gaussian fit
+    once, for all rows."""
+    weights, config = dict(weights or {}), dict(config or {})
+    extractor = FEATURE_EXTRACTORS[kind](weights, config, device)
+    f = extractor.embed(x)[0]
+    return ReferenceSet(f, knn_radii(f, k), extractor.name, k, *fid_statistics(f), kind,
+                        {name: w.detach().cpu().numpy() for name, w in weights.items()}, config)
 
 
 def nearest_mode(x: np.ndarray, modes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,16 +273,26 @@ def sample_metrics(
     x: np.ndarray,
     ref: ReferenceSet,
     *,
+    extractor: Extractor | None = None,
     modes: np.ndarray | None = None,
     mode_std: float | None = None,
     n_std: float = 3.0,
     min_count: int = 20,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
 ) -> dict[str, float]:
-    """All trilemma quality/diversity metrics of samples x against the reference split (data units)."""
-    f = FEATURE_EXTRACTORS[ref.feature_name](x)
+    """All trilemma quality/diversity metrics of samples x against the reference split (data units): FID and
+    precision/recall on the extractor's features; with a classifier's logits (images) also KID (Binkowski et al.
+    2018) and the classifier score (the Inception Score's formula); with a mixture's modes, their coverage."""
+    f, logits = (extractor or ref.extractor()).embed(x)
     precision, recall = precision_recall(f, ref.features, ref.k, ref.radii)
     fid = frechet_distance_from_statistics(*fid_statistics(f), ref.mu, ref.sigma)
     out = {"fid": fid, "precision": precision, "recall": recall}
+    if logits is not None:
+        from components.evaluator import classifier_score, kid
+
+        out["kid"], out["kid_std"] = kid(f, ref.features, kid_subsets, kid_subset_size)
+        out["classifier_score"] = classifier_score(logits)
     if modes is not None:
         out |= mode_metrics(x, modes, mode_std, n_std, min_count)
     return out
