@@ -32,13 +32,18 @@ dvc-wrapper:
 # file that is not UTF-8 or YAML, or gives a key twice, fails inside DVC (which reads params.yaml to
 # build dvc.yaml's stages) before any stage runs, in DVC's words; this check says it in one line.
 # Stages queue their MLflow runs and a background logger writes them; the flush waits for the last ones.
+# `make repro PROFILE=mnist` runs the same DAG on profiles/mnist.yaml in runs/mnist/ (pipelines/profile.py).
 repro: $(STAMP)
+ifdef PROFILE
+	$(BIN)/python -m pipelines.profile $(PROFILE)
+else
 	$(BIN)/python -m pipelines.params
 	$(BIN)/dvc repro || { $(BIN)/python -m pipelines.tracking flush; exit 1; }
 	$(BIN)/python -m pipelines.tracking flush
 	$(BIN)/python -m pipelines.claims summary metrics/claims.json
+endif
 
-# The whole DAG on demo.yaml's tiny budgets in demo/ (a scratch copy; the workspace is untouched): about a minute.
+# The whole DAG on profiles/demo.yaml's tiny budgets in demo/ (a scratch copy; the workspace is untouched): about a minute.
 demo: $(STAMP)
 	$(BIN)/python -m pipelines.demo
 

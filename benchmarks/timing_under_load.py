@@ -52,7 +52,7 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params()
     spec = DATASETS[params.data.name]
-    ds = spec.build(2000, 10, params.data.std, params.data.seed)["reference"]
+    ds = spec.build(2000, 10, params.data.seed, **params.data.options())["reference"]
     full = make_schedule(params.diffusion.schedule, params.diffusion.T)
     model = mixture_eps_model(full, ds.to_model(ds.modes), ds.mode_std * ds.scale)
     sched = respace(full, make_trajectory("uniform", len(full), args.steps))

@@ -70,7 +70,7 @@ def _init_parameters(module: str, cls: str) -> tuple[tuple[str, tuple[str, Any]]
 
 # Denoisers eps_theta(x_t, t) (DDPM, iDDPM with a variance output), ADM's noise-aware classifiers p_phi(y | x_t, t),
 # and DDGAN's generators G(x_t, z, t) and discriminators D(x_{t-1}, x_t, t).
-NETWORKS = Registry("network", {"mlp": "components.networks:MLP"})
+NETWORKS = Registry("network", {"mlp": "components.networks:MLP", "unet": "components.unet:UNet"})
 CLASSIFIERS = Registry("classifier", {"mlp": "components.networks:MLPClassifier"})
 GENERATORS = Registry("generator", {"mlp": "components.networks:MLPGenerator",
                                     "plain_mlp": "components.networks:PlainMLPGenerator"})
@@ -81,8 +81,14 @@ DISCRIMINATORS = Registry("discriminator", {"mlp": "components.networks:MLPDiscr
 # (Song et al. eq. 12).
 SAMPLERS = Registry("sampler", {"ddpm": "components.samplers:sample_ddpm", "ddim": "components.samplers:sample_ddim"})
 
-# Feature extractors for FID and precision/recall: points are their own features.
-FEATURE_EXTRACTORS = Registry("feature extractor", {"identity": "components.features:identity_features"})
+# Feature extractors for FID, KID, precision/recall and the classifier score (components/features.py): points are
+# their own features; digits go through the classifier stage evaluator trains; CIFAR-10 through torch-fidelity's
+# Inception, from a local weights file.
+FEATURE_EXTRACTORS = Registry("feature extractor", {
+    "identity": "components.features:identity_extractor",
+    "lenet": "components.features:lenet_extractor",
+    "inception": "components.features:inception_extractor",
+})
 
 # iDDPM's timestep samplers: uniform t, or importance sampling by the loss's second moment (iDDPM §3.3).
 TIMESTEP_SAMPLERS = Registry("timestep sampler", {
@@ -93,3 +99,8 @@ TIMESTEP_SAMPLERS = Registry("timestep sampler", {
 # Reverse-process variances: beta-tilde, beta (DDPM §3.2), learned (iDDPM §3.1).
 VARIANCES = ("small", "large", "learned")
 LR_SCHEDULES = ("constant", "cosine")  # after linear warm-up
+
+# Where networks run (components/runtime.py): auto is the GPU lent to the stage, else the CPU; bf16 autocasts the
+# network's forward pass.
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")

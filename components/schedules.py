@@ -185,12 +185,15 @@ def respace(sched: Schedule, keep: np.ndarray) -> Schedule:
 
 
 def uniform_trajectory(T: int, steps: int) -> np.ndarray:
-    """DDIM's uniform skip: range(0, T, stride) with the integer stride that gives exactly `steps` entries."""
-    for stride in range(T // steps, 0, -1):
-        ts = np.arange(0, T, stride)
-        if len(ts) == steps:
-            return ts
-    raise ValueError(f"no integer stride gives {steps} uniform steps out of T={T}; use trajectory 'linspace'")
+    """DDIM's uniform skip: range(0, T, stride) with the smallest integer stride that gives exactly `steps` entries
+    (improved-diffusion's rule: "ddim30" at T = 1000 is stride 34); where no stride does, floor(i T / steps), the
+    nearest to one stride, so every step count in [1, T] has a uniform trajectory."""
+    for stride in range(-(-T // steps), T + 1):
+        if -(-T // stride) == steps:
+            return np.arange(0, T, stride)
+        if -(-T // stride) < steps:
+            break
+    return np.arange(steps) * T // steps
 
 
 def linspace_trajectory(T: int, steps: int) -> np.ndarray:

@@ -3,6 +3,9 @@
 Kept apart from pipelines/table.py so that checking claims.yaml against them imports no pandas or matplotlib.
 """
 
-SETTINGS = ("cell", "data", "model", "sampler", "steps", "eta", "variance", "scale", "condition")
+# n: samples scored; extractor: the features FID, KID and precision/recall compare (name and a short hash of its weights)
+SETTINGS = ("cell", "data", "model", "sampler", "steps", "trajectory", "eta", "variance", "scale", "condition", "n",
+            "extractor")
 METRICS = ("nfe", "wall_s_per_1k", "wall_s_per_1k_iqr", "hq_fraction", "modes", "kl_uniform", "arc_coverage", "fid",
-           "precision", "recall", "target_hit", "cond_hq", "cond_tv", "nll", "nll_se", "k_bits", "k_minus_null_bits")
+           "kid", "kid_std", "precision", "recall", "classifier_score", "target_hit", "cond_hq", "cond_tv", "nll",
+           "nll_se", "k_bits", "k_minus_null_bits")

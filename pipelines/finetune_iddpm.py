@@ -21,6 +21,7 @@ import torch
 from components.data import DATASETS
 from components.diffusion import q_sample, split_output
 from components.networks import add_variance_output, make_network
+from components.runtime import forward_fn
 from components.schedules import make_schedule
 from components.training import (
     CHECKPOINT_KEYS, TrainState, checkpoint, hybrid_train_step, make_timestep_sampler, restore,
@@ -29,6 +30,7 @@ from pipelines.io import (
     InputError, atomic_torch_save, data_fingerprint, entry_point, first_line, load_checkpoint, load_dataset, stage_args,
 )
 from pipelines.params import load_params
+from pipelines.runtime import stage_runtime
 from pipelines.tracking import StageRun, log_stage_run
 from pipelines.trainer import resume, train_loop, write_history
 
@@ -42,8 +44,8 @@ def variance_fraction(model: torch.nn.Module, sched, x0: torch.Tensor, seed: int
     g = torch.Generator().manual_seed(seed)
     out = {}
     for t in sorted({t for t in FRAC_TIMESTEPS if t < len(sched)} | {len(sched) - 1}):
-        tt = torch.full((len(x0),), t)
-        x_t = q_sample(sched, x0, tt, torch.randn(x0.shape, generator=g))
+        tt = torch.full((len(x0),), t, device=x0.device)
+        x_t = q_sample(sched, x0, tt, torch.randn(x0.shape, generator=g).to(x0.device))
         _, v = split_output(model(x_t, tt), x_t)
         out[t] = float((v + 1).mean() / 2)
     return out
@@ -61,7 +63,8 @@ def main(argv: list[str]) -> None:
         raise InputError(f"{ddpm_path}: trained on other data than {data_path}; rerun train_ddpm first")
     if src_cfg["network"].get("out_mult", 1) != 1:
         raise InputError(f"{ddpm_path}: already has a variance output; expected an eps-only DDPM checkpoint")
-    data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
+    rt = stage_runtime(params)
+    data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space, on the host; minibatches go to rt.device
     decoder = DATASETS[params.data.name].decoder
     config = {
         "network": {**src_cfg["network"], "out_mult": 2},
@@ -71,6 +74,8 @@ def main(argv: list[str]) -> None:
         "init": {"checkpoint_sha256": hashlib.sha256(Path(ddpm_path).read_bytes()).hexdigest()},
         "objective": {"loss": "hybrid", "decoder": decoder},
         "train": dataclasses.asdict(p),
+        "hflip": params.data.hflip,
+        "device": rt.device.type,
     }
     sched = make_schedule(src_cfg["diffusion"]["schedule"], src_cfg["diffusion"]["T"])
     net_kwargs = dict(config["network"])
@@ -79,7 +84,8 @@ def main(argv: list[str]) -> None:
         add_variance_output(src["ema"], net)
     except (ValueError, RuntimeError) as e:
         raise InputError(f"{ddpm_path}: EMA weights do not fit its network config ({first_line(e)})") from None
-    state = TrainState.create(net, p.lr, p.seed)
+    state = TrainState.create(net, p.lr, p.seed, device=rt.device)
+    state.forward = forward_fn(net, rt)
     timesteps = make_timestep_sampler(p.timestep_sampler, len(sched), p.importance_history, p.importance_uniform)
     history: dict[str, list] = {"step": [], "loss": [], "l_simple": [], "l_vlb": [], "lr": []}
 
@@ -97,14 +103,15 @@ def main(argv: list[str]) -> None:
     train_s, steps_per_s = train_loop(
         "finetune_iddpm", p, state,
         lambda lr: hybrid_train_step(state, sched, data, timesteps, batch_size=p.batch_size, lambda_vlb=p.lambda_vlb,
-                                     decoder=decoder, lr=lr, grad_clip=p.grad_clip, ema_decay=p.ema_decay),
+                                     decoder=decoder, lr=lr, grad_clip=p.grad_clip, ema_decay=p.ema_decay,
+                                     hflip=params.data.hflip),
         history, save, partial)
 
     save(ckpt_path)
     write_history(csv_path, png_path, history,
                   f"finetune_iddpm: L_hybrid = L_simple + {p.lambda_vlb:g} T L_t (L_t in bits/dim), mean per log_every steps")
     last = {k: history[k][-1] for k in ("loss", "l_simple", "l_vlb")}
-    frac = variance_fraction(state.ema, sched, data[:2000], p.seed)
+    frac = variance_fraction(state.ema, sched, data[:2000].to(rt.device), p.seed)
     print("finetune_iddpm: EMA frac = (v+1)/2 by t: " + ", ".join(f"{t}: {f:.3f}" for t, f in frac.items()))
     print(f"finetune_iddpm: {p.steps} steps from {ddpm_path}, final loss {last['loss']:.4f} "
           f"(L_simple {last['l_simple']:.4f}, T L_t {last['l_vlb']:.3f} bits/dim), "

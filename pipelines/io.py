@@ -197,9 +197,11 @@ def load_samples(path: str | Path, spec: DataSpec, n: int) -> dict[str, np.ndarr
     """A sample stage's output: n finite samples x of the data set's shape, with their NFE."""
     a = load_npz(path, ("x", "nfe"))
     x = a["x"]
-    if x.shape != (n, *spec.shape) or not np.issubdtype(x.dtype, np.floating):
-        raise InputError(f"{path}: x has shape {x.shape} and dtype {x.dtype}, expected {(n, *spec.shape)} floats "
-                         f"(params sample.n = {n}); rerun its stage")
+    kind = "uint8 pixels" if spec.dtype == np.uint8 else "floats"
+    ok = x.dtype == np.uint8 if spec.dtype == np.uint8 else np.issubdtype(x.dtype, np.floating)
+    if x.shape != (n, *spec.shape) or not ok:
+        raise InputError(f"{path}: x has shape {x.shape} and dtype {x.dtype}, expected {(n, *spec.shape)} {kind} "
+                         f"(params: {n} samples); rerun its stage")
     if not np.isfinite(x).all():
         raise InputError(f"{path}: {int((~np.isfinite(x)).sum())} non-finite values in x; rerun its stage")
     return a
@@ -214,8 +216,8 @@ def load_reference_stats(path: str | Path, features: str, k: int):
         ref = ReferenceSet.from_arrays(arrays)
     except (ValueError, TypeError, KeyError) as e:
         raise InputError(f"{path}: not reference statistics ({first_line(e)}); rerun stage reference") from None
-    if (ref.feature_name, ref.k) != (features, k):
-        raise InputError(f"{path}: made with features {ref.feature_name!r}, k = {ref.k}, but params evaluate say "
+    if (ref.kind, ref.k) != (features, k):
+        raise InputError(f"{path}: made with features {ref.kind!r}, k = {ref.k}, but params evaluate say "
                          f"{features!r}, k = {k}; rerun stage reference")
     bad = [name for name in ("features", "radii", "mu", "sigma") if not np.isfinite(arrays[name]).all()]
     if bad:

@@ -30,8 +30,8 @@ import yaml
 
 from components.data import DATASETS
 from components.registry import (
-    CLASSIFIERS, DISCRIMINATORS, FEATURE_EXTRACTORS, GENERATORS, LR_SCHEDULES, NETWORKS, NO_DEFAULT, SAMPLERS,
-    TIMESTEP_SAMPLERS, VARIANCES,
+    CLASSIFIERS, DEVICES, DISCRIMINATORS, FEATURE_EXTRACTORS, GENERATORS, LR_SCHEDULES, NETWORKS, NO_DEFAULT,
+    PRECISIONS, SAMPLERS, TIMESTEP_SAMPLERS, VARIANCES,
 )
 from components.schedules import SCHEDULES, TRAJECTORIES, make_schedule
 
@@ -48,6 +48,9 @@ LEARNED_VARIANCE_MODELS = ("iddpm", "sd2015")
 FULL_CHAIN_MODELS = ("sd2015",)
 FACTORS = ("delta", "gaussian")  # conditioning factors r(x) (Sohl-Dickstein et al. 2015 §2.5)
 EXPERIMENTS = ("swissroll",)  # sections that are an experiment of their own: data, chain, model (Params.experiment)
+# Files a run reads from outside the repository (CIFAR-10's batches, Inception's weights) live here, so that DVC can
+# list the folder as a dependency of the stages that read it in every profile: replacing a file reruns them.
+EXTERNAL_DIR = "data/external"
 
 # A name that reaches a stage name, a path or a command line (sweep cells).
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -95,20 +98,61 @@ def _key(k: Any) -> str:
     return k if isinstance(k, str) and k.isprintable() and 0 < len(k) <= 60 else _show(k)
 
 
+def _external(name: str, path: str) -> None:
+    """A file or folder a run reads from outside the repository: a relative path inside EXTERNAL_DIR."""
+    parts = Path(path).parts
+    _require(not Path(path).is_absolute() and ".." not in parts and len(parts) > 2
+             and Path(*parts[:2]) == Path(EXTERNAL_DIR), name,
+             f"must be a path inside {EXTERNAL_DIR}/ (a dependency of the stages that read it; put the file there or "
+             f"link it, e.g. ln -s ~/datasets/cifar-10-batches-py {EXTERNAL_DIR}/), got {path!r}")
+
+
 @dataclass(frozen=True)
 class DataParams:
+    """A data set by name and the options its registry entry reads (`DataSpec.options`)."""
+
     name: str  # data set, from components.data.DATASETS
     seed: int  # the train and reference splits are deterministic in this seed
     n_train: int
     n_reference: int
-    std: float  # std of each mixture component, data units
+    std: float | None = None  # the 2-D toys: std of each mixture component (around the curve), data units
+    path: str | None = None  # cifar10: the cifar-10-batches-py folder, inside data/external/
+    hflip: bool = False  # images: DDPM's random horizontal flip of training minibatches (CIFAR-10)
 
     def __post_init__(self):
         _choice("name", self.name, DATASETS, "data set")
+        spec = DATASETS[self.name]
         _seed("seed", self.seed)
         _between("n_train", self.n_train, 1, MAX_POINTS)
         _between("n_reference", self.n_reference, 1, MAX_POINTS)
-        _require(0 < self.std <= 1e6, "std", f"must be in (0, 1e6] (float32 data), got {self.std}")
+        for key in ("std", "path"):
+            needed = key in spec.options
+            _require((getattr(self, key) is not None) == needed, key,
+                     f"{'required' if needed else 'not an option'} for data set {self.name!r}"
+                     + (f" (it reads {', '.join(spec.options)})" if spec.options else " (it reads no options)"))
+        if self.std is not None:
+            _require(0 < self.std <= 1e6, "std", f"must be in (0, 1e6] (float32 data), got {self.std}")
+        if self.path is not None:
+            _external("path", self.path)
+        _require(not self.hflip or spec.decoder == "discretized", "hflip", "flips images only")
+
+    def options(self) -> dict[str, Any]:
+        """The keyword options its data set's builder takes."""
+        return {key: getattr(self, key) for key in DATASETS[self.name].options}
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    """Where and how networks run: every stage that trains, samples or scores reads it."""
+
+    device: str  # auto (the GPU the Prefect flow lent the stage, else the CPU) | cpu | cuda
+    precision: str  # fp32 | bf16: autocast of the network's forward pass, fp32 weights, float64 schedule math
+    channels_last: bool  # NHWC memory format for image networks (faster convolutions on GPUs)
+    compile: bool  # torch.compile the network's forward pass
+
+    def __post_init__(self):
+        _choice("device", self.device, DEVICES, "device")
+        _choice("precision", self.precision, PRECISIONS, "precision")
 
 
 @dataclass(frozen=True)
@@ -237,10 +281,9 @@ class ClassifierParams(OptimParams):
 
 @dataclass(frozen=True)
 class DDGANParams:
-    T: list[int]  # one trained generator (train_ddgan@T) and one table row (ddgan-T) per entry
+    T: list[int]  # one trained generator (train_ddgan@T) and one table row (ddgan-T) per entry; [] for none
 
     def __post_init__(self):
-        _require(len(self.T) > 0, "T", "must list at least one number of denoising steps")
         _require(all(1 <= T <= MAX_T for T in self.T), "T", f"every entry must be in [1, {MAX_T:,}], got {self.T}")
         _require(len(set(self.T)) == len(self.T), "T", f"entries must be distinct, got {self.T}")
 
@@ -371,9 +414,12 @@ class CellParams:
     clip_x0: bool = False  # clip x0-hat to [-1, 1] (model space); off for the toy
     scale: float | None = None  # classifier-guidance scale s (ADM Alg. 1/2); None: unguided
     condition: ConditionParams | None = None  # a factor r(x): samples p(x) r(x) (Sohl-Dickstein et al. 2015 §2.5)
+    n: int | None = None  # samples of this cell, if not sample.n (a slow cell on images: say so in its name)
 
     def __post_init__(self):
         _choice("sampler", self.sampler, SAMPLERS, "sampler")
+        if self.n is not None:
+            _between("n", self.n, 1, MAX_POINTS)
         _choice("trajectory", self.trajectory, TRAJECTORIES, "trajectory")
         _between("steps", self.steps, 1, MAX_T)
         _require(self.scale is None or self.scale >= 0, "scale", f"must be >= 0, got {self.scale}")
@@ -431,18 +477,40 @@ class GANCellParams(CellParams):
         return {}
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvaluatorTrainParams(OptimParams):
+    """evaluate.train: the digit classifier whose features score image rows (stage `evaluator`), Adam."""
+
+    features: int  # width of its penultimate layer: the features FID, KID and precision/recall compare
+    augment: bool  # random shifts of up to 2 pixels
+
+
 @dataclass(frozen=True)
 class EvaluateParams:
-    features: str  # feature extractor for FID / precision / recall
+    features: str  # feature extractor: identity (points) | lenet (digits, trained by stage evaluator) | inception
     k: int  # precision/recall neighbourhood (Kynkaanniemi et al.: 3)
     n_std: float  # a sample is high quality within n_std * mode std of its nearest mode
     min_mode_count: int  # a mode is covered when it holds this many high-quality samples
+    weights: str | None = None  # inception: torch-fidelity's Inception weights file, inside data/external/
+    train: EvaluatorTrainParams | None = None  # lenet: how stage evaluator trains it
+    kid_subsets: int = 100  # KID (Binkowski et al. 2018): the mean over this many random subsets
+    kid_subset_size: int = 1000  # of this many samples each (fewer when a set is smaller)
 
     def __post_init__(self):
         _choice("features", self.features, FEATURE_EXTRACTORS, "feature extractor")
         _between("k", self.k, 1, 1000)
         _require(self.n_std > 0, "n_std", "must be > 0")
         _between("min_mode_count", self.min_mode_count, 1, MAX_POINTS)
+        _require((self.weights is not None) == (self.features == "inception"), "weights",
+                 "required for features inception (a local file: nothing is downloaded)" if self.weights is None
+                 else f"not an option for features {self.features!r} (inception only)")
+        if self.weights is not None:
+            _external("weights", self.weights)
+        _require((self.train is not None) == (self.features == "lenet"), "train",
+                 "required for features lenet (stage evaluator trains it)" if self.train is None
+                 else f"not an option for features {self.features!r} (lenet only)")
+        _between("kid_subsets", self.kid_subsets, 1, 100_000)
+        _between("kid_subset_size", self.kid_subset_size, 2, MAX_POINTS)
 
 
 @dataclass(frozen=True)
@@ -479,6 +547,7 @@ class Params:
     exact_sweep: dict[str, CellParams]
     swissroll: SwissRollParams
     evaluate: EvaluateParams
+    runtime: RuntimeParams
 
     def cells(self) -> dict[str, CellParams]:
         """Every sampler cell of the main data set in table order: trained, DDGAN, guided, exact."""
@@ -494,8 +563,8 @@ class Params:
     def experiment(self, name: str | None) -> "Params":
         """These params as experiment `name` sees them (None: the main run itself).
 
-        `swissroll`: its data, chain and trainer in place of data, diffusion and train_sd2015, and one sweep
-        cell, the 2015 model's full ancestral chain, as the whole sweep; the stages run on it unchanged
+        `swissroll`: its data, chain and trainer in place of data, diffusion and train_sd2015, identity features
+        (its points are their own), and one sweep cell, the 2015 model's full ancestral chain, as the whole sweep; the stages run on it unchanged
         (`--experiment swissroll`). Its DDGAN section is the main run's, which no swiss roll stage reads.
         """
         if name is None:
@@ -503,7 +572,8 @@ class Params:
         _choice("experiment", name, EXPERIMENTS, "experiment")
         x = self.swissroll
         cell = SweepCellParams(model="sd2015", sampler="ddpm", steps=x.diffusion.T, variance="learned")
-        return dataclasses.replace(self, data=x.data, diffusion=x.diffusion, train_sd2015=x.train,
+        points = dataclasses.replace(self.evaluate, features="identity", weights=None, train=None)
+        return dataclasses.replace(self, data=x.data, diffusion=x.diffusion, train_sd2015=x.train, evaluate=points,
                                    sweep={x.cell_name(): cell}, guided_sweep={}, exact_sweep={})
 
 
@@ -622,6 +692,13 @@ def _run_checks(p: Params) -> None:
     if p.evaluate.k >= min(p.sample.n, p.data.n_reference):
         raise ParamsError(f"evaluate.k: {p.evaluate.k} must be below sample.n = {p.sample.n} and data.n_reference = "
                           f"{p.data.n_reference}")
+    spec = DATASETS[p.data.name]
+    wants = {"identity": spec.decoder == "continuous", "lenet": spec.decoder == "discretized" and spec.shape[1:] == (28, 28),
+             "inception": spec.decoder == "discretized" and spec.shape[0] == 3}
+    if not wants[p.evaluate.features]:
+        fits = [name for name, ok in wants.items() if ok]
+        raise ParamsError(f"evaluate.features: {p.evaluate.features!r} does not score {p.data.name} "
+                          f"{spec.shape}; allowed: {', '.join(fits)}")
     if p.train_classifier.accuracy_buckets > p.diffusion.T:
         raise ParamsError(f"train_classifier.accuracy_buckets: {p.train_classifier.accuracy_buckets} exceeds "
                           f"diffusion.T = {p.diffusion.T}")
@@ -658,6 +735,9 @@ def _run_checks(p: Params) -> None:
             if c is not None and c.center is not None and len(c.center) != dims:
                 raise ParamsError(f"{key}.condition.center: {len(c.center)} numbers, expected one per coordinate "
                                   f"({dims})")
+            if cell.n is not None and p.evaluate.k >= cell.n:
+                raise ParamsError(f"{key}.n: {cell.n} samples; precision/recall need more than evaluate.k = "
+                                  f"{p.evaluate.k}")
             if cell.steps > p.diffusion.T:
                 raise ParamsError(f"{key}.steps: {cell.steps} exceeds diffusion.T = {p.diffusion.T}; allowed: 1..{p.diffusion.T}")
             try:
@@ -727,6 +807,18 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     return parse_params(read_yaml(path), str(path))
 
 
+def check_external(p: Params, external: str | Path = EXTERNAL_DIR) -> None:
+    """The files params name outside the repository are in `external` (the workspace's EXTERNAL_DIR): ParamsError
+    naming the key, so a run without them stops before any compute. The stages that read them check their contents."""
+    for key, path, kind in (("data.path", p.data.path, "folder"), ("evaluate.weights", p.evaluate.weights, "file")):
+        where = None if path is None else Path(external, Path(path).relative_to(EXTERNAL_DIR))
+        if where is not None and not (where.is_dir() if kind == "folder" else where.is_file()):
+            what = {"data.path": "CIFAR-10's python batches (cifar-10-batches-py)",
+                    "evaluate.weights": "torch-fidelity's Inception weights"}[key]
+            raise ParamsError(f"{key}: no {kind} {path}: nothing is downloaded; put {what} there, or link it "
+                              f"({EXTERNAL_DIR}/README.md)")
+
+
 def stage_name(stage: str, experiment: str | None) -> str:
     """dvc.yaml's name for stage `stage` run on `experiment` (its MLflow run's name too): `<stage>_<experiment>`."""
     return stage if experiment is None else f"{stage}_{experiment}"
@@ -764,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.claims import ClaimsError, load_claims
 
     try:
-        load_params(path)
+        check_external(load_params(path))
         if claims is not None:
             load_claims(claims)
     except (ParamsError, ClaimsError) as e:

@@ -71,6 +71,8 @@ FAMILIES = ("DDPM / iDDPM ancestral", "DDIM", "DDGAN", "classifier-guided", "exa
 SERIES_COLOURS = ("0.15", "tab:red", "tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:cyan")
 SERIES_STYLES = ("-", "--", "-.", ":")
 TRILEMMA_METRICS = (("hq_fraction", "quality: high-quality fraction"), ("recall", "coverage: recall (k = 3)"))
+# image runs: no modes to be near, so quality is FID through the run's feature extractor (log axis, lower is better)
+IMAGE_TRILEMMA_METRICS = (("fid", "quality: FID (log; lower is better)"), ("recall", "coverage: recall (k = 3)"))
 
 
 def _num(v) -> float:
@@ -115,6 +117,7 @@ def row_series(r: dict) -> str:
     """The line a row lies on within its family: the rows that differ only in steps (guided rows: in scale)."""
     model, sampler, family = r.get("model") or "", r.get("sampler") or "", row_family(r)
     eta = f", η = {_num(r.get('eta')):g}" if _given(r.get("eta")) else ""
+    eta += f", {r['trajectory']}" if _given(r.get("trajectory")) and r["trajectory"] != "uniform" else ""
     var = f", {r['variance']} Σ" if _given(r.get("variance")) else ""
     net = f" ({model} net)" if model not in ("", "ddpm", "exact") else ""
     if family == FAMILIES[4]:
@@ -282,11 +285,11 @@ def _series_styles(series: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def _family_column(axes, family: str, series: dict[str, list[dict]], ceiling: dict | None, floor: float,
-                   marked: set[str], norm) -> list:
+                   marked: set[str], norm, metrics: tuple = TRILEMMA_METRICS) -> list:
     """One family's column: quality above coverage, the ceiling dashed, each series a line of points; the title
     counts its rows and a legend under it names its series. Returns (panel, points to label) per panel."""
     styles, labels = _series_styles(series), []
-    for ax, (key, label) in zip(axes, TRILEMMA_METRICS):
+    for ax, (key, label) in zip(axes, metrics):
         if ceiling is not None and np.isfinite(_num(ceiling.get(key))):
             ax.axhline(_num(ceiling.get(key)), color="grey", ls="--", lw=0.9, zorder=1)
         labels.append((ax, [p for name, rows in series.items()
@@ -312,29 +315,35 @@ def _figure_legend(fig, ceiling: dict | None, marked: set[str], left: float, top
                    frameon=False, borderaxespad=0, handletextpad=0.4, columnspacing=1.2)
 
 
-def trilemma_figure(rows: list[dict], ceiling: dict | None = None, marked: Collection[str] = ()):
+def trilemma_figure(rows: list[dict], ceiling: dict | None = None, marked: Collection[str] = (),
+                    metrics: tuple = TRILEMMA_METRICS):
     """The trilemma, one panel column per family of rows (DDPM/iDDPM ancestral, DDIM, DDGAN, guided, exact eps*;
     empty ones left out): quality (high-quality fraction, top) and coverage (recall, bottom) against wall time per
     1,000 samples on one log axis (a zero time at its left end, a missing one or value left out). A line joins
     each series' rows in order of steps (guided rows: of scale), so the steps-vs-quality trade reads along it;
     colour = modes covered; `ceiling` (the train split) is a dashed line. The `marked` cells (the rows the papers'
     claims read) are large, bold-edged and labelled, the others faded and unlabelled; with none marked, each
-    series' endpoints are labelled. Labels are placed so that none overlaps another."""
+    series' endpoints are labelled. Labels are placed so that none overlaps another. `metrics`: the quality and
+    coverage columns with their axis labels (IMAGE_TRILEMMA_METRICS for images: FID on a log axis)."""
     marked = {str(c) for c in marked} & {str(r.get('cell')) for r in rows}  # a cell not in the rows marks none
     families = _group(rows) or {"no rows": {}}
     floor, xlim = _time_axis(rows)
     modes = [_num(r.get("modes")) for r in rows] + [_num((ceiling or {}).get("modes")), 1.0]
     norm = plt.Normalize(0, np.nanmax(modes))
     width, height = 3.5 * len(families) + 1.9, 8.2  # inches: the margins below are fixed in inches too
-    fig, axes = plt.subplots(2, len(families), figsize=(width, height), sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(2, len(families), figsize=(width, height), sharex=True, sharey="row", squeeze=False)
     left, right = 0.8 / width, 1 - 1.1 / width
     fig.subplots_adjust(left=left, right=right, top=1 - 0.95 / height, bottom=2.05 / height, wspace=0.06, hspace=0.08)
     labels = [lab for j, (family, series) in enumerate(families.items())
-              for lab in _family_column(axes[:, j], family, series, ceiling, floor, marked, norm)]
+              for lab in _family_column(axes[:, j], family, series, ceiling, floor, marked, norm, metrics)]
     axes[0][0].set_xscale("log")
     axes[0][0].set_xlim(*xlim)
     axes[0][0].xaxis.set_minor_formatter(NullFormatter())
-    axes[0][0].set_ylim(-0.04, 1.1)
+    for row, (key, _) in zip(axes, metrics):
+        if key == "fid":  # unbounded above, and its differences that matter are ratios
+            row[0].set_yscale("log")
+        else:
+            row[0].set_ylim(-0.04, 1.1)
     renderer = fig.canvas.get_renderer()
     for ax, points in labels:
         _place_labels(ax, points, renderer)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from components.data import DATASETS, split_problem
-from pipelines.io import entry_point, save_dataset, stage_args
+from components.data import DATASETS, DataFileError, split_problem
+from pipelines.io import InputError, entry_point, save_dataset, stage_args
 from pipelines.params import ParamsError, experiment_args, load_params, stage_name
 from pipelines.tracking import StageRun, log_stage_run
 
@@ -18,16 +18,22 @@ def main(argv: list[str]) -> None:
     train_path, reference_path = stage_args(argv, ("train.npz", "reference.npz"))
     p = load_params().experiment_data(experiment)
     spec = DATASETS[p.name]
-    splits = spec.build(p.n_train, p.n_reference, p.std, p.seed)
+    section = f"{experiment}.data" if experiment else "data"
+    try:
+        splits = spec.build(p.n_train, p.n_reference, p.seed, **p.options())
+    except DataFileError as e:  # a missing, truncated or malformed file: its message names it
+        raise InputError(str(e)) from None
+    except ValueError as e:  # sizes the data set cannot give (mnist holds 5,000 digits)
+        raise ParamsError(f"params.yaml: {section}: {e}") from None
     for split, ds in splits.items():  # what every stage's loader will check, before anything is written
         problem = split_problem(ds, spec)
         if problem:
-            section = f"{experiment}.data" if experiment else "data"
             raise ParamsError(f"params.yaml: {section}: its {split} split of {p.name} is unusable: {problem}")
     save_dataset(train_path, splits["train"])
     save_dataset(reference_path, splits["reference"])
     train = splits["train"]
-    print(f"prepare: {p.name} train {train.x.shape} reference {splits['reference'].x.shape}, model scale {train.scale:.6f}")
+    print(f"prepare: {p.name} train {train.x.shape} reference {splits['reference'].x.shape}, model scale "
+          f"{train.scale:.6f}")
     log_stage_run(StageRun(
         stage_name("prepare", experiment), params={"data": dataclasses.asdict(p)},
         metrics={"n_train": len(train.x), "n_reference": len(splits["reference"].x), "model_scale": train.scale},

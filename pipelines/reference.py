@@ -1,12 +1,15 @@
 """Stage `reference`: what every cell is scored against, computed once per data set, and the ceiling row.
 
-    python -m pipelines.reference [--experiment swissroll] <train.npz> <reference.npz> <reference_stats.npz> <data.json>
+    python -m pipelines.reference [--experiment swissroll] <train.npz> <reference.npz> <evaluator.pt | identity> \
+        <reference_stats.npz> <data.json>
 
-The held-out split's features, their k-NN radii (improved precision/recall, Kynkaanniemi et al.
-2019) and their Gaussian fit (FID, Heusel et al. 2017) go to `reference_stats.npz`, which every
-sample stage reads to score its own cell. The row `data` scores `sample.n` points of the train
-split the same way: what a perfect sampler would reach on each metric. Its `nll` is the true
-mixture density's NLL on the points every bound is computed on (the first `nll.n` reference points).
+The held-out split's features (through the extractor stage `evaluator` wrote, or the identity for points), their
+k-NN radii (improved precision/recall, Kynkaanniemi et al. 2019) and their Gaussian fit (FID, Heusel et al.
+2017) go to `reference_stats.npz` with the extractor's weights, which every sample stage reads to score its own
+cell with the same extractor. The row `data` scores `sample.n` points of the train
+split the same way: what a perfect sampler would reach on each metric (for images, the floor of FID and KID).
+Its `nll` is the true density's NLL, where it is known, on the points every bound is computed on (the first
+`nll.n` reference points).
 """
 
 from __future__ import annotations
@@ -20,24 +23,31 @@ from components.data import DATASETS
 from components.gaussian_mixture import mixture_log_prob
 from components.likelihood import null_log_likelihood_bits
 from components.metrics import reference_set, sample_metrics
-from pipelines.io import atomic_save_npz, atomic_write_json, entry_point, load_dataset, stage_args
+from pipelines.io import (
+    InputError, atomic_save_npz, atomic_write_json, entry_point, load_checkpoint, load_dataset, stage_args,
+)
 from pipelines.params import experiment_args, load_params, stage_name
+from pipelines.runtime import stage_runtime
 from pipelines.tracking import StageRun, log_stage_run
 
 
 def main(argv: list[str]) -> None:
     experiment, argv = experiment_args(argv)
-    train_path, ref_path, stats_path, data_json = stage_args(
-        argv, ("train.npz", "reference.npz", "reference_stats.npz", "data.json"))
-    params = load_params()
-    data = params.experiment_data(experiment)
+    train_path, ref_path, evaluator_path, stats_path, data_json = stage_args(
+        argv, ("train.npz", "reference.npz", "evaluator.pt", "reference_stats.npz", "data.json"))
+    params = load_params().experiment(experiment)
+    data = params.data
     e, name, spec = params.evaluate, data.name, DATASETS[data.name]
     ref, train = load_dataset(ref_path, name), load_dataset(train_path, name)
-    reference = reference_set(ref.x, e.features, e.k)
+    kind, weights, config = load_evaluator(evaluator_path, e.features)
+    device = stage_runtime(params).device
+    reference = reference_set(ref.x, kind, e.k, weights, config, device)
     atomic_save_npz(stats_path, **reference.to_arrays())
     x = train.x[: params.sample.n]
-    row = {"nfe": 0, **sample_metrics(x, reference, modes=ref.modes, mode_std=ref.mode_std, n_std=e.n_std,
-                                      min_count=e.min_mode_count)}
+    row = {"nfe": 0, "extractor": reference.feature_name,
+           **sample_metrics(x, reference, extractor=reference.extractor(device), modes=ref.modes,
+                            mode_std=ref.mode_std, n_std=e.n_std, min_count=e.min_mode_count,
+                            kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size)}
     if spec.measures is not None:
         row |= spec.measures(x, data.std, e.n_std, e.min_mode_count)
     points = ref.x[: params.nll.n]
@@ -49,11 +59,27 @@ def main(argv: list[str]) -> None:
         row["k_bits"] = float(log_p.mean() - dims * math.log(ref.scale)) / math.log(2)  # model space
         row["k_minus_null_bits"] = row["k_bits"] - null_log_likelihood_bits(torch.from_numpy(ref.to_model(points)))
     atomic_write_json(data_json, row)
-    print(f"reference: {len(ref.x)} reference points ({e.features} features, k = {e.k}); data row: "
-          + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+    print(f"reference: {len(ref.x)} reference points ({reference.feature_name} features, k = {e.k}); data row: "
+          + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     log_stage_run(StageRun(stage_name("reference", experiment),
                            params={"evaluate": dataclasses.asdict(e), "sample": {"n": params.sample.n}},
-                           metrics=row, tags={"cell": "data" + (f"-{experiment}" if experiment else "")}))
+                           metrics={k: v for k, v in row.items() if not isinstance(v, str)},
+                           tags={"cell": "data" + (f"-{experiment}" if experiment else ""),
+                                 "extractor": reference.feature_name}))
+
+
+def load_evaluator(path: str, features: str) -> tuple[str, dict, dict]:
+    """Stage evaluator's extractor (its kind, weights and config), or the identity where `path` is `identity`;
+    InputError naming the file where it is not the kind params evaluate.features names."""
+    if path == "identity":
+        kind, weights, config = "identity", {}, {}
+    else:
+        ckpt = load_checkpoint(path, ("kind", "weights", "config"))
+        kind, weights, config = ckpt["kind"], ckpt["weights"], ckpt["config"]
+    if kind != features:
+        raise InputError(f"{path}: a {kind!r} extractor, but params evaluate.features = {features!r}; rerun stage "
+                         f"evaluator")
+    return kind, weights, config
 
 
 if __name__ == "__main__":

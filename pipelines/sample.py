@@ -31,9 +31,11 @@ from components.ddgan import Generator
 from components.gaussian_mixture import bump_conditional, delta_conditional
 from components.guidance import Classifier, Known, classifier_grad, gaussian_factor
 from components.likelihood import bound_per_dim, null_log_likelihood_bits, variational_bound
+from components.features import Extractor, to_uint8
 from components.metrics import ReferenceSet, conditional_metrics, sample_metrics, target_hit_rate
 from components.networks import make_classifier, make_generator, make_network
 from components.registry import SAMPLERS
+from components.runtime import Runtime, describe, forward_fn, generator
 from components.samplers import EpsModel, sample_ddgan
 from components.schedules import Schedule, make_schedule, make_trajectory, respace
 from pipelines.io import (
@@ -44,6 +46,7 @@ from pipelines.params import (
     CellParams, ConditionParams, Params, ParamsError, experiment_args, load_params, stage_name,
 )
 from pipelines.plots import samples_figure
+from pipelines.runtime import stage_runtime
 from pipelines.timing import time_draws
 from pipelines.tracking import StageRun, log_stage_run
 
@@ -104,17 +107,26 @@ def check_cell_model(cell_key: str, cell: CellParams, ckpt_path: str, cfg: dict,
 
 def draw(sampler, model, sched, n: int, batch_size: int, shape: tuple[int, ...], generator, kwargs, progress,
          guide=None) -> torch.Tensor:
-    """Exactly n samples (no rounding down), in batches, all noise from `generator`.
+    """Exactly n samples (no rounding down), in batches, all noise from `generator`, on its device; returned on the CPU.
 
     guide(batch) -> the guidance gradient function for the samples in slice `batch`, if guided.
     """
     out = []
     for start in range(0, n, batch_size):
         batch = slice(start, min(start + batch_size, n))
-        x_T = torch.randn((batch.stop - start, *shape), generator=generator)
+        x_T = torch.randn((batch.stop - start, *shape), generator=generator, device=generator.device)
         extra = {} if guide is None else {"guidance": guide(batch)}
-        out.append(sampler(model, sched, x_T, generator=generator, progress=progress, **kwargs, **extra))
+        out.append(sampler(model, sched, x_T, generator=generator, progress=progress, **kwargs, **extra).cpu())
     return torch.cat(out)
+
+
+def on_device(model, rt: Runtime):
+    """A network moved to rt.device and called through the runtime (`forward_fn`: channels_last, compile, bf16); a
+    plain function (the mixture's exact eps*) or a DDGAN generator (called with a latent too) is only moved."""
+    if not isinstance(model, torch.nn.Module):
+        return model
+    model = model.to(rt.device)
+    return model if hasattr(model, "nz") else forward_fn(model, rt)  # a DDGAN generator says its latent size
 
 
 def target_labels(n: int, n_classes: int, seed: int) -> torch.Tensor:
@@ -122,13 +134,15 @@ def target_labels(n: int, n_classes: int, seed: int) -> torch.Tensor:
     return torch.randint(n_classes, (n,), generator=torch.Generator().manual_seed(seed))
 
 
-def guide_for(classifier: Classifier | None, y: torch.Tensor, scale: float | None):
+def guide_for(classifier: Classifier | None, y: torch.Tensor, scale: float | None,
+              device: torch.device = torch.device("cpu")):
     """draw's per-batch guidance for targets y at scale s; None when unguided or s = 0, which then runs the
     unguided sampler itself: its samples are the unguided cell's, bit for bit, and it costs no classifier pass."""
     if not scale:
         return None
     if classifier is None:
         raise ValueError(f"a cell guided at scale {scale:g} needs a classifier")
+    y = y.to(device)
     return lambda batch: classifier_grad(classifier, y[batch], scale)
 
 
@@ -138,19 +152,22 @@ def bound(model: EpsModel, sched: Schedule, cell: CellParams, ref: Dataset, para
     data set's unit, per-term means, and Sohl-Dickstein et al. 2015's K in bits per sample in model space (unit
     variance), with K - L_null, L_null the points' log-likelihood under N(0, I) (their Table 1)."""
     nll, decoder = params.nll, DATASETS[params.data.name].decoder
-    x0 = torch.from_numpy(ref.to_model(ref.x[: nll.n]))  # (n, ...) model space
+    device = stage_runtime(params).device
+    x0 = torch.from_numpy(ref.to_model(ref.x[: nll.n])).to(device)  # (n, ...) model space
     dims = math.prod(x0.shape[1:])
-    generator = torch.Generator().manual_seed(nll.seed)
+    generator = torch.Generator(device).manual_seed(nll.seed)
     per_dim, terms, prior, total = [], [], [], []
     for start in range(0, len(x0), nll.batch_size):
         out = variational_bound(model, sched, x0[start:start + nll.batch_size], variance=cell.sampler_kwargs()["variance"],
                                 generator=generator, decoder=decoder, clip_x0=cell.clip_x0, output=output)
+        out = {k: v.cpu() for k, v in out.items()}
         per_dim.append(bound_per_dim(out["total"], dims, decoder, ref.scale))
         terms.append(out["terms"].sum(1) / dims)  # (S,) nats/dim, model space, summed over the batch
         prior.append(out["prior"].sum() / dims)
         total.append(out["total"])
     per_dim = torch.cat(per_dim)
     k_bits = -float(torch.cat(total).mean()) / math.log(2)
+    x0 = x0.cpu()
     return {"nll": np.float64(per_dim.mean()), "nll_se": np.float64(per_dim.std() / math.sqrt(len(per_dim))),
             "nll_terms": (torch.stack(terms).sum(0) / len(x0)).numpy(), "nll_prior": np.float64(sum(prior) / len(x0)),
             "k_bits": np.float64(k_bits), "k_minus_null_bits": np.float64(k_bits - null_log_likelihood_bits(x0))}
@@ -172,12 +189,13 @@ class CellFiles:
 
 
 def score(x: np.ndarray, ref: Dataset, reference: ReferenceSet, params: Params, y: np.ndarray | None,
-          condition: ConditionParams | None = None) -> dict[str, float]:
+          condition: ConditionParams | None = None, extractor: Extractor | None = None) -> dict[str, float]:
     """The cell's quality and coverage against the reference split, in data units, with the data set's own measures
     (a mixture's modes, the swiss roll's curve); guided cells add the target-hit rate, conditioned cells on a mixture
     the share at the exact conditional's modes and the distance of their weights from its."""
     e = params.evaluate
-    out = sample_metrics(x, reference, modes=ref.modes, mode_std=ref.mode_std, n_std=e.n_std, min_count=e.min_mode_count)
+    out = sample_metrics(x, reference, extractor=extractor, modes=ref.modes, mode_std=ref.mode_std, n_std=e.n_std,
+                         min_count=e.min_mode_count, kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size)
     measures = DATASETS[params.data.name].measures
     if measures is not None:
         out |= measures(x, params.data.std, e.n_std, e.min_mode_count)
@@ -191,7 +209,8 @@ def score(x: np.ndarray, ref: Dataset, reference: ReferenceSet, params: Params, 
     return out
 
 
-def factor(condition: ConditionParams | None, ref: Dataset, shape: tuple[int, ...]) -> dict:
+def factor(condition: ConditionParams | None, ref: Dataset, shape: tuple[int, ...],
+           device: torch.device = torch.device("cpu")) -> dict:
     """A condition (data units) as the samplers' keyword arguments in model space: `known` for a delta on a
     coordinate, `guidance` = grad log r for a Gaussian bump (Sohl-Dickstein et al. 2015 §2.5); none without one."""
     if condition is None:
@@ -200,9 +219,16 @@ def factor(condition: ConditionParams | None, ref: Dataset, shape: tuple[int, ..
         mask = torch.zeros(math.prod(shape), dtype=torch.bool)
         mask[condition.coordinate] = True
         values = torch.full((math.prod(shape),), (condition.value - ref.shift) * ref.scale)
-        return {"known": Known(mask.reshape(shape), values.reshape(shape))}
+        return {"known": Known(mask.reshape(shape).to(device), values.reshape(shape).to(device))}
     center = (torch.tensor(condition.center, dtype=torch.float64) - ref.shift) * ref.scale
-    return {"guidance": gaussian_factor(center.reshape(shape), condition.std * ref.scale)}
+    return {"guidance": gaussian_factor(center.reshape(shape).to(device), condition.std * ref.scale)}
+
+
+def as_samples(x: torch.Tensor, ref: Dataset) -> np.ndarray:
+    """Samples in data units, as the data set holds them: floats for points, uint8 pixels for images (rounded and
+    clipped to [0, 255], what an image file would hold, which is what the metrics score)."""
+    x_data = to_data(x.numpy(), ref.shift, ref.scale)
+    return to_uint8(x_data).numpy() if ref.x.dtype == np.uint8 else x_data
 
 
 def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Generator, full: Schedule,
@@ -212,37 +238,44 @@ def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Gen
 
     A cell with a guidance scale needs `classifier` (logits over `n_classes`) and draws its targets; a cell
     with a condition multiplies its factor in. `output` says how an ancestral sampler reads the model
-    (`diffusion.reverse_kernel`): eps, or Sohl-Dickstein et al. 2015's kernel.
+    (`diffusion.reverse_kernel`): eps, or Sohl-Dickstein et al. 2015's kernel. Networks run on params runtime's
+    device; the samples' bytes are the same from run to run on one device.
     """
-    p, e = params.sample, params.evaluate
+    p, e, rt = params.sample, params.evaluate, stage_runtime(params)
     reference = load_reference_stats(files.stats, e.features, e.k)  # a bad file fails here, before any compute
+    extractor = reference.extractor(rt.device)
     sched = respace(full, make_trajectory(cell.trajectory, len(full), cell.steps))
     condition = cell.condition
-    sampler, kwargs = CELL_SAMPLERS[cell.sampler], {**cell.sampler_kwargs(), **factor(condition, ref, shape)}
+    model = on_device(model, rt)
+    if isinstance(classifier, torch.nn.Module):  # not the exact p(y | x_t), a plain function
+        classifier = classifier.to(rt.device)
+    sampler, kwargs = CELL_SAMPLERS[cell.sampler], {**cell.sampler_kwargs(), **factor(condition, ref, shape, rt.device)}
     if output != "eps":
         kwargs["output"] = output
-    guided = cell.scale is not None
-    y = target_labels(p.n, n_classes, params.guidance.label_seed) if guided else None
-    x = draw(sampler, model, sched, p.n, p.batch_size, shape, torch.Generator().manual_seed(p.seed), kwargs,
-             progress_enabled(), guide_for(classifier, y, cell.scale) if guided else None)
+    guided, n = cell.scale is not None, cell.n or p.n
+    y = target_labels(n, n_classes, params.guidance.label_seed) if guided else None
+    x = draw(sampler, model, sched, n, p.batch_size, shape, generator(rt, p.seed), kwargs,
+             progress_enabled(), guide_for(classifier, y, cell.scale, rt.device) if guided else None)
     bad = int((~torch.isfinite(x)).any(dim=tuple(range(1, x.dim()))).sum())
     if bad:
-        raise NonFiniteError(f"{stage}: {bad} of {p.n} samples are non-finite: the sampler diverged; nothing written")
+        raise NonFiniteError(f"{stage}: {bad} of {n} samples are non-finite: the sampler diverged; nothing written")
     likelihood = bound(model, sched, cell, ref, params, output) if cell.has_likelihood else {}
 
-    x_data = to_data(x.numpy(), ref.shift, ref.scale)  # metrics live in data units
+    x_data = as_samples(x, ref)  # metrics live in data units
     nfe = len(sched)  # one network evaluation per step
     y_np = None if y is None else y.numpy()
     targets = {"y": y_np, "scale": np.float64(cell.scale)} if guided else {}
-    row = {"nfe": nfe, **score(x_data, ref, reference, params, y_np, condition),
+    row = {"nfe": nfe, "extractor": extractor.name, **score(x_data, ref, reference, params, y_np, condition, extractor),
            **{k: float(likelihood[k]) for k in ("nll", "nll_se", "k_bits", "k_minus_null_bits") if k in likelihood}}
 
     def timed_draw(n: int, draw_seed: int) -> torch.Tensor:  # the cell's sampler on one batch, its own noise
-        guide = guide_for(classifier, target_labels(n, n_classes, draw_seed), cell.scale) if guided else None
-        return draw(sampler, model, sched, n, n, shape, torch.Generator().manual_seed(draw_seed), kwargs, False, guide)
+        guide = (guide_for(classifier, target_labels(n, n_classes, draw_seed), cell.scale, rt.device) if guided
+                 else None)
+        return draw(sampler, model, sched, n, n, shape, generator(rt, draw_seed), kwargs, False, guide)
 
     t = params.timing
-    timing = time_draws(timed_draw, n=t.n, repeats=t.repeats, warmup=t.warmup, threads=t.threads)
+    timing = time_draws(timed_draw, n=t.n, repeats=t.repeats, warmup=t.warmup, threads=t.threads, device=rt.device)
+    timing["runtime"] = describe(rt)
 
     atomic_save_npz(files.samples, x=x_data, nfe=np.int64(nfe), **likelihood, **targets)
     title = (f"{cell_name}: NFE {nfe}" + (f", guidance s = {cell.scale:g} (colour: target)" if guided else "")
@@ -250,16 +283,19 @@ def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Gen
     atomic_save_figure(files.scatter, samples_figure(x_data, title, labels=y_np))
     atomic_write_json(files.metrics, row)
     atomic_write_json(files.timing, timing)
-    print(f"{stage}: {p.n} samples, " + ", ".join(f"{k} {v:.4g}" for k, v in row.items())
+    print(f"{stage}: {n} samples, " + ", ".join(f"{k} {v:.4g}" if not isinstance(v, str) else f"{k} {v}"
+                                                for k, v in row.items())
           + f"; {timing['wall_s_per_1k']:.4f} s per 1k (IQR {timing['wall_s_per_1k_iqr']:.4f}, "
-          f"{t.repeats} x {t.n} samples, {timing['threads']} threads)")
+          f"{t.repeats} x {t.n} samples, {timing['threads']} threads, {timing['runtime']})")
     numbers = {k: v for k, v in timing.items() if isinstance(v, (int, float))}
     log_stage_run(StageRun(
         stage, params={"cell": dataclasses.asdict(cell), "sample": dataclasses.asdict(p), "timing": dataclasses.asdict(t),
                        **({"guidance": dataclasses.asdict(params.guidance)} if guided else {}),
                        **({"condition": dataclasses.asdict(condition)} if condition else {})},
-        metrics={**row, **{f"timing.{k}": v for k, v in numbers.items()}}, artifacts=[Path(files.scatter)],
-        tags={"cell": cell_name, "timing.device": timing["device"]},
+        metrics={**{k: v for k, v in row.items() if not isinstance(v, str)},
+                 **{f"timing.{k}": v for k, v in numbers.items()}}, artifacts=[Path(files.scatter)],
+        tags={"cell": cell_name, "timing.device": timing["device"], "extractor": extractor.name,
+              "runtime": timing["runtime"]},
     ))
 
 

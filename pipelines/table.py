@@ -26,7 +26,9 @@ from pipelines.io import (
     stage_args,
 )
 from pipelines.params import load_params
-from pipelines.plots import guidance_figure, trilemma_figure, vlb_terms_figure
+from pipelines.plots import (
+    IMAGE_TRILEMMA_METRICS, TRILEMMA_METRICS, guidance_figure, trilemma_figure, vlb_terms_figure,
+)
 from pipelines.tracking import StageRun, log_stage_run
 
 NLL_UNITS = {"continuous": "nats/dim in data units", "discretized": "bits/dim"}
@@ -42,6 +44,7 @@ def _present(v) -> bool:
 def markdown_table(df: pd.DataFrame) -> str:
     """The table as GitHub markdown, numbers rounded for reading."""
     fmt = {"wall_s_per_1k": "{:.3f}", "hq_fraction": "{:.3f}", "kl_uniform": "{:.4f}", "fid": "{:.4f}",
+           "kid": "{:.5f}", "kid_std": "{:.5f}", "classifier_score": "{:.3f}",
            "precision": "{:.3f}", "recall": "{:.3f}", "target_hit": "{:.3f}", "scale": "{:g}", "arc_coverage": "{:.2f}",
            "cond_hq": "{:.3f}", "cond_tv": "{:.3f}", "k_bits": "{:.2f}", "k_minus_null_bits": "{:.2f}"}
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
@@ -97,16 +100,18 @@ def main(argv: list[str]) -> None:
     for run in (params, params.experiment("swissroll")):  # the main data set's rows, then the swiss roll's
         ceiling = "data" if run is params else "data-swissroll"
         rows.append({"cell": ceiling, "data": run.data.name, "sampler": "train split", "wall_s_per_1k": 0.0,
-                     **read_row(Path(metrics_dir) / f"{ceiling}.json", ROW_KEYS)})
+                     "n": run.sample.n, **read_row(Path(metrics_dir) / f"{ceiling}.json", ROW_KEYS)})
         for name, cell in run.cells().items() if run is params else run.sweep.items():
-            c = load_samples(Path(samples_dir) / f"{name}.npz", DATASETS[run.data.name], run.sample.n)
+            n = cell.n or run.sample.n
+            c = load_samples(Path(samples_dir) / f"{name}.npz", DATASETS[run.data.name], n)
             if cell.scale is not None and ("y" not in c or float(c["scale"]) != cell.scale):
                 raise InputError(f"{samples_dir}/{name}.npz: not guided at scale {cell.scale:g} as params say; "
                                  f"rerun its stage")
             timings[name] = read_row(Path(timing_dir) / f"{name}.json", TIMING_KEYS)
             kw = cell.sampler_kwargs()
             rows.append({"cell": name, "data": run.data.name, "model": getattr(cell, "model", "exact"),
-                         "sampler": cell.sampler, "steps": cell.steps, "eta": kw.get("eta"),
+                         "sampler": cell.sampler, "steps": cell.steps, "n": n,
+                         "trajectory": cell.trajectory if cell.sampler != "ddgan" else None, "eta": kw.get("eta"),
                          "variance": kw.get("variance"), "scale": cell.scale,
                          "condition": cell.condition.describe() if cell.condition else None,
                          **read_row(Path(metrics_dir) / f"{name}.json", ROW_KEYS),
@@ -118,12 +123,15 @@ def main(argv: list[str]) -> None:
     trilemma_rows = [r for r in rows if r["data"] == params.data.name and not _present(r.get("condition"))]
 
     df = pd.DataFrame(rows)
-    df = df.reindex(columns=[*SETTINGS, *METRICS]).astype({"steps": "Int64", "nfe": "Int64", "modes": "Int64"})
+    df = df.reindex(columns=[*SETTINGS, *METRICS]).astype({"steps": "Int64", "nfe": "Int64", "modes": "Int64",
+                                                           "n": "Int64"})
     by_cell = {r["cell"]: {k: r[k] for k in METRICS if _present(r.get(k))} for r in rows}  # DVC metrics and MLflow
     atomic_write_json(json_path, by_cell)
     atomic_write_text(csv_path, df.to_csv(index=False))
     atomic_write_text(md_path, markdown_document(df, params, spec, timings))
-    atomic_save_figure(png_path, trilemma_figure(trilemma_rows[1:], ceiling=trilemma_rows[0], marked=claimed))
+    metrics = TRILEMMA_METRICS if spec.decoder == "continuous" else IMAGE_TRILEMMA_METRICS
+    atomic_save_figure(png_path, trilemma_figure(trilemma_rows[1:], ceiling=trilemma_rows[0], marked=claimed,
+                                                 metrics=metrics))
     atomic_save_figure(terms_path, vlb_terms_figure(full_chains, T))
     atomic_save_figure(guidance_path, guidance_figure(guidance_series(rows, params)))
     print(f"table: {len(rows)} rows -> {md_path}")
@@ -148,14 +156,15 @@ def markdown_document(df: pd.DataFrame, params, spec, timings: dict[str, dict]) 
     main = df[(df["data"] == params.data.name) & df["condition"].isna()]
     conditioned = df[(df["data"] == params.data.name) & df["condition"].notna()]
     swissroll = df[df["data"] != params.data.name]
-    text = table_header(params, spec, len(main) - 1, timings)
-    text += markdown_table(markdown_frame(main.drop(columns=list(MAIN_ONLY))))
+    text = table_header(params, spec, main, timings)
+    text += markdown_table(markdown_frame(main.drop(columns=list(MAIN_ONLY) + said(main, params))))
     if len(conditioned):
         text += ("\n\nConditioned rows: samples of p(x) r(x) for a factor r (Sohl-Dickstein et al. 2015 §2.5; "
                  "`condition` in data units). `cond_hq`: share of samples within "
                  f"{params.evaluate.n_std:g} std of a mode of the exact conditional (the mixture times r, closed "
                  "form); `cond_tv`: total variation between their split over those modes and the exact weights.\n\n"
-                 + markdown_table(markdown_frame(conditioned.drop(columns=list(CONDITIONED_DROP)))))
+                 + markdown_table(markdown_frame(conditioned.drop(columns=list(
+                     dict.fromkeys([*CONDITIONED_DROP, *said(conditioned, params)]))))))
     if len(swissroll):
         x = params.swissroll
         text += (f"\n\nSwiss roll rows (Sohl-Dickstein et al. 2015, Table 1: K = 2.35 bits, K - L_null = 6.45 bits): "
@@ -165,8 +174,18 @@ def markdown_document(df: pd.DataFrame, params, spec, timings: dict[str, dict]) 
                  f"holding at least {params.evaluate.min_mode_count} of them. `k_bits`: the bound K in bits per point "
                  f"on unit-variance data (for `data-swissroll` the true log-likelihood), `k_minus_null_bits`: K minus "
                  f"the points' log-likelihood under N(0, I).\n\n"
-                 + markdown_table(markdown_frame(swissroll.drop(columns=list(SWISSROLL_DROP)))))
+                 + markdown_table(markdown_frame(swissroll.drop(columns=list(
+                     dict.fromkeys([*SWISSROLL_DROP, *said(swissroll, params)]))))))
     return text
+
+
+def said(df: pd.DataFrame, params) -> list[str]:
+    """Columns the markdown leaves to its header: blank in every row, `n` where every row has sample.n, `trajectory`
+    where every one is uniform, and `extractor` (the header names it)."""
+    drop = [c for c in df if c not in ("cell", *MAIN_ONLY) and df[c].isna().all()]
+    drop += ["n"] * bool((df["n"].dropna() == params.sample.n).all())
+    drop += ["trajectory"] * bool((df["trajectory"].dropna() == "uniform").all())
+    return list(dict.fromkeys(drop + ["extractor"]))
 
 
 def markdown_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -180,27 +199,46 @@ def markdown_frame(df: pd.DataFrame) -> pd.DataFrame:
     return md
 
 
-def table_header(params, spec, n_cells: int, timings: dict[str, dict]) -> str:
-    """What the markdown table's columns mean, with the sizes and the timing's setting of this run."""
-    t = params.timing
+def table_header(params, spec, main: pd.DataFrame, timings: dict[str, dict]) -> str:
+    """What the markdown table's columns mean, with the sizes and the timing's setting of this run: a sentence for
+    each kind of row the table holds."""
+    t, cells = params.timing, main[main["cell"] != "data"]
     devices = sorted({f"{r['device']}, {r['threads']} thread{'s' * (r['threads'] != 1)}" for r in timings.values()})
-    return (
-        f"Trilemma table: {n_cells} sampler cells, {params.sample.n} samples each, metrics in data units against the "
-        f"{params.data.n_reference}-point reference split. "
-        f"`wall_s_per_1k`: seconds per 1,000 samples, the median of {t.repeats} timed draws of {t.n} samples "
+    has = {kind: bool(len(cells)) and bool(mask.any()) for kind, mask in (
+        ("exact", cells["model"] == "exact"), ("ddgan", cells["sampler"] == "ddgan"), ("sd2015", cells["model"] == "sd2015"),
+        ("guided", cells["scale"].notna()), ("n", cells["n"] != params.sample.n))}
+    extractor = ", ".join(sorted({str(e) for e in main["extractor"].dropna()})) or params.evaluate.features
+    text = (
+        f"Trilemma table: {len(cells)} sampler cells, {params.sample.n} samples each"
+        + (" (column `n` where a cell has fewer)" if has["n"] else "") + ", "
+        + (f"metrics in data units against the {params.data.n_reference}-point reference split. "
+           if spec.decoder == "continuous" else
+           f"{params.data.name} images against the {params.data.n_reference}-image reference split: FID, KID (mean "
+           f"and std over {params.evaluate.kid_subsets} subsets) and precision/recall (k = {params.evaluate.k}) on the "
+           f"features of extractor {extractor}, the same in every row; `classifier_score`: exp(E KL(p(y|x) || p(y))) "
+           f"of its classifier (the Inception Score's formula). ")
+        + f"`wall_s_per_1k`: seconds per 1,000 samples, the median of {t.repeats} timed draws of {t.n} samples "
         f"(after {t.warmup} untimed) ± half their interquartile range, on {'; '.join(devices) or 'no device'}. "
-        f"Row `data` is the train split (the ceiling); model `exact` rows sample with the mixture's closed-form eps* "
-        f"(the sampler's ceiling, no model error). "
-        f"Rows `ddgan-T` sample the Denoising Diffusion GAN trained with T steps (T generator calls, fresh z "
-        f"at each). Model `sd2015` is Sohl-Dickstein et al. 2015's (its own reverse kernel, on its full chain). "
-        f"`scale`: classifier-guidance scale s (ADM Alg. 1 for ddpm, Alg. 2 for ddim; exact rows guide with the "
-        f"exact p(y | x_t)); `target_hit`: share of a guided row's samples whose nearest mode is its target label, "
-        f"targets uniform. NFE counts denoiser evaluations; a guided step adds one classifier forward and backward, "
-        f"which the wall time includes. "
+        f"Row `data` is the train split (the ceiling, or for FID and KID the floor). ")
+    if has["exact"]:
+        text += ("Model `exact` rows sample with the mixture's closed-form eps* (the sampler's ceiling, no model "
+                 "error). ")
+    if has["ddgan"]:
+        text += ("Rows `ddgan-T` sample the Denoising Diffusion GAN trained with T steps (T generator calls, fresh z "
+                 "at each). ")
+    if has["sd2015"]:
+        text += "Model `sd2015` is Sohl-Dickstein et al. 2015's (its own reverse kernel, on its full chain). "
+    if has["guided"]:
+        text += ("`scale`: classifier-guidance scale s (ADM Alg. 1 for ddpm, Alg. 2 for ddim; exact rows guide with "
+                 "the exact p(y | x_t)); `target_hit`: share of a guided row's samples whose nearest mode is its target "
+                 "label, targets uniform. A guided step adds one classifier forward and backward, which the wall time "
+                 "includes. ")
+    return text + (
+        f"NFE counts denoiser evaluations. "
         f"`nll`: the variational bound (DDPM eq. 5) of each unguided ancestral chain, in {NLL_UNITS[spec.decoder]}, on "
-        f"the first {params.nll.n} reference points, ± one standard error over the points; for `data` it is the true "
-        f"density's NLL. Empty where a row has no likelihood.\n\n")
-
+        f"the first {params.nll.n} reference points, ± one standard error over the points"
+        + ("; for `data` it is the true density's NLL" if spec.decoder == "continuous" else "")
+        + ". Empty where a row has no likelihood.\n\n")
 
 if __name__ == "__main__":
     entry_point(main)

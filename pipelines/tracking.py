@@ -2,7 +2,8 @@
 
 The tracking URI is explicit: `MLFLOW_TRACKING_URI` if set, else `sqlite:///<repo>/mlflow.db`
 (the repository root is the working directory DVC runs stages in). The experiment is
-`MLFLOW_EXPERIMENT_NAME`, else "trilemma"; a new experiment keeps its artifacts beside a local
+`MLFLOW_EXPERIMENT_NAME`, else "trilemma". A profile's workspace (pipelines/profile.py) names its own in
+`.trilemma-tracking.json`: the repository's store and `trilemma-<profile>`. A new experiment keeps its artifacts beside a local
 store (`<repo>/mlruns/`), whichever process creates it.
 
 A stage never imports MLflow (about 1.4 s of imports, paid 50 times a run). `log_stage_run`
@@ -46,15 +47,27 @@ METRIC_BATCH, PARAM_BATCH = 1000, 100  # MLflow's log_batch limits (tags: as par
 KIND_TAG, ML_KIND = "mlflow.experimentKind", "custom_model_development"
 SPOOL = ".mlflow-spool"  # queued stage runs, under the repository root
 RECORD = "record.json"  # a queued run's contents; written last, so a folder without it is still being written
+PROFILE_TRACKING = ".trilemma-tracking.json"  # in a profile's workspace: its store and experiment (pipelines/profile.py)
+
+
+def _profile_setting(key: str) -> str | None:
+    """`key` from a profile workspace's tracking file (pipelines/profile.py writes it), if the working directory is one."""
+    try:
+        return json.loads(Path(PROFILE_TRACKING).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def tracking_uri(root: str | Path | None = None) -> str:
-    """MLFLOW_TRACKING_URI, or a sqlite store at the repository root (`root`, else the working directory)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root or Path.cwd()).resolve() / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI, else a profile workspace's store, else a sqlite store at the repository root (`root`, else
+    the working directory)."""
+    return (os.environ.get("MLFLOW_TRACKING_URI") or _profile_setting("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{Path(root or Path.cwd()).resolve() / 'mlflow.db'}")
 
 
 def experiment_name() -> str:
-    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    """MLFLOW_EXPERIMENT_NAME, else a profile workspace's (trilemma-<profile>), else "trilemma"."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or _profile_setting("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
 
 @dataclass

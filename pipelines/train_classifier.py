@@ -22,12 +22,14 @@ import torch
 from components.data import DATASETS
 from components.gaussian_mixture import mixture_classifier
 from components.networks import make_classifier
+from components.runtime import forward_fn
 from components.schedules import make_schedule
 from components.training import CHECKPOINT_KEYS, TrainState, accuracy_by_t, checkpoint, classifier_train_step, restore
 from pipelines.io import (
     atomic_save_figure, atomic_torch_save, atomic_write_text, entry_point, load_dataset, stage_args,
 )
 from pipelines.params import load_params
+from pipelines.runtime import stage_runtime
 from pipelines.plots import accuracy_by_t_figure
 from pipelines.tracking import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop, write_history
@@ -40,11 +42,13 @@ def main(argv: list[str]) -> None:
     p, diff = params.train_classifier, params.diffusion
     ds, ref = load_dataset(train_path, params.data.name), load_dataset(ref_path, params.data.name)
     data, labels = torch.from_numpy(ds.to_model(ds.x)), torch.from_numpy(ds.y)
-    config = scratch_config(p, dataclasses.asdict(diff), ds, n_classes=ds.n_classes)
+    rt = stage_runtime(params)
+    config = scratch_config(p, dataclasses.asdict(diff), ds, n_classes=ds.n_classes, device=rt.device.type)
     sched = make_schedule(diff.schedule, diff.T)
     torch.manual_seed(p.seed)  # network initialisation
     net = make_classifier(p.network.name, tuple(data.shape[1:]), ds.n_classes, **p.network.kwargs)
-    state = TrainState.create(net, p.lr, p.seed, weight_decay=p.weight_decay)
+    state = TrainState.create(net, p.lr, p.seed, weight_decay=p.weight_decay, device=rt.device)
+    state.forward = forward_fn(net, rt)
     history: dict[str, list] = {"step": [], "loss": [], "accuracy": [], "lr": []}
 
     def save(path) -> None:
@@ -60,13 +64,14 @@ def main(argv: list[str]) -> None:
         history, save, partial)
 
     # Held-out accuracy by t-range, the EMA classifier against the Bayes-optimal one (same x0, t and noise).
-    x_ref, y_ref = torch.from_numpy(ref.to_model(ref.x)), torch.from_numpy(ref.y)
-    edges, acc = accuracy_by_t(state.ema, sched, x_ref, y_ref, p.accuracy_buckets, torch.Generator().manual_seed(p.seed))
+    x_ref, y_ref = torch.from_numpy(ref.to_model(ref.x)).to(rt.device), torch.from_numpy(ref.y).to(rt.device)
+    edges, acc = accuracy_by_t(state.ema, sched, x_ref, y_ref, p.accuracy_buckets,
+                               torch.Generator(rt.device).manual_seed(p.seed))
     curves = {"accuracy": acc, "chance": np.full(len(acc), 1 / ds.n_classes)}
     if DATASETS[params.data.name].mixture:
         exact = mixture_classifier(sched, ref.to_model(ref.modes), ref.mode_std * ref.scale)
         curves["bayes_accuracy"] = accuracy_by_t(exact, sched, x_ref, y_ref, p.accuracy_buckets,
-                                                 torch.Generator().manual_seed(p.seed))[1]
+                                                 torch.Generator(rt.device).manual_seed(p.seed))[1]
     mid = (edges[:-1] + edges[1:] - 1) / 2
 
     save(ckpt_path)

@@ -27,6 +27,7 @@ from components.schedules import Schedule, make_schedule
 from components.training import lr_at
 from pipelines.io import atomic_save_figure, atomic_torch_save, atomic_write_text, entry_point, load_dataset, parse_T, stage_args
 from pipelines.params import DDGANTrainParams, load_params
+from pipelines.runtime import stage_runtime
 from pipelines.plots import losses_by_t_figure
 from pipelines.tracking import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop
@@ -46,12 +47,14 @@ def losses_csv(steps: list[int], by_t: dict[str, dict[str, list[float]]]) -> str
     return "step,t,term,value\n" + "\n".join(rows) + "\n"
 
 
-def new_state(p: DDGANTrainParams, data_shape: tuple[int, ...], seed: int) -> GANState:
-    """G, D (initialised from `seed`), their EMA and optimisers, as recipe `p` (params.yaml's train_ddgan) has them."""
+def new_state(p: DDGANTrainParams, data_shape: tuple[int, ...], seed: int,
+              device: torch.device | str = "cpu") -> GANState:
+    """G, D (initialised from `seed`), their EMA and optimisers, as recipe `p` (params.yaml's train_ddgan) has them,
+    on `device`."""
     torch.manual_seed(seed)  # network initialisation
     G = make_generator(p.generator.name, data_shape, **p.generator.kwargs)
     D = make_discriminator(p.discriminator.name, data_shape, **p.discriminator.kwargs)
-    return GANState.create(G, D, lr_g=p.lr, lr_d=p.lr_d, betas=tuple(p.adam_betas), seed=seed)
+    return GANState.create(G, D, lr_g=p.lr, lr_d=p.lr_d, betas=tuple(p.adam_betas), seed=seed, device=device)
 
 
 def recipe_step(state: GANState, sched: Schedule, data: torch.Tensor, p: DDGANTrainParams) -> dict[str, float]:
@@ -70,9 +73,10 @@ def main(argv: list[str]) -> None:
     p = params.train_ddgan
     ds = load_dataset(data_path, params.data.name)
     data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
-    config = scratch_config(p, {"schedule": p.schedule, "T": T}, ds)
+    rt = stage_runtime(params)
+    config = scratch_config(p, {"schedule": p.schedule, "T": T}, ds, device=rt.device.type)
     sched = make_schedule(p.schedule, T)
-    state = new_state(p, tuple(data.shape[1:]), p.seed)
+    state = new_state(p, tuple(data.shape[1:]), p.seed, rt.device)
     history: dict[str, list] = {"step": [], **{k: [] for k in TERMS},
                                 **{f"{k}_t{i}": [] for k in TERMS for i in range(T)}, "lr": []}
 

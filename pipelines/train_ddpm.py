@@ -15,10 +15,12 @@ from pathlib import Path
 import torch
 
 from components.networks import make_network
+from components.runtime import describe, forward_fn
 from components.schedules import make_schedule
 from components.training import CHECKPOINT_KEYS, TrainState, checkpoint, restore, train_step
 from pipelines.io import atomic_torch_save, entry_point, load_dataset, stage_args
 from pipelines.params import load_params
+from pipelines.runtime import stage_runtime
 from pipelines.tracking import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop, write_history
 
@@ -28,12 +30,14 @@ def main(argv: list[str]) -> None:
     params = load_params()
     p, diff = params.train_ddpm, params.diffusion
     ds = load_dataset(data_path, params.data.name)
-    data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
-    config = scratch_config(p, dataclasses.asdict(diff), ds)
+    rt = stage_runtime(params)
+    data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space, on the host; minibatches go to rt.device
+    config = scratch_config(p, dataclasses.asdict(diff), ds, hflip=params.data.hflip, device=rt.device.type)
     sched = make_schedule(diff.schedule, diff.T)
     torch.manual_seed(p.seed)  # network initialisation
     net = make_network(p.network.name, tuple(data.shape[1:]), **p.network.kwargs)
-    state = TrainState.create(net, p.lr, p.seed)
+    state = TrainState.create(net, p.lr, p.seed, device=rt.device)
+    state.forward = forward_fn(net, rt)
     history: dict[str, list] = {"step": [], "loss": [], "lr": []}
 
     def save(path) -> None:
@@ -45,17 +49,20 @@ def main(argv: list[str]) -> None:
     train_s, steps_per_s = train_loop(
         "train_ddpm", p, state,
         lambda lr: train_step(state, sched, data, batch_size=p.batch_size, lr=lr, grad_clip=p.grad_clip,
-                              ema_decay=p.ema_decay),
+                              ema_decay=p.ema_decay, hflip=params.data.hflip),
         history, save, partial)
 
     save(ckpt_path)
     write_history(csv_path, png_path, history, "train_ddpm: L_simple, mean per log_every steps")
     n_params = sum(x.numel() for x in net.parameters())
     print(f"train_ddpm: {p.steps} steps, final loss {history['loss'][-1]:.4f}, {n_params} parameters, "
-          f"{train_s:.1f} s in this run ({steps_per_s:.1f} steps/s)")
+          f"{train_s:.1f} s in this run ({steps_per_s:.1f} steps/s, {steps_per_s * p.batch_size:.0f} images/s; "
+          f"{describe(rt)})")
     log_stage_run(StageRun(
         "train_ddpm", params={"diffusion": dataclasses.asdict(diff), "train_ddpm": dataclasses.asdict(p)},
-        metrics={"final_loss": history["loss"][-1], "n_params": n_params, "train_s": train_s, "steps_per_s": steps_per_s},
+        metrics={"final_loss": history["loss"][-1], "n_params": n_params, "train_s": train_s, "steps_per_s": steps_per_s,
+                 "images_per_s": steps_per_s * p.batch_size},
+        tags={"runtime": describe(rt)},
         series={"loss": list(zip(history["step"], history["loss"])), "lr": list(zip(history["step"], history["lr"]))},
         artifacts=[Path(csv_path), Path(png_path)],
     ))

@@ -25,6 +25,8 @@ from components.training import (
     CHECKPOINT_KEYS, TrainState, UniformTimesteps, bound_train_step, checkpoint, make_timestep_sampler, restore,
 )
 from pipelines.io import atomic_torch_save, entry_point, load_dataset, stage_args
+from components.runtime import Runtime, forward_fn
+from pipelines.runtime import stage_runtime
 from pipelines.params import SD2015Params, experiment_args, load_params, stage_name
 from pipelines.tracking import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop, write_history
@@ -32,14 +34,17 @@ from pipelines.trainer import resume, scratch_config, train_loop, write_history
 OUTPUT = "sd2015"  # how the network's output is read (diffusion.reverse_kernel)
 
 
-def new_state(p: SD2015Params, data_shape: tuple[int, ...], T: int) -> tuple[TrainState, UniformTimesteps]:
+def new_state(p: SD2015Params, data_shape: tuple[int, ...], T: int,
+              rt: Runtime | None = None) -> tuple[TrainState, UniformTimesteps]:
     """A fresh run of params `p` (train_sd2015 or swissroll.train): the network seeded by `p.seed`, with 2C
     outputs (z_mu, z_Sigma), its optimiser and EMA, and the timestep sampler over T steps. Shared with
-    benchmarks/sd2015_recipe.py."""
+    benchmarks/sd2015_recipe.py. On rt's device (the CPU without one)."""
     torch.manual_seed(p.seed)  # network initialisation
     net = make_network(p.network.name, data_shape, **p.network.kwargs, out_mult=2)
-    return (TrainState.create(net, p.lr, p.seed),
-            make_timestep_sampler(p.timestep_sampler, T, p.importance_history, p.importance_uniform))
+    state = TrainState.create(net, p.lr, p.seed, device=rt.device if rt else "cpu")
+    if rt is not None:
+        state.forward = forward_fn(net, rt)
+    return state, make_timestep_sampler(p.timestep_sampler, T, p.importance_history, p.importance_uniform)
 
 
 def main(argv: list[str]) -> None:
@@ -51,11 +56,12 @@ def main(argv: list[str]) -> None:
     ds = load_dataset(data_path, params.data.name)
     data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
     decoder = DATASETS[params.data.name].decoder
+    rt = stage_runtime(params)
     config = scratch_config(p, dataclasses.asdict(diff), ds, output=OUTPUT,
-                            objective={"loss": "vlb", "decoder": decoder})
+                            objective={"loss": "vlb", "decoder": decoder}, device=rt.device.type)
     config["network"]["out_mult"] = 2  # z_mu and z_Sigma
     sched = make_schedule(diff.schedule, diff.T)
-    state, timesteps = new_state(p, tuple(data.shape[1:]), len(sched))
+    state, timesteps = new_state(p, tuple(data.shape[1:]), len(sched), rt)
     net = state.model
     history: dict[str, list] = {"step": [], "loss": [], "lr": []}
 

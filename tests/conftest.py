@@ -9,14 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from pipelines import demo
+from pipelines import profile
 from pipelines.demo import budgets
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# demo.yaml: budgets that shrink the default run to seconds while keeping every stage and cell (TINY), and the
+# profiles/demo.yaml: budgets that shrink the default run to seconds while keeping every stage and cell (TINY), and the
 # sections that leave one cell of each kind (SMALL_SWEEPS): every stage module of the DAG, built in about two minutes.
 TINY, SMALL_SWEEPS = budgets(ROOT)
 
@@ -54,7 +55,7 @@ def edited(doc, path: list, value):
 
 def write_params(repo: Path, overrides: dict, replace: dict | None = None) -> None:
     """The default params with `overrides` merged in and the sections of `replace` replaced whole."""
-    demo.write_params(repo, overrides, replace, ROOT)
+    profile.write_params(repo, overrides, replace, ROOT)
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +85,43 @@ def tiny_repo(tmp_path: Path) -> Path:
 
 
 def make_tiny_repo(repo: Path) -> Path:
-    demo.scratch_copy(repo, ROOT)
+    profile.scratch_copy(repo, ROOT)
     write_params(repo, TINY)
-    demo.commit(repo, "init")
+    profile.commit(repo, "init")
     return repo
+
+
+def write_cifar10_batches(folder: Path, n: int = 20, seed: int = 0) -> dict[str, dict]:
+    """Fake data_batch_1..5 and test_batch in `folder`, n images each, in the exact format of CIFAR-10's python
+    version (protocol-2 pickles of bytes-keyed dicts: uint8 data (n, 3072), a list of int labels, bytes names)."""
+    import pickle
+
+    from components.cifar10 import PIXELS, TEST_BATCH, TRAIN_BATCHES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    batches = {name: {b"batch_label": f"batch {i} of 6".encode(), b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                      b"data": rng.integers(0, 256, (n, PIXELS), dtype=np.uint8),
+                      b"filenames": [f"img_{i}_{k}.png".encode() for k in range(n)]}
+               for i, name in enumerate((*TRAIN_BATCHES, TEST_BATCH))}
+    for name, batch in batches.items():
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    return batches
+
+
+def write_random_inception_weights(path: Path, seed: int = 0) -> Path:
+    """A randomly initialised InceptionV3 state dict in the format of torch-fidelity's weights file (nothing can be
+    downloaded here): a torch.save'd dict of float32 tensors under the module's names, without BatchNorm's
+    num_batches_tracked (as its converter writes it)."""
+    import torch
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: {})  # no download: nothing to load
+        mp.setattr(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        torch.manual_seed(seed)
+        net = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}, path)
+    return path

@@ -144,8 +144,8 @@ def edited_claims(path: str, value) -> dict:
     (edited_claims("claims/0/paper", ""), "claims.c1.paper: expected text, got ''"),
     (edited_claims("claims/0/year", 2020), "claims[0].year: unknown key; allowed: id, paper, source, claim, paper_figure"),
     (edited_claims("rows/a/steps", [10]), "rows.a.steps: expected text or a number, got [10]"),
-    (edited_claims("rows/a/cfg", 1), "rows.a.cfg: unknown key; allowed: data, model, sampler, steps, eta, "
-                                        "variance, scale, condition"),
+    (edited_claims("rows/a/cfg", 1), "rows.a.cfg: unknown key; allowed: data, model, sampler, steps, trajectory, "
+                                        "eta, variance, scale, condition, n, extractor"),
     (edited_claims("rows", None), "rows: missing key"),
     ({**GOOD, "claims": GOOD["claims"] * 2}, "claims[1].id: 'c1' is given twice"),
     ([1, 2], "expected a mapping, got [1, 2]"),

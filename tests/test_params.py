@@ -5,6 +5,7 @@ import hashlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -69,7 +70,20 @@ def test_default_params_are_valid():
     ("sweep.ddpm-10.variance", "medium", "sweep.ddpm-10.variance: unknown variance 'medium'; allowed: small, large, learned"),
     ("finetune_iddpm.timestep_sampler", "importance",
      "finetune_iddpm.timestep_sampler: unknown timestep sampler 'importance'; allowed: uniform, loss_second_moment"),
-    ("evaluate.features", "inception", "evaluate.features: unknown feature extractor 'inception'; allowed: identity"),
+    ("evaluate.features", "vgg", "evaluate.features: unknown feature extractor 'vgg'; allowed: identity, lenet, "
+                                 "inception"),
+    ("evaluate.features", "inception", "evaluate.weights: required for features inception (a local file: nothing is "
+                                       "downloaded)"),
+    ("evaluate.features", "lenet", "evaluate.train: required for features lenet (stage evaluator trains it)"),
+    ("evaluate.weights", "../weights.pth", "evaluate.weights: not an option for features 'identity' (inception only)"),
+    ("data.path", "data/external/cifar", "data.path: not an option for data set 'gaussians25' (it reads std)"),
+    ("data.std", None, "data.std: required for data set 'gaussians25' (it reads std)"),
+    ("data.hflip", True, "data.hflip: flips images only"),
+    ("data.name", "mnist", "data.std: not an option for data set 'mnist' (it reads no options)"),
+    ("runtime.device", "tpu", "runtime.device: unknown device 'tpu'; allowed: auto, cpu, cuda"),
+    ("runtime.precision", "fp16", "runtime.precision: unknown precision 'fp16'; allowed: fp32, bf16"),
+    ("runtime.compile", "yes", "runtime.compile: expected true or false, got 'yes'"),
+    ("sweep.ddpm-100.n", 2, "sweep.ddpm-100.n: 2 samples; precision/recall need more than evaluate.k = 3"),
     ("sweep.ddim-4.model", "oracle", "sweep.ddim-4.model: unknown model 'oracle'; allowed: ddpm, iddpm"),
     # a learned variance needs a model that has one
     ("sweep.ddpm-10.variance", "learned", "sweep.ddpm-10.variance: 'learned' needs a model with a variance output; "
@@ -160,9 +174,17 @@ def test_guided_cells_in_table_order_without_likelihood():
     assert not p.guided_sweep["ddpm-250-s0"].has_likelihood and p.sweep["ddpm-100"].has_likelihood
 
 
-def test_trajectory_that_cannot_fit_is_rejected():
-    raw = with_change("sweep.ddim-100.steps", 333)  # no integer stride gives exactly 333 of 1000
-    assert "sweep.ddim-100.trajectory: no integer stride gives 333 uniform steps" in error_of(raw)
+def test_uniform_trajectories_take_any_step_count():
+    """improved-diffusion's "ddim30" is stride 34 at T = 1000; where no stride gives the count (333), floor(i T / S)
+    does: every count in [1, T] is a strictly increasing uniform trajectory from 0."""
+    from components.schedules import uniform_trajectory
+
+    assert list(uniform_trajectory(1000, 30)[:3]) == [0, 34, 68] and len(uniform_trajectory(1000, 30)) == 30
+    assert parse_params(with_change("sweep.ddim-100.steps", 333)).sweep["ddim-100"].steps == 333
+    for T in (7, 10, 1000):
+        for steps in range(1, T + 1, max(1, T // 50)):
+            ts = uniform_trajectory(T, steps)
+            assert len(ts) == steps and ts[0] == 0 and ts[-1] < T and (np.diff(ts) > 0).all()
 
 
 def _digest(paths):
@@ -180,7 +202,9 @@ STAGE_CMDS = {
     "train_ddpm": ["pipelines.train_ddpm", "data/train.npz", "models/ddpm.pt", "plots/loss.csv", "plots/loss.png"],
     "finetune_iddpm": ["pipelines.finetune_iddpm", "models/ddpm.pt", "data/train.npz", "models/iddpm.pt",
                        "plots/ft.csv", "plots/ft.png"],
-    "reference": ["pipelines.reference", "data/train.npz", "data/reference.npz", "data/stats.npz",
+    "evaluator": ["pipelines.evaluator", "data/train.npz", "data/reference.npz", "models/evaluator.pt",
+                  "metrics/evaluator.json"],
+    "reference": ["pipelines.reference", "data/train.npz", "data/reference.npz", "models/evaluator.pt", "data/stats.npz",
                   "metrics/cells/data.json"],
     "sample": ["pipelines.sample", "ddim-50", "models/ddpm.pt", *cell_files("ddim-50")],
     "sample_exact": ["pipelines.sample_exact", "exact-ddim-4", *cell_files("exact-ddim-4")],
