@@ -43,7 +43,8 @@ else
 	$(BIN)/python -m pipelines.claims summary metrics/claims.json
 endif
 
-# The whole DAG on profiles/demo.yaml's tiny budgets in demo/ (a scratch copy; the workspace is untouched): about a minute.
+# The whole DAG on profiles/demo.yaml's tiny budgets in demo/ (a scratch copy; the workspace is untouched): about two
+# minutes.
 demo: $(STAMP)
 	$(BIN)/python -m pipelines.demo
 

@@ -3,7 +3,8 @@
 Kept apart from pipelines/table.py so that checking claims.yaml against them imports no pandas or matplotlib.
 """
 
-# n: samples scored; extractor: the features FID, KID and precision/recall compare (name and a short hash of its weights)
+# n: samples scored; extractor: the features FID, KID and precision/recall compare (its name and a short hash of its
+# weights)
 SETTINGS = ("cell", "data", "model", "sampler", "steps", "trajectory", "eta", "variance", "scale", "condition", "n",
             "extractor")
 METRICS = ("nfe", "wall_s_per_1k", "wall_s_per_1k_iqr", "hq_fraction", "modes", "kl_uniform", "arc_coverage", "fid",

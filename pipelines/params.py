@@ -564,8 +564,9 @@ class Params:
         """These params as experiment `name` sees them (None: the main run itself).
 
         `swissroll`: its data, chain and trainer in place of data, diffusion and train_sd2015, identity features
-        (its points are their own), and one sweep cell, the 2015 model's full ancestral chain, as the whole sweep; the stages run on it unchanged
-        (`--experiment swissroll`). Its DDGAN section is the main run's, which no swiss roll stage reads.
+        (its points are their own), and one sweep cell, the 2015 model's full ancestral chain, as the whole sweep;
+        the stages run on it unchanged (`--experiment swissroll`). Its DDGAN section is the main run's, which no
+        swiss roll stage reads.
         """
         if name is None:
             return self
@@ -693,8 +694,9 @@ def _run_checks(p: Params) -> None:
         raise ParamsError(f"evaluate.k: {p.evaluate.k} must be below sample.n = {p.sample.n} and data.n_reference = "
                           f"{p.data.n_reference}")
     spec = DATASETS[p.data.name]
-    wants = {"identity": spec.decoder == "continuous", "lenet": spec.decoder == "discretized" and spec.shape[1:] == (28, 28),
-             "inception": spec.decoder == "discretized" and spec.shape[0] == 3}
+    images = spec.decoder == "discretized"
+    wants = {"identity": not images, "lenet": images and spec.shape[1:] == (28, 28),
+             "inception": images and spec.shape[0] == 3}
     if not wants[p.evaluate.features]:
         fits = [name for name, ok in wants.items() if ok]
         raise ParamsError(f"evaluate.features: {p.evaluate.features!r} does not score {p.data.name} "

@@ -195,7 +195,8 @@ def main(argv: list[str]) -> int:
         return 0
     code = run_dag(dst, env)
     if code == 0:
-        print(f"profile {args.name}: the table is {dst / 'metrics/trilemma.md'}, the claims {dst / 'metrics/claims.md'}")
+        print(f"profile {args.name}: the table is {dst / 'metrics/trilemma.md'}, the claims "
+              f"{dst / 'metrics/claims.md'}")
     return code
 
 

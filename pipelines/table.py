@@ -181,11 +181,13 @@ def markdown_document(df: pd.DataFrame, params, spec, timings: dict[str, dict]) 
 
 def said(df: pd.DataFrame, params) -> list[str]:
     """Columns the markdown leaves to its header: blank in every row, `n` where every row has sample.n, `trajectory`
-    where every one is uniform, and `extractor` (the header names it)."""
+    where every one is uniform, and `extractor` where it is the identity (points); an image row names its extractor
+    and the hash of its weights."""
     drop = [c for c in df if c not in ("cell", *MAIN_ONLY) and df[c].isna().all()]
     drop += ["n"] * bool((df["n"].dropna() == params.sample.n).all())
     drop += ["trajectory"] * bool((df["trajectory"].dropna() == "uniform").all())
-    return list(dict.fromkeys(drop + ["extractor"]))
+    drop += ["extractor"] * bool((df["extractor"].dropna() == "identity").all())
+    return list(dict.fromkeys(drop))
 
 
 def markdown_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -205,8 +207,9 @@ def table_header(params, spec, main: pd.DataFrame, timings: dict[str, dict]) -> 
     t, cells = params.timing, main[main["cell"] != "data"]
     devices = sorted({f"{r['device']}, {r['threads']} thread{'s' * (r['threads'] != 1)}" for r in timings.values()})
     has = {kind: bool(len(cells)) and bool(mask.any()) for kind, mask in (
-        ("exact", cells["model"] == "exact"), ("ddgan", cells["sampler"] == "ddgan"), ("sd2015", cells["model"] == "sd2015"),
-        ("guided", cells["scale"].notna()), ("n", cells["n"] != params.sample.n))}
+        ("exact", cells["model"] == "exact"), ("ddgan", cells["sampler"] == "ddgan"),
+        ("sd2015", cells["model"] == "sd2015"), ("guided", cells["scale"].notna()),
+        ("n", cells["n"] != params.sample.n))}
     extractor = ", ".join(sorted({str(e) for e in main["extractor"].dropna()})) or params.evaluate.features
     text = (
         f"Trilemma table: {len(cells)} sampler cells, {params.sample.n} samples each"
@@ -230,9 +233,9 @@ def table_header(params, spec, main: pd.DataFrame, timings: dict[str, dict]) -> 
         text += "Model `sd2015` is Sohl-Dickstein et al. 2015's (its own reverse kernel, on its full chain). "
     if has["guided"]:
         text += ("`scale`: classifier-guidance scale s (ADM Alg. 1 for ddpm, Alg. 2 for ddim; exact rows guide with "
-                 "the exact p(y | x_t)); `target_hit`: share of a guided row's samples whose nearest mode is its target "
-                 "label, targets uniform. A guided step adds one classifier forward and backward, which the wall time "
-                 "includes. ")
+                 "the exact p(y | x_t)); `target_hit`: share of a guided row's samples whose nearest mode is its "
+                 "target label, targets uniform. A guided step adds one classifier forward and backward, which the "
+                 "wall time includes. ")
     return text + (
         f"NFE counts denoiser evaluations. "
         f"`nll`: the variational bound (DDPM eq. 5) of each unguided ancestral chain, in {NLL_UNITS[spec.decoder]}, on "

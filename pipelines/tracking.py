@@ -2,9 +2,9 @@
 
 The tracking URI is explicit: `MLFLOW_TRACKING_URI` if set, else `sqlite:///<repo>/mlflow.db`
 (the repository root is the working directory DVC runs stages in). The experiment is
-`MLFLOW_EXPERIMENT_NAME`, else "trilemma". A profile's workspace (pipelines/profile.py) names its own in
-`.trilemma-tracking.json`: the repository's store and `trilemma-<profile>`. A new experiment keeps its artifacts beside a local
-store (`<repo>/mlruns/`), whichever process creates it.
+`MLFLOW_EXPERIMENT_NAME`, else "trilemma". A profile's workspace (pipelines/profile.py) names its own
+in `.trilemma-tracking.json`: the repository's store and `trilemma-<profile>`. A new experiment keeps
+its artifacts beside a local store (`<repo>/mlruns/`), whichever process creates it.
 
 A stage never imports MLflow (about 1.4 s of imports, paid 50 times a run). `log_stage_run`
 queues the run in the repository's spool, `.mlflow-spool/` (a folder per run: `record.json`,
@@ -47,11 +47,12 @@ METRIC_BATCH, PARAM_BATCH = 1000, 100  # MLflow's log_batch limits (tags: as par
 KIND_TAG, ML_KIND = "mlflow.experimentKind", "custom_model_development"
 SPOOL = ".mlflow-spool"  # queued stage runs, under the repository root
 RECORD = "record.json"  # a queued run's contents; written last, so a folder without it is still being written
-PROFILE_TRACKING = ".trilemma-tracking.json"  # in a profile's workspace: its store and experiment (pipelines/profile.py)
+PROFILE_TRACKING = ".trilemma-tracking.json"  # a profile workspace's store and experiment (pipelines/profile.py)
 
 
 def _profile_setting(key: str) -> str | None:
-    """`key` from a profile workspace's tracking file (pipelines/profile.py writes it), if the working directory is one."""
+    """`key` from a profile workspace's tracking file (pipelines/profile.py writes it), if the working directory is
+    one."""
     try:
         return json.loads(Path(PROFILE_TRACKING).read_text()).get(key)
     except (OSError, ValueError, AttributeError):

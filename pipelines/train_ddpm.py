@@ -60,8 +60,8 @@ def main(argv: list[str]) -> None:
           f"{describe(rt)})")
     log_stage_run(StageRun(
         "train_ddpm", params={"diffusion": dataclasses.asdict(diff), "train_ddpm": dataclasses.asdict(p)},
-        metrics={"final_loss": history["loss"][-1], "n_params": n_params, "train_s": train_s, "steps_per_s": steps_per_s,
-                 "images_per_s": steps_per_s * p.batch_size},
+        metrics={"final_loss": history["loss"][-1], "n_params": n_params, "train_s": train_s,
+                 "steps_per_s": steps_per_s, "images_per_s": steps_per_s * p.batch_size},
         tags={"runtime": describe(rt)},
         series={"loss": list(zip(history["step"], history["loss"])), "lr": list(zip(history["step"], history["lr"]))},
         artifacts=[Path(csv_path), Path(png_path)],

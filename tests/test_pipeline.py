@@ -100,8 +100,9 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert {f"metrics/cells/{c}.json" for c in ["data", *cells]} <= set(shown)
     assert {f"metrics/claims/{c}.json" for c in claim_ids()} <= set(shown)
 
-    stages = {"prepare", "reference", "train_ddpm", "finetune_iddpm", "train_sd2015", "train_classifier", "table",
-              "claims", "prepare_swissroll", "reference_swissroll", "train_sd2015_swissroll", "sample_swissroll",
+    stages = {"prepare", "evaluator", "reference", "train_ddpm", "finetune_iddpm", "train_sd2015", "train_classifier",
+              "table", "claims", "prepare_swissroll", "reference_swissroll", "train_sd2015_swissroll",
+              "sample_swissroll",
               *(f"sample@{c}" for c in params["sweep"]), *(f"sample_guided@{c}" for c in params["guided_sweep"]),
               *(f"sample_exact@{c}" for c in params["exact_sweep"]),
               *(f"{stage}@{T}" for T in params["ddgan"]["T"] for stage in ("train_ddgan", "sample_ddgan"))}

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, copy_of
 from pipelines import demo
 
@@ -39,3 +41,18 @@ def test_the_demo_never_replaces_a_folder_it_did_not_make(tmp_path):
     assert proc.returncode == 2 and proc.stderr == f"error: {mine} exists and is not a previous demo; name another " \
                                                    "folder\n"
     assert (mine / "notes.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("name", ["demo", "mnist", "cifar10"])
+def test_every_profile_passes_the_one_loader_and_its_claims_read_its_own_rows(name):
+    """A profile is params.yaml plus its overlay, checked by pipelines/params.py like any params file; its claims
+    file declares rows that are cells of the profile (so its claims can be measured)."""
+    from pipelines.claims import load_claims
+    from pipelines.params import parse_params
+    from pipelines.profile import load_profile, profile_params
+
+    doc = load_profile(name)
+    params = parse_params(profile_params(doc), name)
+    if "claims" in doc:
+        rows = set(load_claims(ROOT / doc["claims"]).rows) - {"data"}
+        assert rows <= set(params.cells()), sorted(rows - set(params.cells()))
