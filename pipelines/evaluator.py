@@ -100,7 +100,7 @@ def main(argv: list[str]) -> None:
     else:
         out, metrics = train_lenet(e, train, ref, ckpt_path)
     atomic_torch_save(ckpt_path, {"kind": e.features, **out})
-    atomic_write_json(json_path, {"kind": e.features, **metrics})
+    atomic_write_json(json_path, metrics)  # a DVC metric: numbers only (the kind is in evaluator.pt and params)
     print(f"evaluator: {e.features}" + "".join(f", {k} {v:.4g}" if isinstance(v, float) else f", {k} {v}"
                                                for k, v in metrics.items()))
     log_stage_run(StageRun("evaluator", params={"evaluate": dataclasses.asdict(e)},

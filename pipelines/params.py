@@ -520,9 +520,12 @@ class SwissRollParams:
     data: DataParams
     diffusion: DiffusionParams
     train: SD2015Params
+    evaluate: EvaluateParams  # its own: points are their own features, whatever the main run scores with
 
     def __post_init__(self):
         _require(self.data.name == "swissroll", "data.name", f"must be swissroll, got {self.data.name!r}")
+        _require(self.evaluate.features == "identity", "evaluate.features",
+                 f"must be identity (points), got {self.evaluate.features!r}")
 
     def cell_name(self) -> str:
         return f"swissroll-sd2015-{self.diffusion.T}"
@@ -560,12 +563,19 @@ class Params:
         _choice("experiment", name, EXPERIMENTS, "experiment")
         return self.swissroll.data
 
+    def experiment_evaluate(self, name: str | None) -> EvaluateParams:
+        """Experiment `name`'s evaluate section (None: the main run's), read without the rest of `experiment(name)`."""
+        if name is None:
+            return self.evaluate
+        _choice("experiment", name, EXPERIMENTS, "experiment")
+        return self.swissroll.evaluate
+
     def experiment(self, name: str | None) -> "Params":
         """These params as experiment `name` sees them (None: the main run itself).
 
-        `swissroll`: its data, chain and trainer in place of data, diffusion and train_sd2015, identity features
-        (its points are their own), and one sweep cell, the 2015 model's full ancestral chain, as the whole sweep;
-        the stages run on it unchanged (`--experiment swissroll`). Its DDGAN section is the main run's, which no
+        `swissroll`: its data, chain, trainer and evaluate sections in place of the main ones, and one sweep cell,
+        the 2015 model's full ancestral chain, as the whole sweep; the stages run on it unchanged
+        (`--experiment swissroll`). Its DDGAN section is the main run's, which no
         swiss roll stage reads.
         """
         if name is None:
@@ -573,9 +583,8 @@ class Params:
         _choice("experiment", name, EXPERIMENTS, "experiment")
         x = self.swissroll
         cell = SweepCellParams(model="sd2015", sampler="ddpm", steps=x.diffusion.T, variance="learned")
-        points = dataclasses.replace(self.evaluate, features="identity", weights=None, train=None)
-        return dataclasses.replace(self, data=x.data, diffusion=x.diffusion, train_sd2015=x.train, evaluate=points,
-                                   sweep={x.cell_name(): cell}, guided_sweep={}, exact_sweep={})
+        return dataclasses.replace(self, data=x.data, diffusion=x.diffusion, train_sd2015=x.train,
+                                   evaluate=x.evaluate, sweep={x.cell_name(): cell}, guided_sweep={}, exact_sweep={})
 
 
 # --- the converter ----------------------------------------------------------------------

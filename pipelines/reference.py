@@ -35,16 +35,16 @@ def main(argv: list[str]) -> None:
     experiment, argv = experiment_args(argv)
     train_path, ref_path, evaluator_path, stats_path, data_json = stage_args(
         argv, ("train.npz", "reference.npz", "evaluator.pt", "reference_stats.npz", "data.json"))
-    params = load_params().experiment(experiment)
-    data = params.data
-    e, name, spec = params.evaluate, data.name, DATASETS[data.name]
+    params = load_params()
+    data = params.experiment_data(experiment)  # only what the stage reads: dvc.yaml lists it key by key
+    e, name, spec = params.experiment_evaluate(experiment), data.name, DATASETS[data.name]
     ref, train = load_dataset(ref_path, name), load_dataset(train_path, name)
     kind, weights, config = load_evaluator(evaluator_path, e.features)
     device = stage_runtime(params).device
     reference = reference_set(ref.x, kind, e.k, weights, config, device)
     atomic_save_npz(stats_path, **reference.to_arrays())
     x = train.x[: params.sample.n]
-    row = {"nfe": 0, "extractor": reference.feature_name,
+    row = {"nfe": 0, **({} if reference.kind == "identity" else {"extractor": reference.feature_name}),
            **sample_metrics(x, reference, extractor=reference.extractor(device), modes=ref.modes,
                             mode_std=ref.mode_std, n_std=e.n_std, min_count=e.min_mode_count,
                             kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size)}

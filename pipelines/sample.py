@@ -265,7 +265,8 @@ def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Gen
     nfe = len(sched)  # one network evaluation per step
     y_np = None if y is None else y.numpy()
     targets = {"y": y_np, "scale": np.float64(cell.scale)} if guided else {}
-    row = {"nfe": nfe, "extractor": extractor.name, **score(x_data, ref, reference, params, y_np, condition, extractor),
+    named = {} if extractor.name == "identity" else {"extractor": extractor.name}  # points: the table says identity
+    row = {"nfe": nfe, **named, **score(x_data, ref, reference, params, y_np, condition, extractor),
            **{k: float(likelihood[k]) for k in ("nll", "nll_se", "k_bits", "k_minus_null_bits") if k in likelihood}}
 
     def timed_draw(n: int, draw_seed: int) -> torch.Tensor:  # the cell's sampler on one batch, its own noise

@@ -100,7 +100,8 @@ def main(argv: list[str]) -> None:
     for run in (params, params.experiment("swissroll")):  # the main data set's rows, then the swiss roll's
         ceiling = "data" if run is params else "data-swissroll"
         rows.append({"cell": ceiling, "data": run.data.name, "sampler": "train split", "wall_s_per_1k": 0.0,
-                     "n": run.sample.n, **read_row(Path(metrics_dir) / f"{ceiling}.json", ROW_KEYS)})
+                     "n": run.sample.n, "extractor": "identity",
+                     **read_row(Path(metrics_dir) / f"{ceiling}.json", ROW_KEYS)})
         for name, cell in run.cells().items() if run is params else run.sweep.items():
             n = cell.n or run.sample.n
             c = load_samples(Path(samples_dir) / f"{name}.npz", DATASETS[run.data.name], n)
@@ -114,7 +115,7 @@ def main(argv: list[str]) -> None:
                          "trajectory": cell.trajectory if cell.sampler != "ddgan" else None, "eta": kw.get("eta"),
                          "variance": kw.get("variance"), "scale": cell.scale,
                          "condition": cell.condition.describe() if cell.condition else None,
-                         **read_row(Path(metrics_dir) / f"{name}.json", ROW_KEYS),
+                         "extractor": "identity", **read_row(Path(metrics_dir) / f"{name}.json", ROW_KEYS),
                          **{k: timings[name][k] for k in ("wall_s_per_1k", "wall_s_per_1k_iqr")}})
             if run is params and "nll_terms" in c and cell.steps == params.diffusion.T:
                 full_chains[f"{name} ({getattr(cell, 'model', 'exact')}, {kw['variance']})"] = c["nll_terms"]

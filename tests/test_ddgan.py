@@ -178,7 +178,7 @@ def test_ddgan_stages_smoke(tiny_repo):
     step and RNG (weights_only); the per-t losses reach the CSV and MLflow; the samples have NFE 4."""
     out = run(["dvc", "repro", "sample_ddgan@4"], tiny_repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["prepare", "reference", "sample_ddgan@4", "train_ddgan@4", "validate"]
+    assert ran == ["evaluator", "prepare", "reference", "sample_ddgan@4", "train_ddgan@4", "validate"]
     ckpt = torch.load(tiny_repo / "models/ddgan-4.pt", weights_only=True)
     assert set(GAN_CHECKPOINT_KEYS) <= set(ckpt) and ckpt["step"] == 30
     assert ckpt["config"]["diffusion"] == {"schedule": "logsnr_linear", "T": 4}
