@@ -89,7 +89,8 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(paths: list[str]) -> list[Path]:
-    """Remove the temporary files that killed writers of `paths` (and of their `.partial`) left beside them.
+    """Remove the temporary files that killed writers of `paths` (and of their `.partial`) left beside them; for a
+    folder in `paths` (a matrix stage writes `<folder>/<item>...`), those of every file under it.
 
     A temporary file of a live writer is kept: two stages may write beside each other.
     """
@@ -97,9 +98,10 @@ def remove_stale_temporaries(paths: list[str]) -> list[Path]:
     for p in map(Path, paths):
         if not p.name or not p.parent.is_dir():
             continue
-        for tmp in p.parent.glob(f".{glob.escape(p.name)}.*.tmp"):
+        folder = p.is_dir()  # others' temporaries too: only those that name their dead writer
+        for tmp in p.rglob(".*.tmp") if folder else p.parent.glob(f".{glob.escape(p.name)}.*.tmp"):
             m = _TEMPORARY.search(tmp.name)
-            if m is None or not _alive(int(m.group(1))):
+            if (m is None and not folder) or (m is not None and not _alive(int(m.group(1)))):
                 tmp.unlink(missing_ok=True)
                 removed.append(tmp)
     return removed
@@ -357,8 +359,40 @@ def stage_args(argv: list[str], names: tuple[str, ...]) -> list[str]:
     return argv
 
 
+def dvc_stage(*names: str) -> tuple[str, str | None]:
+    """The stage DVC is running, from the DVC_STAGE it sets for every command: (name, item), e.g. `sample@ddim-50` ->
+    ("sample", "ddim-50"), `prepare` -> ("prepare", None); InputError unless its name is one of `names`.
+
+    The item (a cell, a DDGAN T) comes from here, never from dvc.yaml's cmd: DVC interpolates `${key}` into the
+    command before any stage can check it, so a name written in params.yaml would reach the shell (`dvc repro -s
+    'sample@x$(...)'` skips the validate stage). A stage of a dvc.yaml in a subfolder is addressed
+    `<folder>/dvc.yaml:<name>`; the folder is dropped.
+    """
+    address = os.environ.get("DVC_STAGE", "")
+    folder, sep, rest = address.partition(":")
+    if sep and folder.endswith("dvc.yaml"):
+        address = rest
+    name, at, item = address.partition("@")
+    if name not in names:
+        expected = " or ".join(f"{n}@<item>" if n in MATRIX_STAGES else n for n in names)
+        raise InputError(f"DVC_STAGE: expected {expected}, got {address!r}: run this stage with `dvc repro` (by hand: "
+                         f"DVC_STAGE={names[0]}{'@<item>' if names[0] in MATRIX_STAGES else ''} python -m ...)")
+    return name, (item if at else None)
+
+
+# dvc.yaml's foreach/matrix stages: their address carries the item, `<stage>@<item>`
+MATRIX_STAGES = frozenset({"sample", "sample_guided", "sample_exact", "train_ddgan", "sample_ddgan"})
+
+
+def checkpoint_path(models_dir: str, model: str, experiment: str | None = None) -> str:
+    """Model `model`'s checkpoint, `<models>/<model>.pt`, or `<model>-<experiment>.pt` for an experiment's own model
+    (dvc.yaml: models/${item.model}.pt, models/ddgan-${item.T}.pt, models/sd2015-swissroll.pt)."""
+    return str(Path(models_dir, f"{model}.pt" if experiment is None else f"{model}-{experiment}.pt"))
+
+
 def parse_T(text: str) -> int:
-    """A number-of-steps argument from dvc.yaml's cmd (the DDGAN stages' matrix over params ddgan.T): a positive integer."""
+    """A DDGAN stage's number of steps, its item in DVC_STAGE (`train_ddgan@4`: the matrix over params ddgan.T): a
+    positive integer."""
     if not text.isdigit() or int(text) < 1:
         raise InputError(f"T: expected a positive integer number of denoising steps, got {text!r}")
     return int(text)

@@ -556,6 +556,16 @@ class Params:
         """Every sampler cell of the main data set in table order: trained, DDGAN, guided, exact."""
         return {**self.sweep, **self.ddgan.cells(), **self.guided_sweep, **self.exact_sweep}
 
+    def cell(self, section: str, name: str | None) -> tuple[str, CellParams]:
+        """Cell `name` of sweep `section` (sweep, guided_sweep, exact_sweep) with its params; name None: the section's
+        one cell (an experiment's, see `experiment`). ParamsError naming the cell where there is no such cell."""
+        cells = getattr(self, section)
+        if name is None and len(cells) == 1:
+            name = next(iter(cells))
+        if name not in cells:
+            raise ParamsError(f"params.yaml: {section}.{name}: no such cell; allowed: {', '.join(cells) or 'none'}")
+        return name, cells[name]
+
     def experiment_data(self, name: str | None) -> DataParams:
         """Experiment `name`'s data section (None: the main run's), read without the rest of `experiment(name)`."""
         if name is None:

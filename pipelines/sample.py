@@ -1,8 +1,10 @@
 """Stage `sample@<cell>`: draw N samples with one sweep cell's sampler from a trained model's EMA weights.
 
-    python -m pipelines.sample <cell> <checkpoint.pt> <reference.npz> <reference_stats.npz> \
-        <samples.npz> <scatter.png> <metrics.json> <timing.json>
+    python -m pipelines.sample <models/> <reference.npz> <reference_stats.npz> <samples/> <plots/> <cells/> <timing/>
+    # DVC_STAGE=sample@<cell>; the model models/<its model>.pt, the outputs <folder>/<cell>.npz|png|json
 
+The cell comes from DVC_STAGE, which DVC sets, never from the command line: dvc.yaml's cmd holds only fixed text
+and the folders the project chose, so no name written in params.yaml reaches a shell.
 The stage owns its cell's row of the trilemma table: it draws `sample.n` samples (deterministic
 in `sample.seed`), scores them against the reference split's precomputed statistics (FID,
 precision/recall, mode coverage; stage `reference`), and writes the row to `metrics.json`. NFE is
@@ -40,10 +42,10 @@ from components.samplers import EpsModel, sample_ddgan
 from components.schedules import Schedule, make_schedule, make_trajectory, respace
 from pipelines.io import (
     InputError, NonFiniteError, atomic_save_figure, atomic_save_npz, atomic_write_json, entry_point, first_line,
-    load_checkpoint, load_dataset, load_reference_stats, progress_enabled, stage_args,
+    checkpoint_path, dvc_stage, load_checkpoint, load_dataset, load_reference_stats, progress_enabled, stage_args,
 )
 from pipelines.params import (
-    CellParams, ConditionParams, Params, ParamsError, experiment_args, load_params, stage_name,
+    CellParams, ConditionParams, Params, experiment_args, load_params, stage_name,
 )
 from pipelines.plots import samples_figure
 from pipelines.runtime import stage_runtime
@@ -176,16 +178,24 @@ def bound(model: EpsModel, sched: Schedule, cell: CellParams, ref: Dataset, para
 
 @dataclass(frozen=True)
 class CellFiles:
-    """A sample stage's paths after its own arguments, in dvc.yaml's order: what it reads, then what it writes."""
+    """A sample stage's paths: what it reads, then what it writes, each output `<folder>/<cell>.<suffix>` in the
+    folders dvc.yaml's cmd names (its outs: samples/${key}.npz, plots/samples/${key}.png, metrics/cells/${key}.json,
+    metrics/timing/${key}.json)."""
 
-    ARGS: ClassVar[tuple[str, ...]] = ("reference.npz", "reference_stats.npz", "samples.npz", "scatter.png",
-                                       "metrics.json", "timing.json")
+    ARGS: ClassVar[tuple[str, ...]] = ("reference.npz", "reference_stats.npz", "samples/", "plots/", "cells/",
+                                       "timing/")
     reference: str  # the held-out split (data/reference.npz)
     stats: str  # its features, k-NN radii and Gaussian fit (stage `reference`)
     samples: str
     scatter: str
     metrics: str  # the cell's row of the table: NFE, quality, coverage, likelihood
     timing: str  # its speed, apart: the only output that differs between two runs
+
+    @classmethod
+    def of(cls, cell: str, reference: str, stats: str, samples: str, plots: str, cells: str, timing: str) -> "CellFiles":
+        """Cell `cell`'s files, from the stage's arguments (CellFiles.ARGS)."""
+        return cls(reference, stats, *(str(Path(folder, f"{cell}{suffix}")) for folder, suffix in
+                                       ((samples, ".npz"), (plots, ".png"), (cells, ".json"), (timing, ".json"))))
 
 
 def score(x: np.ndarray, ref: Dataset, reference: ReferenceSet, params: Params, y: np.ndarray | None,
@@ -302,19 +312,18 @@ def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Gen
 
 def main(argv: list[str]) -> None:
     experiment, argv = experiment_args(argv)
-    cell_name, ckpt_path, *paths = stage_args(argv, ("cell", "checkpoint.pt", *CellFiles.ARGS))
-    files = CellFiles(*paths)
+    models_dir, *paths = stage_args(argv, ("models/", *CellFiles.ARGS))
+    stage, item = dvc_stage(stage_name("sample", experiment))
     params = load_params().experiment(experiment)
-    if cell_name not in params.sweep:
-        raise ParamsError(f"params.yaml: sweep.{cell_name}: no such cell; allowed: {', '.join(params.sweep)}")
-    cell = params.sweep[cell_name]
+    cell_name, cell = params.cell("sweep", item)
+    files = CellFiles.of(cell_name, *paths)
+    ckpt_path = checkpoint_path(models_dir, cell.model, experiment)
     model, cfg = load_ema_model(ckpt_path)  # its config fixes the schedule, T and model space
     ref = load_dataset(files.reference, params.data.name)
     check_cell_model(f"sweep.{cell_name}", cell, ckpt_path, cfg, files.reference, ref)
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
-    stage = f"sample@{cell_name}" if experiment is None else stage_name("sample", experiment)
-    run_cell(stage, cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, files,
-             output=cfg.get("output", "eps"))
+    run_cell(stage if item is None else f"{stage}@{item}", cell_name, cell, model, full, tuple(cfg["data_shape"]),
+             ref, params, files, output=cfg.get("output", "eps"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stage `sample_ddgan@<T>`: the table row ddgan-<T>, T denoising steps of train_ddgan@<T>'s EMA generator.
 
-    python -m pipelines.sample_ddgan <T> <checkpoint.pt> <reference.npz> <reference_stats.npz> <samples.npz> <scatter.png> \
-        <metrics.json> <timing.json>
+    python -m pipelines.sample_ddgan <models/> <reference.npz> <reference_stats.npz> <samples/> <plots/> <cells/> \
+        <timing/>     # DVC_STAGE=sample_ddgan@<T>; the generator models/ddgan-<T>.pt, the outputs <folder>/ddgan-<T>.*
 
 DDGAN's sampler (`components.samplers.sample_ddgan`): from x_T ~ N(0, I), x_{t-1} ~ q(x_{t-1} | x_t,
 G(x_t, z, t)) with fresh z at each step, NFE = T. Timing, outputs and logging are `sample@<cell>`'s.
@@ -10,17 +10,18 @@ G(x_t, z, t)) with fresh z at each step, NFE = T. Timing, outputs and logging ar
 from __future__ import annotations
 
 from components.schedules import make_schedule
-from pipelines.io import InputError, entry_point, load_dataset, parse_T, stage_args
+from pipelines.io import InputError, checkpoint_path, dvc_stage, entry_point, load_dataset, parse_T, stage_args
 from pipelines.params import DDGANParams, load_params
 from pipelines.sample import CellFiles, load_ema_generator, run_cell
 
 
 def main(argv: list[str]) -> None:
-    T_arg, ckpt_path, *paths = stage_args(argv, ("T", "checkpoint.pt", *CellFiles.ARGS))
-    files, ref_path = CellFiles(*paths), paths[0]
-    T = parse_T(T_arg)
+    models_dir, *paths = stage_args(argv, ("models/", *CellFiles.ARGS))
     params = load_params()
+    T = parse_T(dvc_stage("sample_ddgan")[1] or "")
     cell_name, cell = f"ddgan-{T}", DDGANParams.cell(T)  # the checkpoint must have been trained with this T (below)
+    files, ckpt_path = CellFiles.of(cell_name, *paths), checkpoint_path(models_dir, cell_name)
+    ref_path = files.reference
     G, cfg = load_ema_generator(ckpt_path)
     ref = load_dataset(ref_path, params.data.name)
     if cfg["diffusion"]["T"] != T:
@@ -28,8 +29,7 @@ def main(argv: list[str]) -> None:
     if (ref.shift, ref.scale) != (cfg["data"]["shift"], cfg["data"]["scale"]):
         raise InputError(f"{ref_path}: its model-space map differs from the one {ckpt_path} was trained with")
     full = make_schedule(cfg["diffusion"]["schedule"], T)
-    run_cell(f"sample_ddgan@{T}", cell_name, cell, G, full, tuple(cfg["data_shape"]), ref, params,
-             files)
+    run_cell(f"sample_ddgan@{T}", cell_name, cell, G, full, tuple(cfg["data_shape"]), ref, params, files)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stage `sample_exact@<cell>`: one exact_sweep cell's sampler driven by the mixture's closed-form eps*.
 
-    python -m pipelines.sample_exact <cell> <reference.npz> <reference_stats.npz> <samples.npz> <scatter.png> \
-        <metrics.json> <timing.json>
+    python -m pipelines.sample_exact <reference.npz> <reference_stats.npz> <samples/> <plots/> <cells/> <timing/>
+    # DVC_STAGE=sample_exact@<cell>
 
 Same sampler, schedule (params `diffusion`) and timing as `sample@<cell>`, with the network
 replaced by the exact eps* of the data set's Gaussian mixture (components/gaussian_mixture.py):
@@ -14,23 +14,24 @@ from __future__ import annotations
 
 from components.gaussian_mixture import mixture_classifier, mixture_eps_model
 from components.schedules import make_schedule
-from pipelines.io import InputError, entry_point, load_dataset, stage_args
-from pipelines.params import ParamsError, load_params
+from pipelines.io import InputError, dvc_stage, entry_point, load_dataset, stage_args
+from pipelines.params import load_params
 from pipelines.sample import CellFiles, run_cell
 
 
 def main(argv: list[str]) -> None:
-    cell_name, *paths = stage_args(argv, ("cell", *CellFiles.ARGS))
-    files, ref_path = CellFiles(*paths), paths[0]
+    paths = stage_args(argv, CellFiles.ARGS)
+    stage, item = dvc_stage("sample_exact")
     params = load_params()
-    if cell_name not in params.exact_sweep:
-        raise ParamsError(f"params.yaml: exact_sweep.{cell_name}: no such cell; allowed: {', '.join(params.exact_sweep)}")
+    cell_name, cell = params.cell("exact_sweep", item)
+    files = CellFiles.of(cell_name, *paths)
+    ref_path = files.reference
     ref = load_dataset(ref_path, params.data.name)
     if ref.modes is None:
         raise InputError(f"{ref_path}: exact_sweep needs a data set with mixture modes")
     full = make_schedule(params.diffusion.schedule, params.diffusion.T)
     means, std = ref.to_model(ref.modes), ref.mode_std * ref.scale
-    run_cell(f"sample_exact@{cell_name}", cell_name, params.exact_sweep[cell_name], mixture_eps_model(full, means, std), full,
+    run_cell(f"{stage}@{cell_name}", cell_name, cell, mixture_eps_model(full, means, std), full,
              tuple(ref.x.shape[1:]), ref, params, files,
              classifier=mixture_classifier(full, means, std), n_classes=len(means))
 

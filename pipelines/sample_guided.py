@@ -1,7 +1,7 @@
 """Stage `sample_guided@<cell>`: one guided_sweep cell, guided by the trained noise-aware classifier.
 
-    python -m pipelines.sample_guided <cell> <checkpoint.pt> <classifier.pt> <reference.npz> <reference_stats.npz> \
-        <samples.npz> <scatter.png> <metrics.json> <timing.json>
+    python -m pipelines.sample_guided <models/> <classifier.pt> <reference.npz> <reference_stats.npz> <samples/> \
+        <plots/> <cells/> <timing/>     # DVC_STAGE=sample_guided@<cell>; the model models/<its model>.pt
 
 The sweep cell's sampler on the model's EMA weights, with classifier guidance at the cell's
 scale s (ADM Alg. 1 for ddpm, Alg. 2 for ddim) towards targets y ~ U{0..K-1} drawn with
@@ -12,18 +12,18 @@ scale s (ADM Alg. 1 for ddpm, Alg. 2 for ddim) towards targets y ~ U{0..K-1} dra
 from __future__ import annotations
 
 from components.schedules import make_schedule
-from pipelines.io import InputError, entry_point, load_dataset, stage_args
-from pipelines.params import ParamsError, load_params
+from pipelines.io import InputError, checkpoint_path, dvc_stage, entry_point, load_dataset, stage_args
+from pipelines.params import load_params
 from pipelines.sample import CellFiles, check_cell_model, load_ema_classifier, load_ema_model, run_cell
 
 
 def main(argv: list[str]) -> None:
-    cell_name, ckpt_path, clf_path, *paths = stage_args(argv, ("cell", "checkpoint.pt", "classifier.pt", *CellFiles.ARGS))
-    files, ref_path = CellFiles(*paths), paths[0]
+    models_dir, clf_path, *paths = stage_args(argv, ("models/", "classifier.pt", *CellFiles.ARGS))
+    stage, item = dvc_stage("sample_guided")
     params = load_params()
-    if cell_name not in params.guided_sweep:
-        raise ParamsError(f"params.yaml: guided_sweep.{cell_name}: no such cell; allowed: {', '.join(params.guided_sweep)}")
-    cell = params.guided_sweep[cell_name]
+    cell_name, cell = params.cell("guided_sweep", item)
+    files = CellFiles.of(cell_name, *paths)
+    ref_path, ckpt_path = files.reference, checkpoint_path(models_dir, cell.model)
     model, cfg = load_ema_model(ckpt_path)
     classifier, clf_cfg = load_ema_classifier(clf_path)
     ref = load_dataset(ref_path, params.data.name)
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
     if clf_cfg["data"] != cfg["data"]:
         raise InputError(f"{clf_path}: trained on other data than {ckpt_path} (data fingerprint or model-space map differ)")
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
-    run_cell(f"sample_guided@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, files,
+    run_cell(f"{stage}@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, files,
              classifier=classifier, n_classes=clf_cfg["n_classes"], output=cfg.get("output", "eps"))
 
 

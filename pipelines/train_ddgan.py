@@ -1,6 +1,9 @@
 """Stage `train_ddgan@<T>`: a Denoising Diffusion GAN with T denoising steps (Xiao, Kreis & Vahdat 2022).
 
-    python -m pipelines.train_ddgan <T> <train.npz> <checkpoint.pt> <losses.csv> <losses.png>
+    python -m pipelines.train_ddgan <train.npz> <models/> <plots/>     # DVC_STAGE=train_ddgan@<T>
+
+T is the stage's matrix item, read from DVC_STAGE (never from the command line); the stage writes
+`<models>/ddgan-<T>.pt` and `<plots>/<T>/losses.csv|png`.
 
 G(x_t, z, t) -> x0-hat and D(x_{t-1}, x_t, t) trained on T steps of params `train_ddgan.schedule`
 (DDGAN's discretised VP): the non-saturating loss, lazy R1 on real pairs, Adam with separate
@@ -25,7 +28,10 @@ from components.ddgan import GAN_CHECKPOINT_KEYS, GANState, ddgan_train_step, ga
 from components.networks import make_discriminator, make_generator
 from components.schedules import Schedule, make_schedule
 from components.training import lr_at
-from pipelines.io import atomic_save_figure, atomic_torch_save, atomic_write_text, entry_point, load_dataset, parse_T, stage_args
+from pipelines.io import (
+    atomic_save_figure, atomic_torch_save, atomic_write_text, checkpoint_path, dvc_stage, entry_point, load_dataset,
+    parse_T, stage_args,
+)
 from pipelines.params import DDGANTrainParams, load_params
 from pipelines.runtime import stage_runtime
 from pipelines.plots import losses_by_t_figure
@@ -47,6 +53,11 @@ def losses_csv(steps: list[int], by_t: dict[str, dict[str, list[float]]]) -> str
     return "step,t,term,value\n" + "\n".join(rows) + "\n"
 
 
+def loss_paths(plots_dir: str, T: int) -> tuple[str, str]:
+    """train_ddgan@<T>'s losses per t, the CSV and the PNG (dvc.yaml: plots/train_ddgan/${item.T}/losses.*)."""
+    return str(Path(plots_dir, str(T), "losses.csv")), str(Path(plots_dir, str(T), "losses.png"))
+
+
 def new_state(p: DDGANTrainParams, data_shape: tuple[int, ...], seed: int,
               device: torch.device | str = "cpu") -> GANState:
     """G, D (initialised from `seed`), their EMA and optimisers, as recipe `p` (params.yaml's train_ddgan) has them,
@@ -66,10 +77,10 @@ def recipe_step(state: GANState, sched: Schedule, data: torch.Tensor, p: DDGANTr
 
 
 def main(argv: list[str]) -> None:
-    T_arg, data_path, ckpt_path, csv_path, png_path = stage_args(
-        argv, ("T", "train.npz", "checkpoint.pt", "losses.csv", "losses.png"))
-    T = parse_T(T_arg)
+    data_path, models_dir, plots_dir = stage_args(argv, ("train.npz", "models/", "plots/"))
     params = load_params()
+    T = parse_T(dvc_stage("train_ddgan")[1] or "")
+    ckpt_path, csv_path, png_path = checkpoint_path(models_dir, f"ddgan-{T}"), *loss_paths(plots_dir, T)
     p = params.train_ddgan
     ds = load_dataset(data_path, params.data.name)
     data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space

@@ -137,9 +137,50 @@ def test_bad_cell_names_stop_dvc_repro_before_anything_runs(repo, name, tmp_path
     assert_nothing_lost(repo, before)
 
 
+# A name in each section whose keys become stage items, written to run shell code if it reached a command line.
+HOSTILE = (("sweep", "x`touch {marker}`"), ("guided_sweep", "x$(touch {marker})"), ("exact_sweep", "a;touch {marker}"),
+           ("sweep", "q'touch {marker}"), ("exact_sweep", "n\ntouch {marker}"))
+
+
+def test_a_hostile_name_reaches_no_shell_when_one_stage_is_rerun(repo, tmp_path):
+    """`dvc repro -s <stage>@<name>`, which a user types to rerun one cell, skips the validate stage, and DVC writes
+    `${key}` into a stage's cmd before the stage runs: no cmd may hold a name from params.yaml. Each stage reads its
+    item from DVC_STAGE and refuses the name in one line; nothing runs in a shell and no output changes. (`-s` is
+    `--single-item`: half the names go through each spelling.)"""
+    marker = tmp_path / "injected"
+    before = lock_entries(repo)
+
+    def add_hostile(p: dict) -> None:
+        for i, (section, name) in enumerate(HOSTILE):
+            p[section][name.format(marker=f"{marker}-{i}")] = dict(next(iter(p[section].values())))
+        p["ddgan"]["T"].append(f"1;touch {marker}-T")  # a matrix item: train_ddgan@<T>, sample_ddgan@<T>
+
+    set_params(repo, add_hostile)
+    hostile = [a for a in stage_addresses(repo) if "touch" in a]
+    assert len(hostile) == len(HOSTILE) + 2
+    for flag, targets in (("-s", hostile[0::2]), ("--single-item", hostile[1::2])):
+        proc = run(["dvc", "repro", flag, "--keep-going", *targets], repo, check=False)
+        assert proc.returncode != 0
+        # sample_ddgan@<T> does not start: its checkpoint, the hostile train_ddgan@<T>'s output, is missing
+        started = [t for t in targets if not t.startswith("sample_ddgan@")]
+        assert sum(line.startswith("Running stage '") for line in proc.stdout.splitlines()) == len(started)
+        errors = error_lines(proc)  # each stage's own one line, before any compute
+        assert len(errors) == len(started) and all(e.startswith("error: params.yaml: ") for e in errors), errors
+    assert not list(tmp_path.glob("injected*"))
+    assert_nothing_lost(repo, before)
+
+
+def test_no_stage_command_holds_text_from_params():
+    """dvc.yaml's commands are fixed text and the project's own paths: no `${...}` that DVC would fill in from
+    params.yaml (a cell name, a model, a T) before the stage could check it."""
+    for name, stage in DVC_YAML.items():
+        cmd = stage.get("do", stage)["cmd"]
+        assert "${" not in cmd, f"{name}: {cmd}"
+
+
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_every_name_that_reaches_a_path_or_command_is_checked(name, tmp_path):
-    """Each section whose keys become stage names, file names and command arguments."""
+    """Each section whose keys become stage names and file names."""
     for section in ("sweep", "guided_sweep", "exact_sweep"):
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
         cells = raw[section]
@@ -278,18 +319,24 @@ CORRUPTIONS = {
 }
 
 
-def run_stage_in_process(repo: Path, argv: list[str]) -> str | None:
-    """A stage's command (`python -m pipelines.X ...`) run in this process in `repo`: its one-line error, or None."""
+def run_stage_in_process(repo: Path, address: str, argv: list[str]) -> str | None:
+    """Stage `address`'s command (`python -m pipelines.X ...`) run in this process in `repo`, with the DVC_STAGE DVC
+    would set: its one-line error, or None."""
     assert argv[:2] == ["python", "-m"], argv
     main = importlib.import_module(argv[2]).main
-    cwd = os.getcwd()
+    cwd, before = os.getcwd(), os.environ.get("DVC_STAGE")
     os.chdir(repo)
+    os.environ["DVC_STAGE"] = address
     try:
         main(argv[3:])
     except ONE_LINE_ERRORS as e:
         return str(e)
     finally:
         os.chdir(cwd)
+        if before is None:
+            os.environ.pop("DVC_STAGE")
+        else:
+            os.environ["DVC_STAGE"] = before
     return None
 
 
@@ -318,7 +365,7 @@ def test_every_stage_refuses_each_corrupt_input_in_one_line(repo, monkeypatch):
                 path.write_bytes(original)
                 if corrupt(path) is False:  # not applicable to this file
                     continue
-                error = run_stage_in_process(repo, argv)
+                error = run_stage_in_process(repo, address, argv)
                 assert error is not None, f"{address} accepted {rel} with {kind}"
                 assert "\n" not in error and str(rel) in error, (address, kind, error)
                 assert {o: md5(repo / o) for o in outs} == before, (address, kind)
@@ -473,7 +520,7 @@ def test_killed_trainer_resumes_to_byte_identical_outputs(repo, trainer):
     argv, _, outs = stages[address]
     ckpt = repo / next(o for o in outs if o.endswith(".pt"))
     partial = ckpt.with_name(ckpt.name + ".partial")
-    env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}")
+    env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{repo / 'mlflow.db'}", DVC_STAGE=address)
 
     def start() -> subprocess.Popen:
         for o in outs:  # as DVC does before it runs a stage

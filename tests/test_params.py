@@ -4,6 +4,7 @@ import copy
 import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -191,30 +192,40 @@ def _digest(paths):
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
 
 
+CELL_FILES = ["data/reference.npz", "data/stats.npz", "samples", "plots/samples", "metrics/cells", "metrics/timing"]
+
+
 def cell_files(cell: str) -> list[str]:
-    """A sample stage's paths after its own arguments (pipelines.sample.CellFiles)."""
-    return ["data/reference.npz", "data/stats.npz", f"samples/{cell}.npz", f"plots/{cell}.png",
-            f"metrics/cells/{cell}.json", f"metrics/timing/{cell}.json"]
+    """The files a sample stage writes for `cell` in CELL_FILES' folders (pipelines.sample.CellFiles)."""
+    return [f"samples/{cell}.npz", f"plots/samples/{cell}.png", f"metrics/cells/{cell}.json",
+            f"metrics/timing/{cell}.json"]
 
 
+# stage -> (its address in DVC_STAGE, its command after `python -m`, the outputs it writes)
 STAGE_CMDS = {
-    "prepare": ["pipelines.prepare", "data/train.npz", "data/reference.npz"],
-    "train_ddpm": ["pipelines.train_ddpm", "data/train.npz", "models/ddpm.pt", "plots/loss.csv", "plots/loss.png"],
-    "finetune_iddpm": ["pipelines.finetune_iddpm", "models/ddpm.pt", "data/train.npz", "models/iddpm.pt",
-                       "plots/ft.csv", "plots/ft.png"],
-    "evaluator": ["pipelines.evaluator", "data/train.npz", "data/reference.npz", "models/evaluator.pt",
-                  "metrics/evaluator.json"],
-    "reference": ["pipelines.reference", "data/train.npz", "data/reference.npz", "models/evaluator.pt",
-                  "data/stats.npz", "metrics/cells/data.json"],
-    "sample": ["pipelines.sample", "ddim-50", "models/ddpm.pt", *cell_files("ddim-50")],
-    "sample_exact": ["pipelines.sample_exact", "exact-ddim-4", *cell_files("exact-ddim-4")],
-    "train_classifier": ["pipelines.train_classifier", "data/train.npz", "data/reference.npz", "models/clf.pt",
-                         "plots/c.csv", "plots/c.png", "plots/acc.csv", "plots/acc.png"],
-    "sample_guided": ["pipelines.sample_guided", "ddim-50-s1", "models/ddpm.pt", "models/clf.pt", *cell_files("ddim-50-s1")],
-    "train_ddgan": ["pipelines.train_ddgan", "4", "data/train.npz", "models/ddgan-4.pt", "plots/g.csv", "plots/g.png"],
-    "sample_ddgan": ["pipelines.sample_ddgan", "4", "models/ddgan-4.pt", *cell_files("ddgan-4")],
-    "table": ["pipelines.table", "metrics/cells", "metrics/timing", "samples", "claims.yaml", "metrics/t.json",
-              "metrics/t.csv", "metrics/t.md", "metrics/t.png", "metrics/terms.png", "metrics/guidance.png"],
+    "prepare": ("prepare", ["pipelines.prepare", "data/train.npz", "data/reference.npz"], []),
+    "train_ddpm": ("train_ddpm", ["pipelines.train_ddpm", "data/train.npz", "models/ddpm.pt", "plots/loss.csv",
+                                  "plots/loss.png"], []),
+    "finetune_iddpm": ("finetune_iddpm", ["pipelines.finetune_iddpm", "models/ddpm.pt", "data/train.npz",
+                                          "models/iddpm.pt", "plots/ft.csv", "plots/ft.png"], []),
+    "evaluator": ("evaluator", ["pipelines.evaluator", "data/train.npz", "data/reference.npz", "models/evaluator.pt",
+                                "metrics/evaluator.json"], []),
+    "reference": ("reference", ["pipelines.reference", "data/train.npz", "data/reference.npz", "models/evaluator.pt",
+                                "data/stats.npz", "metrics/cells/data.json"], []),
+    "sample": ("sample@ddim-50", ["pipelines.sample", "models", *CELL_FILES], cell_files("ddim-50")),
+    "sample_exact": ("sample_exact@exact-ddim-4", ["pipelines.sample_exact", *CELL_FILES],
+                     cell_files("exact-ddim-4")),
+    "train_classifier": ("train_classifier", ["pipelines.train_classifier", "data/train.npz", "data/reference.npz",
+                                              "models/clf.pt", "plots/c.csv", "plots/c.png", "plots/acc.csv",
+                                              "plots/acc.png"], []),
+    "sample_guided": ("sample_guided@ddim-50-s1", ["pipelines.sample_guided", "models", "models/clf.pt", *CELL_FILES],
+                      cell_files("ddim-50-s1")),
+    "train_ddgan": ("train_ddgan@4", ["pipelines.train_ddgan", "data/train.npz", "models", "plots/train_ddgan"],
+                    ["models/ddgan-4.pt", "plots/train_ddgan/4/losses.csv", "plots/train_ddgan/4/losses.png"]),
+    "sample_ddgan": ("sample_ddgan@4", ["pipelines.sample_ddgan", "models", *CELL_FILES], cell_files("ddgan-4")),
+    "table": ("table", ["pipelines.table", "metrics/cells", "metrics/timing", "samples", "claims.yaml",
+                        "metrics/t.json", "metrics/t.csv", "metrics/t.md", "metrics/t.png", "metrics/terms.png",
+                        "metrics/guidance.png"], []),
 }
 
 
@@ -223,13 +234,14 @@ def test_stage_exits_nonzero_in_one_line_and_leaves_outputs(tmp_path, stage):
     """A stage with bad params prints one line, exits 2, and its existing outputs keep their bytes."""
     raw = with_change("sweep.ddim-50.eta", -1.0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    outputs = [tmp_path / a for a in STAGE_CMDS[stage][1:] if "/" in a]
+    address, cmd, written = STAGE_CMDS[stage]
+    outputs = [tmp_path / a for a in [*cmd[1:], *written] if "/" in a and Path(a).suffix]  # files, not folders
     for out in outputs:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(b"previous result " + out.name.encode())
     before = _digest(outputs)
-    proc = subprocess.run([sys.executable, "-m", *STAGE_CMDS[stage]], cwd=tmp_path, env=stage_env(PYTHONPATH=str(ROOT)),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", *cmd], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=stage_env(PYTHONPATH=str(ROOT), DVC_STAGE=address))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: params.yaml: sweep.ddim-50.eta: must be in [0, 1], got -1.0"]
     assert _digest(outputs) == before

@@ -182,11 +182,11 @@ def test_sample_guided_refuses_a_classifier_from_another_schedule(tiny_repo):
     clf = ["models/classifier.pt", "plots/c.csv", "plots/c.png", "plots/a.csv", "plots/a.png"]
     run([*py, "pipelines.train_classifier", "data/train.npz", "data/reference.npz", *clf], tiny_repo)
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = run([*py, "pipelines.sample_guided", "ddim-50-s1", "models/ddpm.pt", "models/classifier.pt",
-                "data/reference.npz", "data/stats.npz", "samples/g.npz", "plots/g.png", "metrics/g.json", "metrics/gt.json"],
-               tiny_repo, check=False)
+    proc = run([*py, "pipelines.sample_guided", "models", "models/classifier.pt", "data/reference.npz", "data/stats.npz",
+                "samples", "plots/samples", "metrics/cells", "metrics/timing"], tiny_repo, check=False,
+               DVC_STAGE="sample_guided@ddim-50-s1")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: models/classifier.pt: trained on schedule {'schedule': 'cosine', 'T': 1000}, but models/ddpm.pt on "
         "{'schedule': 'linear', 'T': 1000}; rerun train_classifier"]
-    assert not (tiny_repo / "samples/g.npz").exists()
+    assert not (tiny_repo / "samples/ddim-50-s1.npz").exists()
