@@ -19,8 +19,8 @@ the one before − e (`decreasing`: at most it + e). A claim is "not measured", 
 reads is missing from the table, has other settings than declared, or has no value in the column (a user
 removed the cell, or the row has no likelihood). The stage never fails the run because a claim fails.
 
-Outputs: claims.json (every claim with its checks and values), claims.md (claim, source, the paper's
-figure, ours, holds?) and `<claims_dir>/<id>.json` ({status, figure}), which dvc.yaml declares as DVC
+Outputs: claims.json (every claim with its checks and values), claims.md (holds?, claim, source, the
+paper's figure, ours, the claim's words) and `<claims_dir>/<id>.json` ({status, figure}), which dvc.yaml declares as DVC
 metrics, so `dvc metrics show` lists one row per claim.
 """
 
@@ -332,16 +332,21 @@ def summary(results: list[dict]) -> dict[str, int]:
     return {**counts, "total": len(results)}
 
 
+CLAIMS_COLUMNS = ("holds?", "claim", "paper, source", "paper's figure", "our figure", "what it says")
+
+
 def markdown(results: list[dict]) -> str:
-    """The claims table: claim, source, the paper's figure, ours, holds?"""
+    """The claims table, verdict and id first and the long text last, so that a narrow view (a 1,440-px Prefect
+    artifact, a terminal) shows which claim holds before it shows why: holds?, claim, paper and source, the paper's
+    figure, ours, the claim's words."""
     s = summary(results)
     lines = [f"{s['holds']} of {s['total']} claims hold, {s['fails']} fail, {s['not measured']} not measured "
              f"(`claims.yaml`; ✗ marks a check that fails).\n",
-             "| claim | paper, source | paper's figure | our figure | holds? |", "|---|---|---|---|---|"]
+             "| " + " | ".join(CLAIMS_COLUMNS) + " |", "|" + "---|" * len(CLAIMS_COLUMNS)]
     for r in results:
-        cell = {"holds": "**yes**", "fails": "no", "not measured": "not measured"}[r["status"]]
-        lines.append(f"| `{r['id']}`: {r['claim']} | {r['paper']}, {r['source']} | {r['paper_figure'] or ''} | "
-                     f"{r['figure']} | {cell} |")
+        verdict = {"holds": "**yes**", "fails": "no", "not measured": "not measured"}[r["status"]]
+        lines.append(f"| {verdict} | `{r['id']}` | {r['paper']}, {r['source']} | {r['paper_figure'] or ''} | "
+                     f"{r['figure']} | {r['claim']} |")
     return "\n".join(lines) + "\n"
 
 
