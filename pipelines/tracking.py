@@ -16,17 +16,22 @@ in the foreground and returns when the spool is empty (`make repro` ends with it
 flow calls `flush` before it closes the sweep's run).
 
 Tracking never fails a stage: if the store is unusable (a server that is down or answers too
-slowly, a local sqlite file that is locked, corrupt or cannot be created), the stage prints one
-warning line within seconds and its run stays queued for the next flush, instead of MLflow's
-default of minutes of retries (about 4 minutes for a refused HTTP connection, about 100 s for a
-SQL store it cannot open).
+slowly, a local sqlite file that is locked, corrupt, cannot be written or cannot be created), the
+stage prints one warning line within seconds, with the reason, and its run stays queued for the
+next flush, instead of MLflow's default of minutes of retries (about 4 minutes for a refused HTTP
+connection, about 100 s for a SQL store it cannot open). `flush` says in one line per store what
+keeps its runs queued, and the foreground command then exits 1. A spool folder without a record
+whose writer has died can never be finished: `flush` removes it with a warning.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -48,6 +53,29 @@ KIND_TAG, ML_KIND = "mlflow.experimentKind", "custom_model_development"
 SPOOL = ".mlflow-spool"  # queued stage runs, under the repository root
 RECORD = "record.json"  # a queued run's contents; written last, so a folder without it is still being written
 PROFILE_TRACKING = ".trilemma-tracking.json"  # a profile workspace's store and experiment (pipelines/profile.py)
+ENTRY = re.compile(r"\d+-(\d+)-.+")  # a spool folder's name: <start ms>-<writer's pid>-<stage>
+PROBE_TABLE = "trilemma_write_probe"  # created and rolled back to check that a sqlite store takes writes
+FS_IOC_GETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x10  # Linux: a file's attributes (lsattr), and chattr +i's bit
+
+# What a store's failure says, as an errno anywhere in the exception's chain or as words in one of its messages
+# (sqlite's, the OS's, a driver's), and what that means: (verb, reason, errnos, words). The first fault that matches
+# wins, so a full disk is not reported as the permission error that the same write may also raise.
+FAULTS = [
+    ("cannot be written", "disk full", {errno.ENOSPC, errno.EDQUOT}, ("database or disk is full", "no space left")),
+    ("cannot be written", "read-only file system", {errno.EROFS}, ("read-only file system",)),
+    ("cannot be written", "read-only file", set(), ("readonly database", "read-only database")),
+    ("cannot be written", "locked by another process", set(), ("database is locked", "database table is locked")),
+    ("cannot be written", "operation not permitted", {errno.EPERM}, ("operation not permitted",)),
+    ("cannot be written", "permission denied", {errno.EACCES}, ("permission denied",)),
+    ("cannot be read", "not a database", set(), ("file is not a database", "database disk image is malformed")),
+    ("cannot be reached", "connection refused", {errno.ECONNREFUSED}, ("connection refused",)),
+    ("cannot be reached", "network unreachable", {errno.ENETUNREACH, errno.EHOSTUNREACH},
+     ("network is unreachable", "no route to host")),
+    ("cannot be reached", "unknown host", set(),
+     ("name or service not known", "nodename nor servname", "temporary failure in name resolution")),
+    ("cannot be reached", "no answer in time", {errno.ETIMEDOUT}, ("timed out", "timeout expired")),
+    ("cannot be opened", "unable to open the database file", set(), ("unable to open database file",)),
+]
 
 
 def _profile_setting(key: str) -> str | None:
@@ -100,10 +128,11 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "m
 
 
 def _unusable(uri: str, timeout: float = 2.0) -> str | None:
-    """Why the store at `uri` cannot take a run, found within seconds; None if it looks usable.
+    """What is wrong with the store at `uri`, found within seconds ("cannot be written (disk full)"); None if it looks
+    usable.
 
     A server (HTTP or a database) must accept a TCP connection; a local sqlite store must be a
-    database that a writer can lock, or a file that can be created.
+    database that takes a write (rolled back), or a file that can be created.
     """
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+")[0]  # postgresql+psycopg2 -> postgresql
@@ -116,45 +145,151 @@ def _unusable(uri: str, timeout: float = 2.0) -> str | None:
         with socket.create_connection((parsed.hostname, port), timeout=timeout):
             return None
     except OSError as e:
-        return f"cannot connect to {parsed.hostname}:{port} ({e.strerror or e})"
+        return _problem(e)
 
 
 def _sqlite_problem(uri: str, timeout: float) -> str | None:
-    """Why a sqlite store cannot take a run (missing and uncreatable, corrupt, locked by a writer), or None."""
+    """What keeps a sqlite store from taking a run (its file or folder not writable, a full disk, a lock held by
+    another writer, not a database, missing and uncreatable), or None."""
     path = _sqlite_path(uri)
     if path is None:  # sqlite:// is in memory
         return None
-    if not path.exists():
-        ancestor = next(p for p in path.parents if p.exists())
-        return None if ancestor.is_dir() and os.access(ancestor, os.W_OK) else f"cannot create {path}"
     try:
-        con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout)
+        if (why := _file_problem(path)) or not path.exists():
+            return why
+    except OSError as e:  # a path the file system refuses to look at (too long, a folder that cannot be searched)
+        return _problem(e)
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout, isolation_level=None)
     except sqlite3.Error as e:
-        return f"cannot open {path} ({e})"
+        return _problem(e)
     try:
         con.execute("SELECT count(*) FROM sqlite_master")  # reads the schema: a file that is no database fails here
         con.execute("BEGIN IMMEDIATE")  # the lock every write takes: another writer holding it fails after `timeout`
-        con.rollback()
+        # A write, rolled back: sqlite grants the lock on a file it cannot write, and a full disk fails only once
+        # sqlite writes its journal.
+        con.execute(f"CREATE TABLE {PROBE_TABLE} (x)")
     except sqlite3.Error as e:
-        return f"{path}: {e}"
+        return _problem(e)
     finally:
-        con.close()
+        con.close()  # rolls the probe's write back
     return None
+
+
+def _file_problem(path: Path) -> str | None:
+    """What keeps a local sqlite store's file, or the folder where sqlite writes its journal beside it, from being
+    written, from the file system alone; None if both look writable."""
+    if not path.exists():
+        ancestor = next(p for p in path.parents if p.exists())
+        if not ancestor.is_dir():
+            return f"cannot be created ({ancestor} is not a folder)"
+        return _unwritable(ancestor, "folder", "cannot be created")
+    return _unwritable(path, "file") or _unwritable(path.parent, "folder")
+
+
+def _unwritable(path: Path, kind: str, verb: str = "cannot be written") -> str | None:
+    """'<verb> (read-only file system | immutable <kind> | read-only <kind>)' if this process cannot write `path`, or
+    None. os.access answers for root too: an immutable file or a read-only mount refuses root as well."""
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return f"{verb} (read-only file system)"
+    if os.access(path, os.W_OK):
+        return None
+    where = "" if kind == "file" else f" {path}"
+    return f"{verb} ({'immutable' if _immutable(path) else 'read-only'} {kind}{where})"
+
+
+def _immutable(path: Path) -> bool:
+    """Whether `path` carries the immutable attribute (chattr +i); False where the file system cannot say."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        flags = fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8))
+        return bool(int.from_bytes(flags[:4], sys.byteorder) & FS_IMMUTABLE_FL)
+    except OSError:  # not Linux, or a file system without attributes
+        return False
+    finally:
+        os.close(fd)
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """`e` and the exceptions behind it, outermost first: MLflow and SQLAlchemy wrap the sqlite or OS error."""
+    seen: list[BaseException] = []
+    todo = [e]
+    while todo:
+        x = todo.pop(0)
+        if x is not None and all(x is not y for y in seen):
+            seen.append(x)
+            todo += [x.__cause__, x.__context__, getattr(x, "orig", None)]  # orig: SQLAlchemy's driver error
+    return seen
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _classify(e: BaseException) -> tuple[str, str]:
+    """(verb, reason) for an exception a store or the spool raised: ("cannot be written", "disk full"); an unknown
+    one gives ("failed", "<its innermost type>: <first line>")."""
+    chain = _chain(e)
+    for verb, reason, errnos, words in FAULTS:
+        for x in chain:
+            if getattr(x, "errno", None) in errnos or any(w in _first_line(x).lower() for w in words):
+                # the file the OS refused; not for a full disk, where shutil's copy names its source
+                filename = getattr(x, "filename", None) if reason != "disk full" else None
+                return verb, f"{reason}: {filename}" if filename else reason
+    root = chain[-1]
+    return "failed", f"{type(root).__name__}: {_first_line(root)[:160]}"
+
+
+def _problem(e: BaseException) -> str:
+    """'<verb> (<reason>)' for an exception a store raised, in one line: "cannot be written (disk full)"."""
+    verb, reason = _classify(e)
+    return f"{verb} ({reason})"
+
+
+def _store_problem(uri: str, e: BaseException) -> str:
+    """What is wrong with the store at `uri`, which raised `e` inside MLflow: a local file's state says it more
+    exactly than sqlite's message ("unable to open database file" for a folder where no journal can be created)."""
+    path = _sqlite_path(uri)
+    return (path and _file_problem(path)) or _problem(e)
+
+
+def _attempt(log: Callable[[str], Any], uri: str) -> tuple[Any, str | None]:
+    """(log(uri), None), or (None, what is wrong with the store): checked first, within seconds; never raises."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    why = _unusable(uri)
+    if why:
+        return None, why
+    try:
+        return log(uri), None
+    except Exception as e:
+        _drop_connections(uri)
+        return None, _store_problem(uri, e)
+
+
+def _drop_connections(uri: str) -> None:
+    """Close the connections MLflow keeps open to a SQL store that failed. sqlite opens a file it cannot write
+    read-only, and a pooled connection would keep failing in this process (a sweep's flow) once the file is fixed."""
+    store = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    try:
+        engine = store.SqlAlchemyStore._engine_map.get(uri) if store else None  # MLflow's engine for each store
+        if engine is not None:
+            engine.dispose()  # its next connection opens the file afresh
+    except Exception:  # another MLflow version's internals: the next process opens the store afresh anyway
+        pass
 
 
 def _fail_soft(what: str, log: Callable[[str], Any], uri: str | None = None) -> Any:
     """log(uri), or None after one warning line: tracking must never fail a stage or a sweep."""
-    for key, value in HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
     uri = uri or tracking_uri()
-    why = _unusable(uri)
-    if why is None:
-        try:
-            return log(uri)
-        except Exception as e:
-            why = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-    print(f"warning: MLflow tracking at {uri} unavailable, {what} not logged: {why}", file=sys.stderr)
-    return None
+    result, why = _attempt(log, uri)
+    if why:
+        print(f"warning: MLflow tracking at {uri} unavailable, {what} not logged: {why}", file=sys.stderr)
+    return result
 
 
 def process_start_ms() -> int:
@@ -186,7 +321,7 @@ def log_stage_run(run: StageRun, root: str | Path | None = None) -> Path | None:
     try:
         entry = _queue(run, spool_dir(root), uri)
     except Exception as e:  # a full disk, an unwritable checkout: the stage's outputs are written all the same
-        print(f"warning: MLflow run of {run.stage} not queued ({type(e).__name__}: {e})", file=sys.stderr)
+        print(f"warning: MLflow run of {run.stage} not queued in {SPOOL}/: {_classify(e)[1]}", file=sys.stderr)
         return None
     why = _unusable(uri)
     if why:
@@ -204,23 +339,27 @@ def _queue(run: StageRun, spool: Path, uri: str) -> Path:
     start_ms = min(process_start_ms(), end_ms)
     entry = spool / f"{start_ms:015d}-{os.getpid()}-{run.stage.replace('@', '_')}"
     entry.mkdir(parents=True, exist_ok=False)
-    files = []
-    for i, path in enumerate(run.artifacts):
-        (entry / str(i)).mkdir()
-        shutil.copy2(path, entry / str(i) / Path(path).name)
-        files.append(f"{i}/{Path(path).name}")
-    record = {
-        "stage": run.stage, "uri": uri, "experiment": experiment_name(),
-        "parent": os.environ.get("TRILEMMA_PARENT_RUN_ID") or None, "start_ms": start_ms, "end_ms": end_ms,
-        "params": {k: str(v) for k, v in flatten(run.params).items()},
-        "metrics": {k: float(v) for k, v in run.metrics.items()},
-        "series": {k: [[int(step), float(v)] for step, v in pts] for k, pts in run.series.items()},
-        "tables": {name: json.loads(df.to_json(orient="split", index=False)) for name, df in run.tables.items()},
-        "files": files, "tags": run.tags,
-    }
-    tmp = entry / f".{RECORD}.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, entry / RECORD)
+    try:
+        files = []
+        for i, path in enumerate(run.artifacts):
+            (entry / str(i)).mkdir()
+            shutil.copy2(path, entry / str(i) / Path(path).name)
+            files.append(f"{i}/{Path(path).name}")
+        record = {
+            "stage": run.stage, "uri": uri, "experiment": experiment_name(),
+            "parent": os.environ.get("TRILEMMA_PARENT_RUN_ID") or None, "start_ms": start_ms, "end_ms": end_ms,
+            "params": {k: str(v) for k, v in flatten(run.params).items()},
+            "metrics": {k: float(v) for k, v in run.metrics.items()},
+            "series": {k: [[int(step), float(v)] for step, v in pts] for k, pts in run.series.items()},
+            "tables": {name: json.loads(df.to_json(orient="split", index=False)) for name, df in run.tables.items()},
+            "files": files, "tags": run.tags,
+        }
+        tmp = entry / f".{RECORD}.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, entry / RECORD)
+    except BaseException:  # a full disk midway: an entry without its record can never be logged, so none is left
+        shutil.rmtree(entry, ignore_errors=True)
+        raise
     return entry
 
 
@@ -252,29 +391,46 @@ def flush(root: str | Path | None = None, wait: bool = True) -> list[str]:
 
     One logger at a time (a lock in the spool). wait=False (the background logger) returns at once if
     another logger holds the lock; that one takes the new entries too, since it looks again after
-    releasing it. A store that cannot take a run leaves it, and the later ones, queued.
+    releasing it. A store that cannot take a run leaves it, and its later ones, queued, and gets one
+    error line on stderr with the reason; the runs of other stores are logged all the same. Folders
+    that dead writers left without a record are removed first, with a warning each.
     """
+    return _flush(root, wait)[0]
+
+
+def _flush(root: str | Path | None, wait: bool) -> tuple[list[str], dict[str, str]]:
+    """flush's work: (the new run ids, {uri: what is wrong} for each store that refused a run, each said on stderr)."""
     spool = spool_dir(root)
     spool.mkdir(parents=True, exist_ok=True)
     logged: list[str] = []
+    problems: dict[str, str] = {}
     with open(spool / ".lock", "a") as lock:
         while True:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
-                return logged
+                return logged, problems
             try:
-                stuck = _drain(spool, logged)
+                _remove_orphans(spool)
+                _drain(spool, logged, problems)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-            if stuck or not queued(spool.parent):
-                return logged
+            if problems or not queued(spool.parent):
+                break
+    for uri, why in problems.items():
+        n = sum(_record_uri(entry) == uri for entry in queued(spool.parent))
+        print(f"error: MLflow store {uri} {why}: {n} run{'s' * (n != 1)} not logged, still queued in {spool}",
+              file=sys.stderr)
+    return logged, problems
 
 
-def _drain(spool: Path, logged: list[str]) -> bool:
-    """Log the queued entries; True if a store refused one (then the rest wait for the next flush)."""
-    while entries := queued(spool.parent):
-        for entry in entries:
+def _drain(spool: Path, logged: list[str], problems: dict[str, str]) -> None:
+    """Log the queued entries until none is left that a working store can take; a store that refuses one goes into
+    `problems` (its uri: what is wrong), and its later entries wait for the next flush."""
+    progress = True
+    while progress:  # again, for the entries queued meanwhile
+        progress = False
+        for entry in queued(spool.parent):
             try:
                 record = json.loads((entry / RECORD).read_text())
             except (OSError, ValueError) as e:  # never block the queue behind one unreadable entry
@@ -282,12 +438,52 @@ def _drain(spool: Path, logged: list[str]) -> bool:
                       file=sys.stderr)
                 entry.rename(entry.with_name(f"{entry.name}.bad"))
                 continue
-            run_id = _fail_soft(record["stage"], lambda uri: _log(uri, record, entry), record["uri"])
-            if run_id is None:
-                return True
+            if record["uri"] in problems:
+                continue
+            run_id, why = _attempt(lambda uri: _log(uri, record, entry), record["uri"])
+            if why:
+                problems[record["uri"]] = why
+                continue
             logged.append(run_id)
             shutil.rmtree(entry, ignore_errors=True)
-    return False
+            progress = True
+
+
+def _record_uri(entry: Path) -> str | None:
+    """The store a queued entry goes to, or None if its record cannot be read."""
+    try:
+        return json.loads((entry / RECORD).read_text())["uri"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remove_orphans(spool: Path) -> list[Path]:
+    """Remove the spool's folders that have no record and whose writer is dead (a record will never come: the
+    stage was killed, or its disk filled, while it queued its run), one warning line each; the folders removed."""
+    removed = []
+    for entry in sorted(spool.iterdir()):
+        m = ENTRY.fullmatch(entry.name)
+        if m is None or entry.name.endswith(".bad") or not entry.is_dir() or (entry / RECORD).exists():
+            continue
+        if _alive(int(m.group(1))):  # still writing it
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():  # else (a read-only spool) the next flush tries again
+            removed.append(entry)
+            print(f"warning: {entry}: half-written MLflow run removed (no {RECORD}; its writer, pid {m.group(1)}, "
+                  f"has exited)", file=sys.stderr)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (pipelines.io has the same; importing it would load numpy into the logger)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def start_parent_run(name: str, tags: dict[str, str], params: dict[str, Any], uri: str) -> str | None:
@@ -318,8 +514,17 @@ def log_to_run(run_id: str, run: StageRun, uri: str, status: str | None = None) 
 def _client(uri: str):
     import mlflow
 
+    # MLflow logs a SQL error with its traceback (90 lines) before raising it; the caller says it in one line.
+    db_log = logging.getLogger("mlflow.store.db.utils")
+    if _below_error not in db_log.filters:
+        db_log.addFilter(_below_error)
     mlflow.set_tracking_uri(uri)
     return mlflow.MlflowClient(uri)
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    """Whether a log record is below ERROR: a logging filter."""
+    return record.levelno < logging.ERROR
 
 
 def _experiment_id(client, uri: str, name: str | None = None) -> str:
@@ -359,15 +564,25 @@ def _log(uri: str, record: dict, entry: Path) -> str:
     end = record["end_ms"]
     metrics = [Metric(k, v, end, 0) for k, v in record["metrics"].items()]
     metrics += [Metric(k, v, end, s) for k, pts in record["series"].items() for s, v in pts]
-    _log_batches(client, run_id, [Param(k, v) for k, v in record["params"].items()], metrics)
-    if record["tables"]:
-        import pandas as pd
+    try:
+        _log_batches(client, run_id, [Param(k, v) for k, v in record["params"].items()], metrics)
+        if record["tables"]:
+            import pandas as pd
 
-        for name, split in record["tables"].items():
-            client.log_table(run_id, data=pd.DataFrame(split["data"], columns=split["columns"]), artifact_file=name)
-    for f in record["files"]:
-        client.log_artifact(run_id, str(entry / f))
-    client.set_terminated(run_id, end_time=end)
+            for name, split in record["tables"].items():
+                client.log_table(run_id, data=pd.DataFrame(split["data"], columns=split["columns"]),
+                                 artifact_file=name)
+        for f in record["files"]:
+            client.log_artifact(run_id, str(entry / f))
+        client.set_terminated(run_id, end_time=end)
+    except Exception:
+        # The entry stays queued and the next flush logs it afresh: the half-logged run (RUNNING for ever) goes to
+        # MLflow's trash rather than beside its twin, if the store takes that.
+        try:
+            client.delete_run(run_id)
+        except Exception:
+            pass
+        raise
     return run_id
 
 
@@ -405,10 +620,14 @@ def main(argv: list[str]) -> int:
     background = "--background" in argv
     if background:
         os.nice(10)  # the next stage, possibly timed, goes first
-    flush(root, wait=not background)
+    try:
+        problems = _flush(root, wait=not background)[1]
+    except OSError as e:  # the spool itself: its lock or an entry cannot be written
+        print(f"error: MLflow spool {spool_dir(root)} {_problem(e)}", file=sys.stderr)
+        return 1
     left = len(queued(root))
-    if left and not background:
-        print(f"{left} MLflow runs still queued in {spool_dir(root)}", file=sys.stderr)
+    if left and not problems and not background:  # queued after flush looked: a stage that ran meanwhile
+        print(f"error: {left} MLflow runs still queued in {spool_dir(root)}", file=sys.stderr)
     return 1 if left and not background else 0
 
 
