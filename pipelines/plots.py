@@ -9,8 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
-from matplotlib.transforms import Bbox  # noqa: E402
+from matplotlib.ticker import LogLocator, NullFormatter  # noqa: E402
 
 
 def loss_curve_figure(steps: list[int], series: dict[str, list[float]], title: str):
@@ -154,7 +153,7 @@ def _time_axis(rows: list[dict]) -> tuple[float, tuple[float, float]]:
     t = t[np.isfinite(t) & (t > 0)]
     lo, hi = (t.min(), t.max()) if len(t) else (1e-2, 1.0)
     floor = min(lo / 2.5, hi / 100)  # at least two decades, so that the log axis has major ticks to label
-    return floor, (floor / 1.4, hi * 3.0)
+    return floor, (floor / 1.4, hi * 4.0)  # room right of the slowest rows for their labels
 
 
 def _xy(r: dict, key: str, floor: float) -> tuple[float, float]:
@@ -194,73 +193,210 @@ def _obstacles(ax) -> tuple[np.ndarray, np.ndarray]:
     for line in ax.get_lines():
         xy = line.get_transform().transform(np.asarray(line.get_xydata(), dtype=float))  # the ceiling's too
         xy = xy[np.isfinite(xy).all(axis=1)]
-        lines += [a + np.linspace(0, 1, 12)[:, None] * (b - a) for a, b in zip(xy[:-1], xy[1:])]
+        lines += [_segment(a, b) for a, b in zip(xy[:-1], xy[1:])]
     return np.concatenate(markers), np.concatenate(lines)
 
 
-# Where a label may go around its point: (dx, dy) directions in points, with its text alignment; tried in order.
-LABEL_SPOTS = ((1, 0.3, "left", "bottom"), (1, -0.3, "left", "top"), (-1, 0.3, "right", "bottom"),
-               (-1, -0.3, "right", "top"), (0, 1, "center", "bottom"), (0, -1, "center", "top"),
-               (0.3, 1, "left", "bottom"), (-0.3, 1, "right", "bottom"), (0.3, -1, "left", "top"),
-               (-0.3, -1, "right", "top"), (0.7, 0.7, "left", "bottom"), (0.7, -0.7, "left", "top"),
-               (-0.7, 0.7, "right", "bottom"), (-0.7, -0.7, "right", "top"))
+def _segment(a: np.ndarray, b: np.ndarray, n: int = 12) -> np.ndarray:
+    """n points evenly along the segment from a to b, both ends included."""
+    return a + np.linspace(0, 1, n)[:, None] * (b - a)
 
 
-def _box_distance(box, pts: np.ndarray) -> np.ndarray:
-    """Each display point's distance to a box (0 inside it)."""
-    dx = np.maximum(np.maximum(box.x0 - pts[:, 0], pts[:, 0] - box.x1), 0)
-    dy = np.maximum(np.maximum(box.y0 - pts[:, 1], pts[:, 1] - box.y1), 0)
+# Where a label may go around its point: (dx, dy) directions, each with the text alignment that keeps the text on
+# that side of the point; at each radius, tried in this order.
+LABEL_SPOTS = tuple((round(np.cos(a), 3), round(np.sin(a), 3), "left" if np.cos(a) > 0.3 else
+                     "right" if np.cos(a) < -0.3 else "center", "bottom" if np.sin(a) > 0.25 else
+                     "top" if np.sin(a) < -0.25 else "center") for a in np.radians(np.arange(15, 375, 15)))
+# How far a label may go from its point, in points, nearest first: beyond the first a leader line joins them.
+LABEL_RADII = (6, 10, 15, 21, 28, 36, 45, 55, 66, 78, 92, 108, 126, 146, 170)
+FORBIDDEN = 10 ** 6  # a label outside its panel or on another label: chosen only where no spot is free of both
+# What a label's flaws cost (see _Labels), besides leaving its panel or lying on another label (FORBIDDEN): each
+# point of distance from its point; another row's marker under it or, without a leader line, hardly farther from it
+# than its own point (it would seem to label that one); with a leader line, another row's marker close by and nearer
+# than its own point; a line under it (per point); another label's leader line through it; and its own leader line
+# through another label, across another leader line or over another row's marker.
+PER_PT, MISREAD, AMBIGUOUS, ON_LINE, ON_LEADER, THROUGH, CROSSING, OVER = 1.0, 200, 40, 1, 100, 300, 30, 5
+REFINE_PASSES = 4  # rounds of moving each label again once the others are placed, at most
+COINCIDE_PT = 4.5  # points nearer than this (about a large marker's radius) overlap so much that they share a label
+LABEL_PT, LEGEND_PT = 8.5, 9.0  # about 13 and 14 px at the saved dpi (110)
+_ALIGN = {"left": 0.0, "center": 0.5, "right": 1.0, "bottom": 0.0, "top": 1.0}
+_SPOT_RADII = np.repeat(np.array(LABEL_RADII, dtype=float), len(LABEL_SPOTS))  # every spot at every radius
+_SPOT_OFFSETS = np.tile(np.array([s[:2] for s in LABEL_SPOTS]), (len(LABEL_RADII), 1)) * _SPOT_RADII[:, None]
+_SPOT_ALIGN = np.tile(np.array([(_ALIGN[s[2]], _ALIGN[s[3]]) for s in LABEL_SPOTS]), (len(LABEL_RADII), 1))
+_LEADER = _SPOT_RADII > LABEL_RADII[0]
+
+
+def _box_distances(boxes: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """(boxes, points): each display point's distance to each box (x0, y0, x1, y1), 0 inside it."""
+    dx = np.maximum(np.maximum(boxes[:, None, 0] - pts[None, :, 0], pts[None, :, 0] - boxes[:, None, 2]), 0)
+    dy = np.maximum(np.maximum(boxes[:, None, 1] - pts[None, :, 1], pts[None, :, 1] - boxes[:, None, 3]), 0)
     return np.hypot(dx, dy)
 
 
-def _clashes(box, anchor: np.ndarray, placed: list, obstacles: tuple[np.ndarray, np.ndarray], frame) -> int:
-    """How badly a label's box sits: outside the panel worst, then each label it overlaps, then each other marker
-    under it or nearer to it than its own point (which would misread it), then each line point under it; 0 where
-    it is clear."""
-    if box.x0 < frame.x0 or box.x1 > frame.x1 or box.y0 < frame.y0 or box.y1 > frame.y1:
-        return 10 ** 6
-    markers, lines = obstacles
-    others = markers[np.hypot(*(markers - anchor).T) > 1.0]
-    own = _box_distance(box, anchor[None])[0]
-    misread = int((_box_distance(box, others) < max(own, 5.0)).sum())
-    under = int((_box_distance(box, lines) < 2.0).sum())
-    return 1000 * sum(box.overlaps(p) for p in placed) + 200 * misread + under
+def _segment_distances(a: np.ndarray, ends: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """(segments, points): each display point's distance to each segment from a to one of `ends`."""
+    ab = ends - a
+    t = np.clip(((pts - a) @ ab.T).T / np.maximum((ab * ab).sum(axis=1), 1e-9)[:, None], 0, 1)
+    return np.hypot(*np.moveaxis(pts[None] - a - t[..., None] * ab[:, None], -1, 0))
 
 
-def _label_box(anchor: np.ndarray, size: tuple[float, float], offset: np.ndarray, ha: str, va: str) -> Bbox:
-    """The display box of a text of `size` (width, height) set `offset` away from `anchor`, aligned ha / va."""
-    w, h = size
-    x0 = anchor[0] + offset[0] - {"left": 0.0, "center": w / 2, "right": w}[ha]
-    y0 = anchor[1] + offset[1] - {"bottom": 0.0, "top": h}[va]
-    return Bbox.from_bounds(x0, y0, w, h)
+def _hits(starts: np.ndarray, ends: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(segments, boxes): whether each segment from starts[i] to ends[i] runs through each box (the slab test)."""
+    d = (ends - starts)[:, None]
+    d = np.where(np.abs(d) < 1e-9, 1e-9, d)  # a segment along an axis: its slab test still holds
+    t0, t1 = (boxes[None, :, :2] - starts[:, None]) / d, (boxes[None, :, 2:] - starts[:, None]) / d
+    enter = np.maximum(np.minimum(t0, t1).max(axis=2), 0)
+    return enter <= np.minimum(np.maximum(t0, t1).min(axis=2), 1)
+
+
+def _crossings(a: np.ndarray, ends: np.ndarray, leaders: np.ndarray) -> np.ndarray:
+    """How many of the (n, 2, 2) leader segments each segment from a to one of `ends` crosses."""
+    def side(p, q, r):  # the sign of r's side of the line p-q, for arrays broadcast together
+        (px, py), (qx, qy), (rx, ry) = np.moveaxis(p, -1, 0), np.moveaxis(q, -1, 0), np.moveaxis(r, -1, 0)
+        return np.sign((qx - px) * (ry - py) - (qy - py) * (rx - px))
+    c, d, e = leaders[None, :, 0], leaders[None, :, 1], ends[:, None]
+    return ((side(a, e, c) * side(a, e, d) < 0) & (side(c, d, a) * side(c, d, e) < 0)).sum(axis=1)
+
+
+class _Labels:
+    """One panel's labels: each one's spots and what each costs it alone (the panel's frame, markers and lines), and
+    what it costs given the spots the other labels have taken (their boxes and leader lines)."""
+
+    def __init__(self, ax, renderer):
+        frame = ax.get_window_extent(renderer).padded(-3.0)  # text grows a little faster than dpi: a margin
+        self.frame = np.array([frame.x0, frame.y0, frame.x1, frame.y1])
+        self.px_per_pt = ax.figure.dpi / 72
+        self.marker_px = 5.0 * self.px_per_pt  # about a large marker's radius
+        self.markers, self.lines = _obstacles(ax)
+        self.anchors, self.boxes, self.alone, self.spots = [], [], [], []
+
+    def add(self, anchor: np.ndarray, size: np.ndarray, own: np.ndarray) -> None:
+        """A label of `size` at `anchor` (display units) for the points at `own`: its spots' boxes and what each costs
+        alone."""
+        lo, f = anchor + _SPOT_OFFSETS * self.px_per_pt - _SPOT_ALIGN * size, self.frame
+        # a label on a leader line may shift along the panel's edge to stay inside it: the line still finds it
+        lo[_LEADER] = np.clip(lo[_LEADER], f[:2], np.maximum(f[2:] - size, f[:2]))
+        boxes = np.hstack([lo, lo + size])
+        cost = FORBIDDEN * ((boxes[:, 0] < f[0]) | (boxes[:, 1] < f[1]) | (boxes[:, 2] > f[2]) | (boxes[:, 3] > f[3]))
+        rows = self.markers[_box_distances(np.hstack([own, own]), self.markers).min(axis=0) > 1.0]  # not its own
+        to_rows, to_own = _box_distances(boxes, rows), _box_distances(boxes, anchor[None])
+        misread = np.where(_LEADER, self.marker_px, np.maximum(1.5 * to_own[:, 0], 5.0))  # beside it: a clear margin
+        cost += MISREAD * (to_rows < misread[:, None]).sum(axis=1)
+        cost += _LEADER * AMBIGUOUS * (to_rows < np.minimum(to_own, 3 * self.marker_px)).sum(axis=1)
+        cost += ON_LINE * (_box_distances(boxes, self.lines) < 2.0).sum(axis=1)
+        rows = rows[np.hypot(*(rows - anchor).T) > self.marker_px]  # a marker under its own is passed anyway
+        cost += _LEADER * OVER * (_segment_distances(anchor, _centres(boxes), rows) < self.marker_px).sum(axis=1)
+        self.anchors.append(anchor)
+        self.boxes.append(boxes)
+        self.alone.append(cost + PER_PT * _SPOT_RADII)
+        self.spots.append(None)
+
+    def costs(self, i: int, spots: np.ndarray | None = None) -> np.ndarray:
+        """What each of `spots` (all where None) costs label i given the spots the others have taken; a spot
+        outside the panel costs what it costs alone."""
+        spots = np.arange(len(self.alone[i])) if spots is None else spots
+        others = [j for j, k in enumerate(self.spots) if j != i and k is not None]
+        cost = self.alone[i][spots]
+        inside = np.flatnonzero(cost < FORBIDDEN)
+        if not others or not len(inside):
+            return cost
+        anchor, boxes = self.anchors[i], self.boxes[i][spots[inside]]
+        taken = np.array([self.boxes[j][self.spots[j]] for j in others]) + np.array([-2.5, -2.5, 2.5, 2.5])
+        extra = FORBIDDEN * ((boxes[:, None, 0] < taken[None, :, 2]) & (taken[None, :, 0] < boxes[:, None, 2])
+                             & (boxes[:, None, 1] < taken[None, :, 3]) & (taken[None, :, 1] < boxes[:, None, 3])
+                             ).sum(axis=1)
+        ends, leader = _centres(boxes), _LEADER[spots[inside]]
+        extra += leader * THROUGH * _hits(np.broadcast_to(anchor, ends.shape), ends, taken).sum(axis=1)
+        led = [j for j in others if _LEADER[self.spots[j]]]
+        if led:
+            starts = np.array([self.anchors[j] for j in led])
+            stops = _centres(np.array([self.boxes[j][self.spots[j]] for j in led]))
+            extra += ON_LEADER * _hits(starts, stops, boxes).sum(axis=0)
+            extra += leader * CROSSING * _crossings(anchor, ends, np.stack([starts, stops], axis=1))
+        cost[inside] += extra
+        return cost
+
+    def arrange(self, order: list[int]) -> float:
+        """Give each label in `order` its cheapest spot, then move each again while the others leave it a cheaper
+        one; returns what they all cost."""
+        self.spots = [None] * len(self.spots)
+        for i in order:
+            self.spots[i] = int(np.argmin(self.costs(i)))
+        for _ in range(REFINE_PASSES):
+            moved = False
+            for i in order:
+                cost = self.costs(i)
+                k = int(np.argmin(cost))
+                if cost[k] < cost[self.spots[i]] - 1e-9:
+                    self.spots[i], moved = k, True
+            if not moved:
+                break
+        return float(sum(self.costs(i, np.array([k]))[0] for i, k in enumerate(self.spots)))
+
+    def unhindered(self) -> float:
+        """What the labels would cost if none were in another's way: no arrangement costs less."""
+        return float(sum(cost.min() for cost in self.alone))
+
+
+def _centres(boxes: np.ndarray) -> np.ndarray:
+    """Each (x0, y0, x1, y1) box's centre."""
+    return (boxes[:, :2] + boxes[:, 2:]) / 2
+
+
+def _coincident(anchors: np.ndarray, within: float) -> list[list[int]]:
+    """The points (display units) in groups whose markers overlap, linked by any pair nearer than `within`: each
+    group in the points' order, the groups in the order of their first points."""
+    root = list(range(len(anchors)))
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            i = root[i]
+        return i
+
+    for i in range(len(anchors)):
+        for j in range(i):
+            if np.hypot(*(anchors[i] - anchors[j])) < within:
+                root[find(i)] = find(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(anchors)):
+        groups.setdefault(find(i), []).append(i)
+    return sorted(groups.values())
 
 
 def _place_labels(ax, points: list, renderer) -> None:
-    """Label each (x, y, text, bold) point where its text overlaps no other label, marker or line if any spot is
-    free (nearest first, with a leader line when away from the point), else where it clashes least."""
-    obstacles, frame, placed = _obstacles(ax), ax.get_window_extent(renderer), []
-    px_per_pt = ax.figure.dpi / 72
-    for x, y, text, bold in sorted(points, key=lambda p: (-p[1], p[0], p[2])):
-        style = {"fontsize": 7.5 if bold else 6.5, "fontweight": "bold" if bold else "normal",
+    """Label each (x, y, text, bold) point inside its panel and off every other label; off other markers, lines and
+    leader lines too where it can, near its point (with a leader line when away from it). Points whose markers
+    coincide share one label, a line each, top point first. The labels are placed in four orders (top down, bottom
+    up, left to right, right to left), each moved again while the others leave it a cheaper spot, and the cheapest
+    arrangement kept. A label overlaps another only where no spot in reach is free of labels."""
+    points = sorted(points, key=lambda p: (-p[1], p[0], p[2]))
+    anchors = ax.transData.transform(np.array([p[:2] for p in points], dtype=float).reshape(-1, 2))
+    labels, texts = _Labels(ax, renderer), []
+    for group in _coincident(anchors, COINCIDE_PT * labels.px_per_pt):
+        bold = any(points[i][3] for i in group)
+        style = {"fontsize": LABEL_PT, "fontweight": "bold" if bold else "normal",
                  "color": "k" if bold else "0.3", "zorder": 6}
-        probe = ax.text(x, y, text, **style)
-        size = probe.get_window_extent(renderer).size
+        anchor = anchors[group].mean(axis=0)
+        xy = points[group[0]][:2] if len(group) == 1 else tuple(ax.transData.inverted().transform(anchor))
+        probe = ax.text(*xy, "\n".join(points[i][2] for i in group), **style)
+        labels.add(anchor, np.array(probe.get_window_extent(renderer).size), anchors[group])
+        texts.append((xy, probe.get_text(), style))
         probe.remove()
-        anchor, best = ax.transData.transform((x, y)), None
-        for radius in (6, 14, 24, 36, 50, 66, 85, 105):
-            for dx, dy, ha, va in LABEL_SPOTS:
-                box = _label_box(anchor, size, np.array([dx, dy]) * radius * px_per_pt, ha, va)
-                score = _clashes(box, anchor, placed, obstacles, frame)
-                if best is None or score < best[0]:
-                    best = (score, box, (dx * radius, dy * radius), ha, va, radius)
-                if score == 0:
-                    break
-            if best[0] == 0:
-                break
-        _, box, offset, ha, va, radius = best
-        leader = {"arrowstyle": "-", "lw": 0.7, "color": "0.35", "shrinkA": 1, "shrinkB": 5} if radius > 6 else None
-        ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha=ha, va=va, arrowprops=leader, **style)
-        placed.append(box.expanded(1.0, 1.0).padded(1.5))
+    xs = np.array([xy[0] for xy, _, _ in texts])
+    down, across = list(range(len(texts))), [int(i) for i in np.argsort(xs, kind="stable")]
+    best = None
+    for order in (down, down[::-1], across, across[::-1]):
+        cost = labels.arrange(order)
+        if best is None or cost < best[0] - 1e-9:
+            best = (cost, labels.spots)
+        if best[0] <= labels.unhindered() + 1e-9:  # no label in another's way: no other order can do better
+            break
+    for i, ((xy, text, style), k) in enumerate(zip(texts, best[1])):
+        spot, box = LABEL_SPOTS[k % len(LABEL_SPOTS)], labels.boxes[i][k]
+        offset = (box[:2] + _SPOT_ALIGN[k] * (box[2:] - box[:2]) - labels.anchors[i]) / labels.px_per_pt
+        ax.annotate(text, xy, xytext=tuple(offset), textcoords="offset points", ha=spot[2], va=spot[3],
+                    arrowprops={"arrowstyle": "-", "lw": 0.7, "color": "0.35", "shrinkA": 1, "shrinkB": 5}
+                    if _LEADER[k] else None, **style)
 
 
 def _family_legend(ax, series: dict[str, list[dict]], styles: dict[str, dict]) -> None:
@@ -273,9 +409,9 @@ def _family_legend(ax, series: dict[str, list[dict]], styles: dict[str, dict]) -
         handles.append(plt.Line2D([], [], color=styles[name]["color"], ls=styles[name]["ls"],
                                   marker=styles[name]["marker"], markerfacecolor="0.8", markeredgecolor="k",
                                   label=f"{name}" + (f"  [{span}]" if span else "")))
-    if handles:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, frameon=False,
-                  handlelength=2.6)
+    if handles:  # below the time axis' tick labels and title, which take XAXIS_IN
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -XAXIS_IN / PANEL_IN[1]),
+                  fontsize=LEGEND_PT, frameon=False, handlelength=2.6, borderaxespad=0)
 
 
 def _series_styles(series: dict[str, list[dict]]) -> dict[str, dict]:
@@ -298,7 +434,7 @@ def _family_column(axes, family: str, series: dict[str, list[dict]], ceiling: di
         ax.set_ylabel(label if ax.get_subplotspec().is_first_col() else "")
     axes[-1].set_xlabel("wall time per 1,000 samples [s]")
     n_rows = len({r.get("cell") for rows in series.values() for r in rows})
-    axes[0].set_title(f"{family}  ({n_rows} row{'' if n_rows == 1 else 's'})" if n_rows else family, fontsize=9.5)
+    axes[0].set_title(f"{family}  ({n_rows} row{'' if n_rows == 1 else 's'})" if n_rows else family, fontsize=10.5)
     _family_legend(axes[-1], series, styles)
     return labels
 
@@ -311,47 +447,108 @@ def _figure_legend(fig, ceiling: dict | None, marked: set[str], left: float, top
                 plt.Line2D([], [], ls="", marker="o", markersize=5, markerfacecolor="0.8", markeredgecolor="0.45",
                            alpha=0.55, label="other rows")] if marked else []
     if handles:
-        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(left, top), ncol=len(handles), fontsize=8,
-                   frameon=False, borderaxespad=0, handletextpad=0.4, columnspacing=1.2)
+        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(left, top), ncol=len(handles),
+                   fontsize=LEGEND_PT, frameon=False, borderaxespad=0, handletextpad=0.4, columnspacing=1.2)
+
+
+# The trilemma figure's layout in inches. Families go in bands of up to TRILEMMA_COLUMNS panel columns, so that the
+# saved PNG (dpi 110, bbox tight) stays within a 1,440-px screen: 0.85 + 3 x 3.75 + 2 x 0.1 + 0.2 in = 1,375 px.
+TRILEMMA_COLUMNS = 3
+PANEL_IN = (3.75, 2.7)  # a panel's width and height
+LEFT_IN, RIGHT_IN, WGAP_IN, HGAP_IN = 0.85, 0.2, 0.1, 0.12  # y axis' margin, right margin, between panels
+HEAD_IN, BAR_IN, TITLE_IN, XAXIS_IN = 0.75, 0.45, 0.35, 0.52  # title and key; colour bar; column title; time axis
+LEGEND_LINE_IN, FOOT_IN = 0.21, 0.15  # a family legend's line at LEGEND_PT; below the legend
+
+
+def _bands(families: list[str]) -> list[list[str]]:
+    """The families in bands, left to right then top to bottom: as few bands as TRILEMMA_COLUMNS allows, as even
+    as can be (5 families: 3 + 2)."""
+    n_bands = -(-len(families) // TRILEMMA_COLUMNS)
+    per = -(-len(families) // n_bands)
+    return [families[i:i + per] for i in range(0, len(families), per)]
+
+
+def _band_height(lines: int) -> float:
+    """A band's height in inches: its column titles, the panel pair, the time axis and a legend of `lines` lines."""
+    return TITLE_IN + 2 * PANEL_IN[1] + HGAP_IN + XAXIS_IN + LEGEND_LINE_IN * lines + FOOT_IN
+
+
+def _panel_grid(fig, bands: list[list[str]], heights: list[float], top: float) -> np.ndarray:
+    """The panels, `top` inches down, (2, families) in band order: quality above coverage, one time axis for all,
+    one y axis per metric; tick labels only on a band's outer edges."""
+    width, height = fig.get_size_inches()
+    ncols = max(len(b) for b in bands)
+    right = (LEFT_IN + ncols * PANEL_IN[0] + (ncols - 1) * WGAP_IN) / width
+    axes = []
+    for band, band_height in zip(bands, heights):
+        gs = fig.add_gridspec(2, ncols, left=LEFT_IN / width, right=right, top=1 - (top + TITLE_IN) / height,
+                              bottom=1 - (top + TITLE_IN + 2 * PANEL_IN[1] + HGAP_IN) / height,
+                              wspace=WGAP_IN / PANEL_IN[0], hspace=HGAP_IN / PANEL_IN[1])
+        for j in range(len(band)):
+            first = axes[0] if axes else (None, None)
+            quality = fig.add_subplot(gs[0, j], sharex=first[0], sharey=first[0])
+            pair = [quality, fig.add_subplot(gs[1, j], sharex=quality, sharey=first[1])]
+            pair[0].tick_params(which="both", labelbottom=False)
+            for ax in pair if j else ():  # a band's first column carries the y tick labels
+                ax.tick_params(which="both", labelleft=False)
+            axes.append(pair)
+        top += band_height
+    return np.array(axes, dtype=object).T
+
+
+def _header(fig, ceiling: dict | None, marked: set[str], norm: plt.Normalize | None) -> None:
+    """Above the panels: the title, the key to the ceiling and the marks, and under it (where `norm` is given: some
+    row has modes) the colour bar of modes covered."""
+    width, height = fig.get_size_inches()
+    left = LEFT_IN / width
+    fig.suptitle("Trilemma: quality (top) and coverage (bottom) against sampling time (log), a panel pair per family",
+                 fontsize=12, x=left, ha="left", y=1 - 0.1 / height, va="top")
+    _figure_legend(fig, ceiling, marked, left, 1 - 0.42 / height)
+    if norm is not None:
+        cax = fig.add_axes([left + 1.9 / width, 1 - 0.88 / height, 2.4 / width, 0.13 / height])
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), cax=cax, orientation="horizontal")
+        cax.tick_params(labelsize=LEGEND_PT)
+        cax.text(-0.04, 0.5, "colour: modes covered", transform=cax.transAxes, ha="right", va="center",
+                 fontsize=LEGEND_PT)
 
 
 def trilemma_figure(rows: list[dict], ceiling: dict | None = None, marked: Collection[str] = (),
                     metrics: tuple = TRILEMMA_METRICS):
-    """The trilemma, one panel column per family of rows (DDPM/iDDPM ancestral, DDIM, DDGAN, guided, exact eps*;
-    empty ones left out): quality (high-quality fraction, top) and coverage (recall, bottom) against wall time per
-    1,000 samples on one log axis (a zero time at its left end, a missing one or value left out). A line joins
-    each series' rows in order of steps (guided rows: of scale), so the steps-vs-quality trade reads along it;
-    colour = modes covered; `ceiling` (the train split) is a dashed line. The `marked` cells (the rows the papers'
-    claims read) are large, bold-edged and labelled, the others faded and unlabelled; with none marked, each
-    series' endpoints are labelled. Labels are placed so that none overlaps another. `metrics`: the quality and
-    coverage columns with their axis labels (IMAGE_TRILEMMA_METRICS for images: FID on a log axis)."""
+    """The trilemma, one panel pair per family of rows (DDPM/iDDPM ancestral, DDIM, DDGAN, guided, exact eps*;
+    empty ones left out), in bands of up to TRILEMMA_COLUMNS: quality (high-quality fraction, top) and coverage
+    (recall, bottom) against wall time per 1,000 samples on one log axis (a zero time at its left end, a missing
+    one or value left out). A line joins each series' rows in order of steps (guided rows: of scale), so the
+    steps-vs-quality trade reads along it; colour = modes covered; `ceiling` (the train split) is a dashed line.
+    The `marked` cells (the rows the papers' claims read) are large, bold-edged and labelled, the others faded and
+    unlabelled; with none marked, each series' endpoints are labelled. Labels are placed so that none overlaps
+    another. `metrics`: the quality and coverage columns with their axis labels (IMAGE_TRILEMMA_METRICS for
+    images: FID on a log axis). Saved at dpi 110 it is at most 1,375 px wide."""
     marked = {str(c) for c in marked} & {str(r.get('cell')) for r in rows}  # a cell not in the rows marks none
     families = _group(rows) or {"no rows": {}}
     floor, xlim = _time_axis(rows)
-    modes = [_num(r.get("modes")) for r in rows] + [_num((ceiling or {}).get("modes")), 1.0]
-    norm = plt.Normalize(0, np.nanmax(modes))
-    width, height = 3.5 * len(families) + 1.9, 8.2  # inches: the margins below are fixed in inches too
-    fig, axes = plt.subplots(2, len(families), figsize=(width, height), sharex=True, sharey="row", squeeze=False)
-    left, right = 0.8 / width, 1 - 1.1 / width
-    fig.subplots_adjust(left=left, right=right, top=1 - 0.95 / height, bottom=2.05 / height, wspace=0.06, hspace=0.08)
-    labels = [lab for j, (family, series) in enumerate(families.items())
-              for lab in _family_column(axes[:, j], family, series, ceiling, floor, marked, norm, metrics)]
-    axes[0][0].set_xscale("log")
+    modes = np.array([_num(r.get("modes")) for r in rows] + [_num((ceiling or {}).get("modes"))])
+    norm = plt.Normalize(0, np.nanmax(np.append(modes, 1.0)))
+    head = HEAD_IN + (BAR_IN if np.isfinite(modes).any() else 0.0)  # image rows have no modes: no colour bar
+    bands = _bands(list(families))
+    heights = [_band_height(max(len(families[f]) for f in band)) for band in bands]
+    ncols = max(len(b) for b in bands)
+    fig = plt.figure(figsize=(LEFT_IN + ncols * PANEL_IN[0] + (ncols - 1) * WGAP_IN + RIGHT_IN, head + sum(heights)))
+    axes = _panel_grid(fig, bands, heights, head)
+    axes[0][0].set_xscale("log")  # scales and limits first: autoscaling ten shared panels per series is slow
     axes[0][0].set_xlim(*xlim)
+    axes[0][0].xaxis.set_minor_locator(LogLocator(subs=(2, 5)))  # a light grid, and fewer ticks to draw
     axes[0][0].xaxis.set_minor_formatter(NullFormatter())
     for row, (key, _) in zip(axes, metrics):
         if key == "fid":  # unbounded above, and its differences that matter are ratios
             row[0].set_yscale("log")
         else:
-            row[0].set_ylim(-0.04, 1.1)
+            row[0].set_ylim(-0.04, 1.16)  # room above the rows near 1 for their labels
+    labels = [lab for j, (family, series) in enumerate(families.items())
+              for lab in _family_column(axes[:, j], family, series, ceiling, floor, marked, norm, metrics)]
     renderer = fig.canvas.get_renderer()
     for ax, points in labels:
         _place_labels(ax, points, renderer)
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), label="modes covered",
-                 cax=fig.add_axes([right + 0.2 / width, 2.05 / height, 0.12 / width, 1 - 3.0 / height]))
-    fig.suptitle("Trilemma: quality and coverage against sampling time (log), one column per family; "
-                 "colour = modes covered", fontsize=10.5, x=left, ha="left", y=1 - 0.12 / height)
-    _figure_legend(fig, ceiling, marked, left, 1 - 0.38 / height)
+    _header(fig, ceiling, marked, norm if head > HEAD_IN else None)
     return fig
 
 
