@@ -27,13 +27,16 @@ from pipelines.io import (
 )
 from pipelines.params import load_params
 from pipelines.plots import (
-    IMAGE_TRILEMMA_METRICS, TRILEMMA_METRICS, guidance_figure, trilemma_figure, vlb_terms_figure,
+    IMAGE_TRILEMMA_METRICS, TRILEMMA_METRICS, guidance_figure, row_family, trilemma_figure, vlb_terms_figure,
 )
 from pipelines.tracking import StageRun, log_stage_run
 
 NLL_UNITS = {"continuous": "nats/dim in data units", "discretized": "bits/dim"}
 ROW_KEYS = ("nfe", "fid", "precision", "recall")  # in every cell's row, whatever the data set (pipelines/sample.py)
 TIMING_KEYS = ("wall_s_per_1k", "wall_s_per_1k_iqr", "device", "threads")  # what the table reads (pipelines/timing.py)
+# trilemma.csv's last column, in no other output and no claim's column (so not in pipelines/columns.py): a row's family
+# in the trilemma figures, which the Vega-Lite chart of `dvc plots show` (.dvc/plots/trilemma.json) colours by.
+FAMILY = "family"
 
 
 def _present(v) -> bool:
@@ -88,6 +91,13 @@ def read_row(path: Path, required: tuple[str, ...]) -> dict:
     return row
 
 
+def with_families(df: pd.DataFrame, drawn: list[dict]) -> pd.DataFrame:
+    """The table with column FAMILY (pipelines.plots.row_family) on the rows the trilemma figures draw (`drawn`), so
+    that the PNG and the Vega-Lite chart show the same rows in the same families; empty on the others (the ceilings,
+    conditioned rows, the swiss roll)."""
+    families = {r["cell"]: row_family(r) for r in drawn}
+    return df.assign(**{FAMILY: df["cell"].map(families)})
+
 
 def main(argv: list[str]) -> None:
     (metrics_dir, timing_dir, samples_dir, claims_path, json_path, csv_path, md_path, png_path, terms_path,
@@ -128,7 +138,7 @@ def main(argv: list[str]) -> None:
                                                            "n": "Int64"})
     by_cell = {r["cell"]: {k: r[k] for k in METRICS if _present(r.get(k))} for r in rows}  # DVC metrics and MLflow
     atomic_write_json(json_path, by_cell)
-    atomic_write_text(csv_path, df.to_csv(index=False))
+    atomic_write_text(csv_path, with_families(df, trilemma_rows[1:]).to_csv(index=False))
     atomic_write_text(md_path, markdown_document(df, params, spec, timings))
     metrics = TRILEMMA_METRICS if spec.decoder == "continuous" else IMAGE_TRILEMMA_METRICS
     atomic_save_figure(png_path, trilemma_figure(trilemma_rows[1:], ceiling=trilemma_rows[0], marked=claimed,

@@ -26,6 +26,44 @@ OUT = Path(__file__).with_name("offline.html")
 # code included. The scripts placeholder is left out on purpose: DVC would fill it with the CDN <script src> tags.
 PLOTS, REFRESH, SCRIPTS = "{plot_divs}", "{refresh_tag}", "{scripts}"
 
+# Added to DVC's page style (whose only rule is the table's spacing above) so that the page fits the window.
+# dvc_render (image.py) puts each image plot in a <div id="<its path, / and . as _>"> whose inline style says
+# `white-space: nowrap; overflow-y: hidden`, holding one inline-block <div> per revision (a <p> naming it, then the
+# <img> at its natural size): an image wider than the window was cut off. An inline style beats a style sheet unless
+# the sheet says !important. vega-embed makes each Vega-Lite chart's div an inline-block of the chart's own width.
+STYLE = """\
+        /* Every image at most its plot's width, the plot at most the page's: a 2,000-px figure shrinks to fit. */
+        body > div:has(> div > img) {
+            white-space: normal !important;
+        }
+        body > div > div:has(> img) {
+            max-width: calc(100% - 12px);  /* dvc_render's margins (8 px left, 2 px right) and borders */
+            box-sizing: border-box;
+        }
+        body > div > div > img {
+            max-width: 100%;
+            height: auto;
+        }
+        /* The sample scatters (plots/samples/<cell>.png, one plot per sampler cell, 43 in a full run) flow four to a
+           row, each with its title, where one per row made the page 16,000 px long. */
+        body > div[id^="plots_samples_"] {
+            display: inline-block;
+            vertical-align: top;
+            box-sizing: border-box;
+            width: calc(25% - 8px);
+            margin: 2px;
+        }
+        body > div[id^="plots_samples_"] p {
+            margin: 4px 0;
+            font-size: 13px;
+            overflow-wrap: anywhere;
+        }
+        /* Charts side by side line up at their tops, not at their baselines (a short chart left a gap above). */
+        .vega-embed {
+            vertical-align: top;
+        }
+"""
+
 
 def licence_text(pkg_dir: Path) -> str | None:
     files = sorted(p for p in pkg_dir.iterdir() if re.match(r"(licen[cs]e|copying)", p.name, re.I) and p.is_file())
@@ -82,7 +120,7 @@ def build() -> str:
         assert bad not in comment, bad
     scripts_html = "\n".join(scripts)
     for placeholder in (PLOTS, REFRESH, SCRIPTS):
-        assert placeholder not in scripts_html, placeholder
+        assert placeholder not in scripts_html + STYLE, placeholder
     return f"""<!DOCTYPE html>
 <!--
 {comment}
@@ -97,7 +135,7 @@ def build() -> str:
         table {{
             border-spacing: 15px;
         }}
-    </style>
+{STYLE}    </style>
 </head>
 <body>
     {PLOTS}
