@@ -7,7 +7,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: repro test install dvc-wrapper demo
+.PHONY: repro test install dvc-wrapper demo ui
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ else
 	$(BIN)/python -m pipelines.tracking flush
 	$(BIN)/python -m pipelines.claims summary metrics/claims.json
 endif
+	@echo "MLflow: \`make ui$(if $(PROFILE), PROFILE=$(PROFILE))\` starts its UI and prints the address of these runs"
+
+# MLflow's UI on 127.0.0.1, at the address of the experiment's runs table (MLflow 3 opens a new browser on its GenAI
+# overview otherwise); `make ui PROFILE=mnist` for a profile's experiment. Ctrl-C stops it.
+ui: $(STAMP)
+	$(BIN)/python -m pipelines.ui $(if $(PROFILE),--experiment trilemma-$(PROFILE))
 
 # The whole DAG on profiles/demo.yaml's tiny budgets in demo/ (a scratch copy; the workspace is untouched): about two
 # minutes.

@@ -1,6 +1,6 @@
 """Prefect flow `diffusion`: dvc.yaml's DAG run as Prefect tasks, with device slots and one MLflow run per sweep.
 
-    python -m pipelines.flow serve                    # serve deployment diffusion/full-sweep from this checkout
+    python -m pipelines.flow serve [--background]     # serve deployment diffusion/full-sweep from this checkout
     prefect deployment run diffusion/full-sweep --watch
 
 dvc.yaml stays the only declaration of the DAG. The flow reads the stage graph through DVC's Python API
@@ -602,6 +602,61 @@ def server_problem(url: str | None, timeout: float = 3.0) -> str | None:
     return None
 
 
+def wait_for_server(url: str | None, wait: float) -> str | None:
+    """None once the Prefect API at `url` answers, within `wait` seconds (a server started a moment ago takes about
+    10 s); else why not. Says once that it waits."""
+    deadline, said = time.time() + wait, False
+    while (why := server_problem(url)) and url and time.time() < deadline:
+        if not said:
+            print(f"waiting up to {wait:.0f} s for the Prefect server at {url} ...", flush=True)
+            said = True
+        time.sleep(1)
+    return why
+
+
+SERVE_LOG, SERVE_PID = ".flow-serve.log", ".flow-serve.pid"  # `serve --background`'s, at the repository root
+
+
+def _serving(pid_file: Path) -> int | None:
+    """The pid of a `serve --background` process of this checkout that is still running, or None."""
+    import psutil
+
+    try:
+        pid = int(pid_file.read_text())
+        return pid if "pipelines.flow" in " ".join(psutil.Process(pid).cmdline()) else None
+    except (OSError, ValueError, psutil.Error):
+        return None
+
+
+def serve_in_background(root: Path, url: str, timeout: float = 120) -> int:
+    """`serve` in a session of its own (it outlives the shell), returning once deployment diffusion/full-sweep is
+    registered, so that a `prefect deployment run` right after it finds the deployment."""
+    import httpx
+
+    pid_file, log_path = root / SERVE_PID, root / SERVE_LOG
+    if pid := _serving(pid_file):
+        print(f"already serving diffusion/{DEPLOYMENT} from {root} (pid {pid}; log {log_path})")
+        return 0
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.flow", "serve", "--wait", "0"], cwd=root,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    pid_file.write_text(f"{proc.pid}\n")
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if httpx.get(f"{url.rstrip('/')}/deployments/name/diffusion/{DEPLOYMENT}", timeout=3).status_code == 200:
+                print(f"serving diffusion/{DEPLOYMENT} from {root} (pid {proc.pid}; log {log_path}; stop it with "
+                      f"`kill {proc.pid}`)")
+                return 0
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    print(f"error: the serving process {'exited' if proc.poll() is not None else 'did not register the deployment'}"
+          f" ({tail[0][:200]}); its log: {log_path}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -609,15 +664,24 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m pipelines.flow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help=f"serve deployment diffusion/{DEPLOYMENT} from this checkout (one machine, no worker)")
-    parser.parse_args(argv)
-    why = server_problem(get_current_settings().api.url)
+    serve = sub.add_parser("serve", help=f"serve deployment diffusion/{DEPLOYMENT} from this checkout (one machine, "
+                                         "no worker)")
+    serve.add_argument("--background", action="store_true",
+                       help=f"in a process of its own, returning once the deployment is registered (log {SERVE_LOG})")
+    serve.add_argument("--wait", type=float, default=60, metavar="SECONDS",
+                       help="how long to wait for the Prefect server to answer (default 60)")
+    args = parser.parse_args(argv)
+    url = get_current_settings().api.url
+    why = wait_for_server(url, args.wait)
     if why:
         print(f"error: {why}", file=sys.stderr)
         return 2
+    root = Path(__file__).resolve().parents[1]
+    if args.background:
+        return serve_in_background(root, url)
     from prefect.settings import PREFECT_RUNNER_POLL_FREQUENCY, temporary_settings
 
-    os.chdir(Path(__file__).resolve().parents[1])  # flow runs start here: the repository root
+    os.chdir(root)  # flow runs start here: the repository root
     # Prefect polls for new runs every 10 s by default; a local server answers a poll a second with ease.
     poll = {} if "PREFECT_RUNNER_POLL_FREQUENCY" in os.environ else {PREFECT_RUNNER_POLL_FREQUENCY: 1}
     with temporary_settings(updates=poll):

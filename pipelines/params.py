@@ -7,7 +7,7 @@ be UTF-8 YAML whose document is a mapping, with no key given twice (the message 
 
 Every number is finite and in its range; every integer fits in 64 bits and seeds lie in
 [0, 2^63); sizes have upper bounds a run could meet (MAX_* below). Cell names become DVC stage
-names, file names and command arguments, so they match NAME: no shell, path or space characters.
+names and file names, so they match NAME: no shell, path or space characters.
 
 The DAG's first stage, `validate` (`python -m pipelines.params params.yaml <stamp>`), runs this
 before DVC deletes any other stage's outputs; every stage also calls it before any compute.
@@ -623,8 +623,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             if not isinstance(k, str) or not NAME.fullmatch(k):
                 hint = "; write 0.5 as 0_5, for example" if isinstance(k, str) and re.search(r"\d\.\d", k) else ""
                 raise ParamsError(f"{key}: cell name {_show(k)} is not allowed: use 1 to 64 letters, digits, '_' or '-', "
-                                  f"starting with a letter or digit (it becomes a stage name, a file name and a command "
-                                  f"argument){hint}")
+                                  f"starting with a letter or digit (it becomes a stage name and a file name){hint}")
         return {k: _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value

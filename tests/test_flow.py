@@ -348,7 +348,7 @@ def test_mlflow_down_warns_and_the_sweep_completes(prefect_server, tiny_repo):
 def test_unreachable_prefect_server_fails_within_seconds(tiny_repo, tmp_path):
     env = prefect_env(tmp_path, free_port())
     t0 = time.time()
-    serve = run(["python", "-m", "pipelines.flow", "serve"], tiny_repo, check=False, **env)
+    serve = run(["python", "-m", "pipelines.flow", "serve", "--wait", "2"], tiny_repo, check=False, **env)
     assert time.time() - t0 < 20 and serve.returncode == 2
     (line,) = serve.stderr.strip().splitlines()  # httpx words the refusal in more than one way
     assert line.startswith(f"error: Prefect server at {env['PREFECT_API_URL']} is unreachable (ConnectError: ")
@@ -357,3 +357,25 @@ def test_unreachable_prefect_server_fails_within_seconds(tiny_repo, tmp_path):
     trigger = run(["prefect", "deployment", "run", DEPLOYMENT], tiny_repo, check=False, **env)
     assert time.time() - t0 < 20 and trigger.returncode != 0
     assert "httpx.ConnectError" in trigger.stdout + trigger.stderr
+
+
+def test_hostile_targets_run_nothing_through_the_flow(prefect_server, tiny_repo, tmp_path):
+    """A stage name that would run shell code, as the flow's target: refused in one line before any stage runs, both
+    when params.yaml does not declare it (no such stage) and when it does (params validation), and no shell sees it."""
+    marker = tmp_path / "injected"
+    targets = [f"sample@x$(touch {marker}-0)", f"sample@x`touch {marker}-1`"]
+    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    params["sweep"][targets[1].removeprefix("sample@")] = dict(params["sweep"]["ddim-4"])
+    runs = [(targets[0], None), (targets[1], yaml.safe_dump(params, sort_keys=False))]  # the second declares it
+    code = ("import json, sys\nfrom pipelines.flow import diffusion\nfor t, params in json.loads(sys.argv[1]):\n"
+            "    if params:\n        open('params.yaml', 'w').write(params)\n"
+            "    try:\n        diffusion(targets=[t])\n    except Exception as e:\n"
+            "        print('refused:', type(e).__name__, str(e).splitlines()[0])")
+    lock = (tiny_repo / "dvc.lock").read_bytes()
+    proc = run(["python", "-c", code, json.dumps(runs)], tiny_repo, **prefect_server)
+    refused = [line for line in proc.stdout.splitlines() if line.startswith("refused:")]
+    assert len(refused) == 2, proc.stdout + proc.stderr
+    assert refused[0].startswith("refused: SweepError targets: no stage 'sample@x$(touch ")
+    assert refused[1].startswith("refused: ParamsError ") and "cell name 'x`touch " in refused[1]
+    assert "Running stage" not in proc.stdout + proc.stderr and not list(tmp_path.glob("injected*"))
+    assert (tiny_repo / "dvc.lock").read_bytes() == lock and not (tiny_repo / "data/train.npz").exists()
