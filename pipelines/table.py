@@ -34,8 +34,9 @@ from pipelines.tracking import StageRun, log_stage_run
 NLL_UNITS = {"continuous": "nats/dim in data units", "discretized": "bits/dim"}
 ROW_KEYS = ("nfe", "fid", "precision", "recall")  # in every cell's row, whatever the data set (pipelines/sample.py)
 TIMING_KEYS = ("wall_s_per_1k", "wall_s_per_1k_iqr", "device", "threads")  # what the table reads (pipelines/timing.py)
-# trilemma.csv's last column, in no other output and no claim's column (so not in pipelines/columns.py): a row's family
-# in the trilemma figures, which the Vega-Lite chart of `dvc plots show` (.dvc/plots/trilemma.json) colours by.
+# trilemma.csv's column after the settings, in no other output and no claim's column (so not in pipelines/columns.py):
+# a row's family in the trilemma figures, which the Vega-Lite chart of `dvc plots show` (.dvc/plots/trilemma.json)
+# colours by.
 FAMILY = "family"
 
 
@@ -96,7 +97,9 @@ def with_families(df: pd.DataFrame, drawn: list[dict]) -> pd.DataFrame:
     that the PNG and the Vega-Lite chart show the same rows in the same families; empty on the others (the ceilings,
     conditioned rows, the swiss roll)."""
     families = {r["cell"]: row_family(r) for r in drawn}
-    return df.assign(**{FAMILY: df["cell"].map(families)})
+    out = df.copy()
+    out.insert(len(SETTINGS), FAMILY, df["cell"].map(families))  # a setting of the row's, before the metrics
+    return out
 
 
 def main(argv: list[str]) -> None:

@@ -253,7 +253,7 @@ def test_table_csv_names_the_family_of_each_row_the_figures_draw(tmp_path: Path)
             {"cell": "ddpm-100-x1-at-0", "model": "ddpm", "sampler": "ddpm", "condition": "x[0] = 0"}]
     df = pd.DataFrame(rows).reindex(columns=[*SETTINGS, *METRICS])
     csv = with_families(df, drawn=rows[1:3])  # the table stage passes the rows trilemma.png draws
-    assert list(csv.columns) == [*SETTINGS, *METRICS, "family"]  # one column more, last: positions stay
+    assert list(csv.columns) == [*SETTINGS, "family", *METRICS]  # one column more, with the row's settings
     (tmp_path / "trilemma.csv").write_text(csv.to_csv(index=False))
     table = read_table(tmp_path / "trilemma.csv")
     assert {cell: row["family"] for cell, row in table.items()} == {
