@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import threading
 from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import Any
@@ -47,6 +48,23 @@ class Registry(Mapping[str, Any]):
         return dict(_init_parameters(module, attribute))
 
 
+_PARSE = threading.Lock()
+
+
+def _parse(source: str, filename: str, tries: int = 3) -> ast.Module:
+    """ast.parse, one thread at a time, retried on CPython 3.11's spurious "AST constructor recursion depth mismatch":
+    the AST builder's depth counter is shared by the interpreter's threads (python/cpython#106905), and a served
+    Prefect flow validates params in a worker thread while Prefect compiles code in another (seen failing a sweep)."""
+    for attempt in range(tries):
+        try:
+            with _PARSE:
+                return ast.parse(source, filename)
+        except SystemError as e:
+            if "recursion depth mismatch" not in str(e) or attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @cache
 def _init_parameters(module: str, cls: str) -> tuple[tuple[str, tuple[str, Any]], ...]:
     """Parse `module`'s source for `cls.__init__`'s parameters (self left out), without importing the module."""
@@ -54,7 +72,7 @@ def _init_parameters(module: str, cls: str) -> tuple[tuple[str, tuple[str, Any]]
     if spec is None or spec.origin is None:
         raise ImportError(f"no module {module}")
     with open(spec.origin, encoding="utf-8") as f:
-        tree = ast.parse(f.read(), spec.origin)
+        tree = _parse(f.read(), spec.origin)
     node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls), None)
     init = node and next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
     if init is None:
