@@ -103,6 +103,10 @@ MARKER = Path(tempfile.gettempdir()) / "trilemma-probe-injected"
 # name -> (what it breaks, the command a user runs)
 PROBES: dict[str, tuple[Callable[[Path], object], list[str]]] = {
     f"cell name 'x$(touch {MARKER})'": (add_cell(f"x$(touch {MARKER})"), DVC),
+    f"cell name 'x$(touch {MARKER})', dvc repro -s on it (skips validate)":
+        (add_cell(f"x$(touch {MARKER})"), [*DVC, "-s", f"sample@x$(touch {MARKER})"]),
+    f"cell name 'x;touch {MARKER}', dvc repro --single-item on it (skips validate)":
+        (add_cell(f"x;touch {MARKER}"), [*ONE, f"sample@x;touch {MARKER}"]),
     "cell name 'a/b'": (add_cell("a/b"), DVC),
     "cell name '/tmp/escape'": (add_cell("/tmp/escape"), DVC),
     "cell name 'my cell'": (add_cell("my cell"), DVC),
