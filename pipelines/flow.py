@@ -628,32 +628,41 @@ def _serving(pid_file: Path) -> int | None:
         return None
 
 
-def serve_in_background(root: Path, url: str, timeout: float = 120) -> int:
-    """`serve` in a session of its own (it outlives the shell), returning once deployment diffusion/full-sweep is
-    registered, so that a `prefect deployment run` right after it finds the deployment."""
+def _last_polled(url: str) -> str | None:
+    """When a runner last asked the server for deployment diffusion/full-sweep's scheduled runs (the server's
+    clock), or None if the deployment is not registered, was never polled, or the server did not answer."""
     import httpx
 
+    try:
+        r = httpx.get(f"{url.rstrip('/')}/deployments/name/diffusion/{DEPLOYMENT}", timeout=3)
+    except httpx.HTTPError:
+        return None
+    return r.json().get("last_polled") if r.status_code == 200 else None
+
+
+def serve_in_background(root: Path, url: str, timeout: float = 120) -> int:
+    """`serve` in a session of its own (it outlives the shell), returning once that process polls the server for the
+    deployment's runs, so that a `prefect deployment run` right after it is picked up. Registration alone is not the
+    sign: a deployment served before (from another checkout, or a serve that has stopped) is registered already."""
     pid_file, log_path = root / SERVE_PID, root / SERVE_LOG
     if pid := _serving(pid_file):
         print(f"already serving diffusion/{DEPLOYMENT} from {root} (pid {pid}; log {log_path})")
         return 0
+    before = _last_polled(url)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "pipelines.flow", "serve", "--wait", "0"], cwd=root,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     pid_file.write_text(f"{proc.pid}\n")
     deadline = time.time() + timeout
     while proc.poll() is None and time.time() < deadline:
-        try:
-            if httpx.get(f"{url.rstrip('/')}/deployments/name/diffusion/{DEPLOYMENT}", timeout=3).status_code == 200:
-                print(f"serving diffusion/{DEPLOYMENT} from {root} (pid {proc.pid}; log {log_path}; stop it with "
-                      f"`kill {proc.pid}`)")
-                return 0
-        except httpx.HTTPError:
-            pass
+        if _last_polled(url) not in (None, before):
+            print(f"serving diffusion/{DEPLOYMENT} from {root} (pid {proc.pid}; log {log_path}; stop it with "
+                  f"`kill {proc.pid}`)")
+            return 0
         time.sleep(0.5)
     tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-    print(f"error: the serving process {'exited' if proc.poll() is not None else 'did not register the deployment'}"
-          f" ({tail[0][:200]}); its log: {log_path}", file=sys.stderr)
+    print(f"error: the serving process {'exited' if proc.poll() is not None else 'did not poll for the deployment'}"
+          f" within {timeout:.0f} s ({tail[0][:200]}); its log: {log_path}", file=sys.stderr)
     return 2
 
 
