@@ -59,7 +59,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from pipelines.params import PARAMS_FILE, load_params
-from pipelines.tracking import StageRun, flush, log_to_run, start_parent_run, tracking_uri
+from pipelines.tracking import StageRun, flush, log_to_run, shown_uri, start_parent_run, tracking_uri
 
 DEPLOYMENT = "full-sweep"
 TABLE_STAGE = "table"  # the stage whose outputs are the trilemma table, logged to the sweep's run
@@ -557,7 +557,7 @@ def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1
         {"gpu_slots": capacity["gpu"], "cpu_slots": capacity["cpu"], "retries": retries,
          "targets": ",".join(targets or []) or "all", "share_cache": share_cache}, uri)
     if parent is None:
-        logger.warning(f"MLflow at {uri} unreachable: the sweep runs untracked")
+        logger.warning(f"MLflow at {shown_uri(uri)} unreachable: the sweep runs untracked")
     sweep = Sweep(str(root), stage_environment(uri, parent), limits, Slots(capacity, gpus), pull=share_cache)
 
     todo = [s for s in plan if s.stale or s.after_stale]

@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
 
 DEFAULT_EXPERIMENT = "trilemma"
 # MLflow's defaults retry a refused connection for ~4 minutes and wait 120 s per request.
@@ -122,6 +122,14 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def shown_uri(uri: str) -> str:
+    """`uri` as it may be printed: a password in it replaced by *** (postgresql://user:***@host/db)."""
+    parsed = urlparse(uri)
+    if parsed.password is None:
+        return uri
+    return urlunparse(parsed._replace(netloc=f"{parsed.username}:***@{parsed.netloc.rsplit('@', 1)[1]}"))
 
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -288,7 +296,7 @@ def _fail_soft(what: str, log: Callable[[str], Any], uri: str | None = None) -> 
     uri = uri or tracking_uri()
     result, why = _attempt(log, uri)
     if why:
-        print(f"warning: MLflow tracking at {uri} unavailable, {what} not logged: {why}", file=sys.stderr)
+        print(f"warning: MLflow tracking at {shown_uri(uri)} unavailable, {what} not logged: {why}", file=sys.stderr)
     return result
 
 
@@ -325,7 +333,7 @@ def log_stage_run(run: StageRun, root: str | Path | None = None) -> Path | None:
         return None
     why = _unusable(uri)
     if why:
-        print(f"warning: MLflow tracking at {uri} unavailable, {run.stage} not logged yet: {why}; queued in "
+        print(f"warning: MLflow tracking at {shown_uri(uri)} unavailable, {run.stage} not logged yet: {why}; queued in "
               f"{SPOOL}/ for `python -m pipelines.tracking flush`", file=sys.stderr)
         return entry
     _start_background_logger(entry.parent.parent)
@@ -419,8 +427,8 @@ def _flush(root: str | Path | None, wait: bool) -> tuple[list[str], dict[str, st
                 break
     for uri, why in problems.items():
         n = sum(_record_uri(entry) == uri for entry in queued(spool.parent))
-        print(f"error: MLflow store {uri} {why}: {n} run{'s' * (n != 1)} not logged, still queued in {spool}",
-              file=sys.stderr)
+        print(f"error: MLflow store {shown_uri(uri)} {why}: {n} run{'s' * (n != 1)} not logged, still queued in "
+              f"{spool}", file=sys.stderr)
     return logged, problems
 
 

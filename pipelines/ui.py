@@ -32,7 +32,7 @@ import urllib.request
 
 import psutil
 
-from pipelines.tracking import experiment_name, tracking_uri
+from pipelines.tracking import experiment_name, shown_uri, tracking_uri
 
 HOST = "127.0.0.1"  # the UI shows every run and its artifacts: never on a public interface by default
 ML_VIEW = "workflowType=machine_learning"  # the UI's "Model training" view: the runs table, not GenAI's overview
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             found = experiment_id(server, name)
             print(f"MLflow UI: {runs_url(server, found)}" + ("" if found else f"  (no run in {name} yet)"), flush=True)
-            print(f"  the runs of experiment {name} in {uri}; Ctrl-C stops the server", flush=True)
+            print(f"  the runs of experiment {name} in {shown_uri(uri)}; Ctrl-C stops the server", flush=True)
             return proc.wait()
         except KeyboardInterrupt:
             return 0
