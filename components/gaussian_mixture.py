@@ -23,10 +23,10 @@ class _NoisedMixture:
     """q(x_t) = sum_k w_k N(sqrt(abar_t) m_k, (abar_t s^2 + 1 - abar_t) I), in float64, t original timesteps."""
 
     def __init__(self, sched: Schedule, means: np.ndarray, std: float, weights: np.ndarray | None):
-        self.m = torch.as_tensor(means, dtype=torch.float64)  # (K, D)
+        self.m = torch.as_tensor(means, dtype=torch.float64, device="cpu")  # (K, D): the toy's ground truth, on the host
         w = np.full(len(means), 1 / len(means)) if weights is None else weights
-        self.log_w = torch.log(torch.as_tensor(w, dtype=torch.float64))
-        self.abar = torch.as_tensor(sched.alphas_cumprod, dtype=torch.float64)
+        self.log_w = torch.log(torch.as_tensor(w, dtype=torch.float64, device="cpu"))
+        self.abar = torch.as_tensor(sched.alphas_cumprod, dtype=torch.float64, device="cpu")
         self.std = std
 
     def parts(self, x_t: torch.Tensor, t: torch.Tensor):
@@ -76,7 +76,7 @@ def mixture_log_posterior_grad(sched: Schedule, means: np.ndarray, std: float, x
     (sqrt(abar) m_y - x) / var - sum_k p(k | x_t) (sqrt(abar) m_k - x) / var. Float64, x_t's shape."""
     logits, diff, var, _ = _NoisedMixture(sched, means, std, weights).parts(x_t, t)
     resp = torch.softmax(logits, dim=1)[..., None]  # (B, K, 1)
-    grad = diff[torch.arange(len(y)), y] / var[:, 0] - (resp * diff / var).sum(1)
+    grad = diff[torch.arange(len(y), device=y.device), y] / var[:, 0] - (resp * diff / var).sum(1)
     return grad.reshape(x_t.shape)
 
 
@@ -105,7 +105,7 @@ def mixture_posterior_sample(sched: Schedule, means: np.ndarray, std: float, x_t
     abar = abar[:, 0]  # (B, 1)
     v = 1.0 / (1.0 / std**2 + abar / (1.0 - abar))
     mean = v * (q.m[k] / std**2 + abar.sqrt() * x_t.reshape(len(x_t), -1).double() / (1.0 - abar))
-    x0 = mean + v.sqrt() * torch.randn(mean.shape, generator=generator, dtype=torch.float64)
+    x0 = mean + v.sqrt() * torch.randn(mean.shape, generator=generator, dtype=torch.float64, device=mean.device)
     return x0.to(x_t.dtype).reshape(x_t.shape)
 
 

@@ -191,7 +191,7 @@ class ReferenceSet:
             raise ValueError(problem)
         weights = {name[len(cls.WEIGHT_PREFIX):]: np.asarray(arrays[name]).copy() for name in arrays
                    if name.startswith(cls.WEIGHT_PREFIX)}
-        return cls(torch.tensor(a["features"]), torch.tensor(a["radii"]), str(a["feature_name"][()]),
+        return cls(torch.tensor(a["features"], device="cpu"), torch.tensor(a["radii"], device="cpu"), str(a["feature_name"][()]),
                    int(a["k"][()]), a["mu"].copy(), a["sigma"].copy(), str(a["kind"][()]), weights,
                    json.loads(str(a["config"][()])))
 

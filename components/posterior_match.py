@@ -38,7 +38,7 @@ def generator_sampler(G: torch.nn.Module) -> X0Sampler:
     """DDGAN's G(x_t, t, z) with fresh z ~ N(0, I_nz) per draw, as an X0Sampler."""
 
     def draw(x_t: torch.Tensor, t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return G(x_t, t, torch.randn((len(x_t), G.nz), generator=generator))
+        return G(x_t, t, torch.randn((len(x_t), G.nz), generator=generator, device=x_t.device))
 
     return draw
 
@@ -52,14 +52,14 @@ def posterior_match(draw: X0Sampler, sched: Schedule, means: np.ndarray, std: fl
     means (K, D) and std are the mixture's in the space `draw` works in (model space); x0 (N, D) are
     points of the data, of which n_xt are noised at each t.
     """
-    m = torch.as_tensor(means, dtype=torch.float64)
+    m = torch.as_tensor(means, dtype=torch.float64, device=x0.device)
     K = len(m)
     min_prob = 0.5 / K if min_prob is None else min_prob
     out = []
     for step in range(len(sched)):
-        x = x0[torch.randint(len(x0), (n_xt,), generator=generator)]
-        t = torch.full((n_xt,), step, dtype=torch.long)
-        x_t = q_sample(sched, x, t, torch.randn(x.shape, generator=generator))
+        x = x0[torch.randint(len(x0), (n_xt,), generator=generator, device=x0.device)]
+        t = torch.full((n_xt,), step, dtype=torch.long, device=x0.device)
+        x_t = q_sample(sched, x, t, torch.randn(x.shape, generator=generator, device=x.device))
         probs = mixture_posterior_probs(sched, means, std, x_t, t)  # (n_xt, K)
         rep_xt, rep_t = x_t.repeat_interleave(n_z, 0), t.repeat_interleave(n_z, 0)
         x0_hat = draw(rep_xt, rep_t, generator).reshape(n_xt * n_z, -1).double()
@@ -67,8 +67,8 @@ def posterior_match(draw: X0Sampler, sched: Schedule, means: np.ndarray, std: fl
         near, d = dist.argmin(1), dist.min(1).values
         hq = d <= n_std * std
         mode = torch.where(hq, near, torch.full_like(near, K)).reshape(n_xt, n_z)  # K: off-mode
-        hist = torch.zeros(n_xt, K + 1, dtype=torch.float64).scatter_add_(
-            1, mode, torch.ones(mode.shape, dtype=torch.float64)) / n_z
+        hist = torch.zeros(n_xt, K + 1, dtype=torch.float64, device=mode.device).scatter_add_(
+            1, mode, torch.ones(mode.shape, dtype=torch.float64, device=mode.device)) / n_z
         tv = 0.5 * ((hist[:, :K] - probs).abs().sum(1) + hist[:, K])
         wanted = probs >= min_prob
         reached = ((hist[:, :K] > 0) & wanted).sum(1) / wanted.sum(1)

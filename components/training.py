@@ -374,7 +374,7 @@ def checkpoint(state: TrainState, config: dict, history: dict[str, list[float]],
 def series_tensor(values: list) -> torch.Tensor:
     """Integer series (steps) stay int64, so a resumed history is identical to an unbroken one."""
     is_int = all(isinstance(v, int) for v in values)
-    return torch.tensor(values, dtype=torch.int64 if is_int else torch.float64)
+    return torch.tensor(values, dtype=torch.int64 if is_int else torch.float64, device="cpu")
 
 
 def set_rng_state(generator: torch.Generator, rng: torch.Tensor) -> None:

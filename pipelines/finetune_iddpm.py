@@ -41,11 +41,11 @@ FRAC_TIMESTEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 700)  # and T - 1
 @torch.no_grad()
 def variance_fraction(model: torch.nn.Module, sched, x0: torch.Tensor, seed: int) -> dict[int, float]:
     """Mean frac = (v + 1)/2 at a few t (iDDPM eq. 15): where the learned Σ sits, 0 = beta-tilde, 1 = beta."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device="cpu").manual_seed(seed)  # the same noise on every device: a diagnostic
     out = {}
     for t in sorted({t for t in FRAC_TIMESTEPS if t < len(sched)} | {len(sched) - 1}):
         tt = torch.full((len(x0),), t, device=x0.device)
-        x_t = q_sample(sched, x0, tt, torch.randn(x0.shape, generator=g).to(x0.device))
+        x_t = q_sample(sched, x0, tt, torch.randn(x0.shape, generator=g, device="cpu").to(x0.device))
         _, v = split_output(model(x_t, tt), x_t)
         out[t] = float((v + 1).mean() / 2)
     return out

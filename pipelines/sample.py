@@ -133,7 +133,7 @@ def on_device(model, rt: Runtime):
 
 def target_labels(n: int, n_classes: int, seed: int) -> torch.Tensor:
     """Guided cells' targets: y ~ U{0..K-1}, one per sample, from their own seed (the sampler's noise stream is untouched)."""
-    return torch.randint(n_classes, (n,), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(n_classes, (n,), generator=torch.Generator(device="cpu").manual_seed(seed), device="cpu")
 
 
 def guide_for(classifier: Classifier | None, y: torch.Tensor, scale: float | None,
@@ -226,11 +226,11 @@ def factor(condition: ConditionParams | None, ref: Dataset, shape: tuple[int, ..
     if condition is None:
         return {}
     if condition.factor == "delta":
-        mask = torch.zeros(math.prod(shape), dtype=torch.bool)
+        mask = torch.zeros(math.prod(shape), dtype=torch.bool, device=device)
         mask[condition.coordinate] = True
-        values = torch.full((math.prod(shape),), (condition.value - ref.shift) * ref.scale)
+        values = torch.full((math.prod(shape),), (condition.value - ref.shift) * ref.scale, device=device)
         return {"known": Known(mask.reshape(shape).to(device), values.reshape(shape).to(device))}
-    center = (torch.tensor(condition.center, dtype=torch.float64) - ref.shift) * ref.scale
+    center = (torch.tensor(condition.center, dtype=torch.float64, device=device) - ref.shift) * ref.scale
     return {"guidance": gaussian_factor(center.reshape(shape).to(device), condition.std * ref.scale)}
 
 
