@@ -29,7 +29,7 @@ from torch.nn.functional import softplus
 
 from components.diffusion import extract, q_posterior
 from components.schedules import Schedule
-from components.training import ema_update, minibatch, series_tensor, set_rng_state, to_cpu
+from components.training import adam, ema_update, minibatch, series_tensor, set_rng_state, to_cpu
 
 Generator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t, z) -> x0-hat
 Discriminator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_{t-1}, x_t, t) -> (B,)
@@ -84,11 +84,12 @@ def r1_penalty(D: Discriminator, real_prev: torch.Tensor, x_t: torch.Tensor, t: 
     return grad.reshape(len(grad), -1).pow(2).sum(1)
 
 
-def mean_by_t(values: torch.Tensor, t: torch.Tensor, T: int) -> list[float]:
-    """The mean of per-sample `values` at each t = 0..T-1; NaN where the batch has no sample at t."""
+def mean_by_t(values: torch.Tensor, t: torch.Tensor, T: int) -> torch.Tensor:
+    """The mean of per-sample `values` at each t = 0..T-1 (T,), float64 on their device; NaN where the batch has no
+    sample at t."""
     sums = torch.zeros(T, dtype=torch.float64, device=t.device).index_add_(0, t, values.detach().double())
     counts = torch.bincount(t, minlength=T).double()
-    return (sums / counts).tolist()  # 0/0 = NaN
+    return sums / counts  # 0/0 = NaN
 
 
 @dataclass
@@ -106,12 +107,11 @@ class GANState:
     @classmethod
     def create(cls, G: nn.Module, D: nn.Module, *, lr_g: float, lr_d: float, betas: tuple[float, float],
                seed: int, device: torch.device | str = "cpu") -> "GANState":
-        """Adam for each network with its own learning rate (DDGAN: betas (0.5, 0.9)); G and D moved to `device`
-        (in place) and the generator seeded there."""
+        """Adam for each network with its own learning rate (DDGAN: betas (0.5, 0.9); fused on CUDA); G and D
+        moved to `device` (in place) and the generator seeded there."""
         G.to(device), D.to(device)
-        return cls(G, D, copy.deepcopy(G).requires_grad_(False), torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas),
-                   torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas),
-                   torch.Generator(device=device).manual_seed(seed))
+        return cls(G, D, copy.deepcopy(G).requires_grad_(False), adam(G.parameters(), lr_g, device, betas=betas),
+                   adam(D.parameters(), lr_d, device, betas=betas), torch.Generator(device=device).manual_seed(seed))
 
     def networks(self) -> dict[str, nn.Module]:
         """The networks whose weights a checkpoint holds, by name."""
@@ -132,15 +132,15 @@ def _optimizer_step(opt: torch.optim.Optimizer, net: nn.Module, loss: torch.Tens
 def ddgan_train_step(
     state: GANState, sched: Schedule, data: torch.Tensor, *, batch_size: int, lr_g: float, lr_d: float,
     r1_gamma: float, r1_every: int, ema_decay: float, grad_clip: float = 0.0,
-) -> dict[str, float]:
+) -> dict[str, torch.Tensor | float]:
     """One DDGAN iteration: a D step, then a G step on fresh pairs, then the EMA of G (DDGAN's training loop).
 
     D minimises softplus(-D(real)) + softplus(D(fake)) + [every r1_every steps] r1_gamma / 2 * R1,
     the lazy R1 unscaled by the interval, as DDGAN's code has it. G minimises softplus(-D(fake)).
     grad_clip > 0 clips each network's global gradient norm (DDGAN does not clip: 0).
     A fake x_{t-1} is drawn from q(x_{t-1} | x_t, G(x_t, z, t)), z ~ N(0, I) fresh for each sample.
-    Metrics: each loss's mean over the batch and at each t (`d_loss_t0`, ...); R1 is NaN on the
-    steps that skip it.
+    Metrics: each loss's mean over the batch and at each t (`d_loss_t0`, ...), 0-dim tensors left on the
+    device (the loop reads them in batches); R1 is NaN on the steps that skip it.
     """
     G, D, g, T = state.G, state.D, state.generator, len(sched)
 
@@ -168,7 +168,7 @@ def ddgan_train_step(
     _optimizer_step(state.opt_d, D, loss_d, lr_d, grad_clip)
     d_per_t = mean_by_t(loss_real + loss_fake, t, T)
     r1_per_t = mean_by_t(r1, t, T) if r1 is not None else [math.nan] * T
-    r1_mean = r1.mean().item() if r1 is not None else math.nan
+    r1_mean = r1.detach().mean() if r1 is not None else math.nan
 
     # Generator step on fresh pairs, D frozen.
     _, x_t, t = pairs()
@@ -179,7 +179,7 @@ def ddgan_train_step(
     ema_update(state.ema, G, ema_decay)
     state.step += 1
 
-    metrics = {"d_loss": (loss_real + loss_fake).mean().item(), "g_loss": loss_g.mean().item(), "r1": r1_mean}
+    metrics = {"d_loss": (loss_real + loss_fake).detach().mean(), "g_loss": loss_g.detach().mean(), "r1": r1_mean}
     g_per_t = mean_by_t(loss_g, t, T)
     for i in range(T):
         metrics |= {f"d_loss_t{i}": d_per_t[i], f"g_loss_t{i}": g_per_t[i], f"r1_t{i}": r1_per_t[i]}

@@ -108,7 +108,8 @@ def reverse_log_variance(sched: Schedule, t: torch.Tensor, like: torch.Tensor, v
     """log Sigma_theta(x_t, t) of p_theta(x_{t-1} | x_t), broadcast against `like`.
 
     small: log beta-tilde_t, with beta-tilde_1 at t = 0 where beta-tilde_0 = 0; large: log beta_t
-    (DDPM §3.2, at every t). learned: iDDPM eq. 15,
+    (DDPM §3.2, at every t; the bound on 8-bit images uses the papers' code's t = 0 value instead,
+    `likelihood.decoder_log_variance`). learned: iDDPM eq. 15,
     log Sigma = frac log beta_t + (1 - frac) log beta-tilde_t with frac = (v + 1) / 2, on this
     schedule's own (possibly respaced) betas and beta-tildes.
     """

@@ -74,14 +74,16 @@ class LeNet(nn.Module):
 # --- training ------------------------------------------------------------------------------------------------------
 
 
-def translate(x: torch.Tensor, shifts: torch.Tensor, fill: float = -1.0) -> torch.Tensor:
-    """Each image of x (B, C, H, W) moved by its own (down, right) shift (B, 2); pixels moved in are `fill`.
+def translate(x: torch.Tensor, shifts: torch.Tensor, fill: float = -1.0, max_shift: int = MAX_SHIFT) -> torch.Tensor:
+    """Each image of x (B, C, H, W) moved by its own (down, right) shift (B, 2), each |shift| <= max_shift; pixels
+    moved in are `fill`.
 
     out[b, :, i, j] = x[b, :, i - dy_b, j - dx_b] where that lies inside the image. fill = -1 is black in
-    model space, the digits' background.
+    model space, the digits' background. The padding is max_shift wide whatever the draws, so nothing is read
+    back from the device.
     """
     b, _, h, w = x.shape
-    s = int(shifts.abs().max()) if len(shifts) else 0
+    s = max_shift
     padded = F.pad(x, (s, s, s, s), value=fill)  # (B, C, H + 2s, W + 2s)
     rows = (s - shifts[:, 0, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1) rows of padded
     cols = (s - shifts[:, 1, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
@@ -89,7 +91,7 @@ def translate(x: torch.Tensor, shifts: torch.Tensor, fill: float = -1.0) -> torc
 
 
 def evaluator_train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, lr: float,
-                         grad_clip: float, ema_decay: float, augment: bool = True) -> dict[str, float]:
+                         grad_clip: float, ema_decay: float, augment: bool = True) -> dict[str, torch.Tensor | float]:
     """One cross-entropy step of the digit classifier on a minibatch of x (N, C, 28, 28) (model space), labels y (N,).
 
     With `augment`, each image is first translated by up to MAX_SHIFT pixels each way: on 4,000 training
@@ -102,7 +104,7 @@ def evaluator_train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, *,
         xb = translate(xb, torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (batch_size, 2), generator=g, device=g.device))
     logits = state.model(xb)
     metrics = optimizer_step(state, F.cross_entropy(logits, yb), lr=lr, grad_clip=grad_clip, ema_decay=ema_decay)
-    return {**metrics, "accuracy": (logits.argmax(-1) == yb).float().mean().item()}
+    return {**metrics, "accuracy": (logits.argmax(-1) == yb).float().mean()}
 
 
 @torch.no_grad()

@@ -27,11 +27,15 @@ class Runtime:
     precision: str = "fp32"  # fp32 | bf16 (autocast for the forward pass; weights stay fp32)
     channels_last: bool = False  # NHWC memory format for 4-D inputs and the network's conv weights
     compile: bool = False  # torch.compile the forward pass
+    deterministic: bool = False  # CUDA: no TF32, no cuDNN autotuning (bitwise studies); the CPU is always so
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
         object.__setattr__(self, "device", torch.device(self.device))
+
+
+CPU = Runtime(torch.device("cpu"))  # the default: fp32, eager, contiguous
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,32 +57,59 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_runtime(device: str = "auto", precision: str = "fp32", channels_last: bool = False,
-                 compile: bool = False) -> Runtime:
+                 compile: bool = False, deterministic: bool = False) -> Runtime:
     """A Runtime from the names a params section holds (`resolve_device` for the device)."""
-    return Runtime(resolve_device(device), precision, channels_last, compile)
+    return Runtime(resolve_device(device), precision, channels_last, compile, deterministic)
 
 
-def forward_fn(net: nn.Module, rt: Runtime) -> Forward:
+def configure_backends(rt: Runtime) -> None:
+    """On CUDA, the process-wide math switches rt asks for; nothing on the CPU.
+
+    Fast (the default): TF32 tensor cores for fp32 matmuls and convolutions (10 mantissa bits in the
+    products, fp32 accumulation: Ampere and later) and cuDNN's autotuner, which times the convolution
+    algorithms once per input shape; a training step's shapes never change, so it pays off from the
+    second step. deterministic: IEEE fp32 products, and cuDNN's deterministic algorithms, for studies that
+    compare runs bit for bit.
+    """
+    if rt.device.type != "cuda":
+        return
+    fast = not rt.deterministic
+    torch.backends.cuda.matmul.allow_tf32 = fast
+    torch.backends.cudnn.allow_tf32 = fast
+    torch.backends.cudnn.benchmark = fast
+    torch.backends.cudnn.deterministic = not fast
+
+
+def forward_fn(net: nn.Module, rt: Runtime, *, sampling: bool = False) -> Forward:
     """The callable losses and samplers call instead of `net`: (x_t, t) -> output in x_t's dtype (float32).
 
     Moves nothing: the caller puts `net` on rt.device. channels_last converts `net`'s 4-D weights in
     place and each 4-D input; compile wraps the forward with torch.compile while `net` itself stays the
     module whose state_dict is saved (no `_orig_mod.` keys); bf16 runs the forward under bfloat16
     autocast (matmuls and convs in bf16, reductions as autocast decides) and casts the output back.
+
+    sampling: the caller is a sampler, under no_grad, calling with one shape a batch. With compile on CUDA the
+    network then also runs as a CUDA graph (mode "reduce-overhead"): one launch replays a whole evaluation's
+    kernels, where a small network's steps would otherwise wait on Python. A replay reuses its output
+    buffer, so each call marks a new step and returns a copy the sampler may keep.
     """
     if rt.channels_last:
         net.to(memory_format=torch.channels_last)  # in place; only 4-D parameters change
-    call = torch.compile(net) if rt.compile else net
+    graphs = sampling and rt.compile and rt.device.type == "cuda"
+    call = torch.compile(net, mode="reduce-overhead" if graphs else None) if rt.compile else net
     autocast = rt.precision == "bf16"
 
     def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if rt.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W), NHWC strides
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous replay's output is no longer read
         if not autocast:
-            return call(x, t)
-        with torch.autocast(rt.device.type, dtype=torch.bfloat16):
             out = call(x, t)
-        return out.to(x.dtype)
+        else:
+            with torch.autocast(rt.device.type, dtype=torch.bfloat16):
+                out = call(x, t)
+        return out.to(x.dtype, copy=graphs)
 
     return forward
 
@@ -105,5 +136,8 @@ def describe(rt: Runtime) -> str:
         where = f"cpu ({threads} thread{'' if threads == 1 else 's'})"
     else:
         where = str(rt.device)
-    return ", ".join([where, rt.precision] + [name for name, on in (("channels_last", rt.channels_last),
-                                                                      ("compile", rt.compile)) if on])
+    fast = rt.device.type == "cuda" and not rt.deterministic
+    return ", ".join([where, rt.precision] + [name for name, on in (("tf32", fast and rt.precision == "fp32"),
+                                                                      ("channels_last", rt.channels_last),
+                                                                      ("compile", rt.compile),
+                                                                      ("deterministic", rt.deterministic)) if on])

@@ -91,6 +91,18 @@ class Schedule:
         return np.log(np.append(first, pv[1:]))
 
     @cached_property
+    def fixed_large_log_variance(self) -> np.ndarray:
+        """log beta_t, with t=0 replaced by log beta-tilde_1: DDPM's "large" choice Sigma_t = beta_t (§3.2) as DDPM's
+        and iDDPM's code tabulate it (improved-diffusion: log(append(posterior_variance[1], betas[1:]))).
+
+        At t = 0 the reverse step is the decoder p(x0 | x1), whose variance the code sets "to get a better decoder
+        log likelihood": beta-tilde_1 is about 5.5e-5 on the linear schedule, against beta_0 = 1e-4. The bound on
+        8-bit images uses it (`likelihood.decoder_log_variance`). A 1-step chain keeps beta_0.
+        """
+        first = self.posterior_variance[1] if len(self) > 1 else self.betas[0]
+        return np.log(np.append(first, self.betas[1:]))
+
+    @cached_property
     def posterior_mean_coef1(self) -> np.ndarray:
         """Coefficient of x0 in mu-tilde (DDPM eq. 7)."""
         return np.sqrt(self.alphas_cumprod_prev) * self.betas / (1.0 - self.alphas_cumprod)

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from components.data import Dataset
-from components.runtime import forward_fn
 from components.training import CHECKPOINT_KEYS, TrainState, checkpoint, restore
 from pipelines.io import InputError, atomic_torch_save, atomic_write_json, entry_point, load_dataset, stage_args
 from pipelines.params import EvaluateParams, load_params
@@ -55,8 +54,7 @@ def train_lenet(e: EvaluateParams, train: Dataset, ref: Dataset, ckpt_path: str)
     run_config = {"net": config, "train": dataclasses.asdict(p), "data": {"n": len(x)}}
     torch.manual_seed(p.seed)  # network initialisation
     net = LeNet(**config).to(rt.device)
-    state = TrainState.create(net, p.lr, p.seed, device=rt.device)
-    state.forward = forward_fn(net, rt)
+    state = TrainState.create(net, p.lr, p.seed, rt=rt)
     history: dict[str, list] = {"step": [], "loss": [], "accuracy": [], "lr": []}
 
     def save(path) -> None:

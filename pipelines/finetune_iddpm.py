@@ -21,7 +21,6 @@ import torch
 from components.data import DATASETS
 from components.diffusion import q_sample, split_output
 from components.networks import add_variance_output, make_network
-from components.runtime import forward_fn
 from components.schedules import make_schedule
 from components.training import (
     CHECKPOINT_KEYS, TrainState, checkpoint, hybrid_train_step, make_timestep_sampler, restore,
@@ -64,7 +63,7 @@ def main(argv: list[str]) -> None:
     if src_cfg["network"].get("out_mult", 1) != 1:
         raise InputError(f"{ddpm_path}: already has a variance output; expected an eps-only DDPM checkpoint")
     rt = stage_runtime(params)
-    data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space, on the host; minibatches go to rt.device
+    data = torch.from_numpy(ds.to_model(ds.x)).to(rt.device)  # (N, ...) model space; minibatches are drawn there
     decoder = DATASETS[params.data.name].decoder
     config = {
         "network": {**src_cfg["network"], "out_mult": 2},
@@ -84,8 +83,7 @@ def main(argv: list[str]) -> None:
         add_variance_output(src["ema"], net)
     except (ValueError, RuntimeError) as e:
         raise InputError(f"{ddpm_path}: EMA weights do not fit its network config ({first_line(e)})") from None
-    state = TrainState.create(net, p.lr, p.seed, device=rt.device)
-    state.forward = forward_fn(net, rt)
+    state = TrainState.create(net, p.lr, p.seed, rt=rt)
     timesteps = make_timestep_sampler(p.timestep_sampler, len(sched), p.importance_history, p.importance_uniform)
     history: dict[str, list] = {"step": [], "loss": [], "l_simple": [], "l_vlb": [], "lr": []}
 

@@ -131,11 +131,11 @@ def workspace(name: str, dst: Path, profile: dict, root: Path = ROOT, overlay: d
     `external` (default: root's data/external) is linked in as its data/external, `cache` (default: root's DVC
     cache) is its DVC cache. Params are validated (the one loader) before anything in `dst` changes.
     """
-    from pipelines.params import check_external, parse_params
+    from pipelines.params import check_environment, parse_params
 
     external = (external or root / EXTERNAL).resolve()
     params = profile_params(profile, root, overlay)
-    check_external(parse_params(params, f"profile {name}"), external)
+    check_environment(parse_params(params, f"profile {name}"), external)
     dst.mkdir(parents=True, exist_ok=True)
     files = scratch_copy(dst, root)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -128,7 +128,7 @@ def on_device(model, rt: Runtime):
     if not isinstance(model, torch.nn.Module):
         return model
     model = model.to(rt.device)
-    return model if hasattr(model, "nz") else forward_fn(model, rt)  # a DDGAN generator says its latent size
+    return model if hasattr(model, "nz") else forward_fn(model, rt, sampling=True)  # a DDGAN generator: its latent size
 
 
 def target_labels(n: int, n_classes: int, seed: int) -> torch.Tensor:

@@ -22,7 +22,6 @@ import torch
 from components.data import DATASETS
 from components.gaussian_mixture import mixture_classifier
 from components.networks import make_classifier
-from components.runtime import forward_fn
 from components.schedules import make_schedule
 from components.training import CHECKPOINT_KEYS, TrainState, accuracy_by_t, checkpoint, classifier_train_step, restore
 from pipelines.io import (
@@ -41,14 +40,13 @@ def main(argv: list[str]) -> None:
     params = load_params()
     p, diff = params.train_classifier, params.diffusion
     ds, ref = load_dataset(train_path, params.data.name), load_dataset(ref_path, params.data.name)
-    data, labels = torch.from_numpy(ds.to_model(ds.x)), torch.from_numpy(ds.y)
     rt = stage_runtime(params)
+    data, labels = torch.from_numpy(ds.to_model(ds.x)).to(rt.device), torch.from_numpy(ds.y).to(rt.device)
     config = scratch_config(p, dataclasses.asdict(diff), ds, n_classes=ds.n_classes, device=rt.device.type)
     sched = make_schedule(diff.schedule, diff.T)
     torch.manual_seed(p.seed)  # network initialisation
     net = make_classifier(p.network.name, tuple(data.shape[1:]), ds.n_classes, **p.network.kwargs)
-    state = TrainState.create(net, p.lr, p.seed, weight_decay=p.weight_decay, device=rt.device)
-    state.forward = forward_fn(net, rt)
+    state = TrainState.create(net, p.lr, p.seed, weight_decay=p.weight_decay, rt=rt)
     history: dict[str, list] = {"step": [], "loss": [], "accuracy": [], "lr": []}
 
     def save(path) -> None:

@@ -83,8 +83,8 @@ def main(argv: list[str]) -> None:
     ckpt_path, csv_path, png_path = checkpoint_path(models_dir, f"ddgan-{T}"), *loss_paths(plots_dir, T)
     p = params.train_ddgan
     ds = load_dataset(data_path, params.data.name)
-    data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
     rt = stage_runtime(params)
+    data = torch.from_numpy(ds.to_model(ds.x)).to(rt.device)  # (N, ...) model space; minibatches are drawn there
     config = scratch_config(p, {"schedule": p.schedule, "T": T}, ds, device=rt.device.type)
     sched = make_schedule(p.schedule, T)
     state = new_state(p, tuple(data.shape[1:]), p.seed, rt.device)

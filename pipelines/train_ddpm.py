@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from components.networks import make_network
-from components.runtime import describe, forward_fn
+from components.runtime import describe
 from components.schedules import make_schedule
 from components.training import CHECKPOINT_KEYS, TrainState, checkpoint, restore, train_step
 from pipelines.io import atomic_torch_save, entry_point, load_dataset, stage_args
@@ -31,13 +31,12 @@ def main(argv: list[str]) -> None:
     p, diff = params.train_ddpm, params.diffusion
     ds = load_dataset(data_path, params.data.name)
     rt = stage_runtime(params)
-    data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space, on the host; minibatches go to rt.device
+    data = torch.from_numpy(ds.to_model(ds.x)).to(rt.device)  # (N, ...) model space; minibatches are drawn there
     config = scratch_config(p, dataclasses.asdict(diff), ds, hflip=params.data.hflip, device=rt.device.type)
     sched = make_schedule(diff.schedule, diff.T)
     torch.manual_seed(p.seed)  # network initialisation
     net = make_network(p.network.name, tuple(data.shape[1:]), **p.network.kwargs)
-    state = TrainState.create(net, p.lr, p.seed, device=rt.device)
-    state.forward = forward_fn(net, rt)
+    state = TrainState.create(net, p.lr, p.seed, rt=rt)
     history: dict[str, list] = {"step": [], "loss": [], "lr": []}
 
     def save(path) -> None:

@@ -25,7 +25,7 @@ from components.training import (
     CHECKPOINT_KEYS, TrainState, UniformTimesteps, bound_train_step, checkpoint, make_timestep_sampler, restore,
 )
 from pipelines.io import atomic_torch_save, entry_point, load_dataset, stage_args
-from components.runtime import Runtime, forward_fn
+from components.runtime import CPU, Runtime
 from pipelines.runtime import stage_runtime
 from pipelines.params import SD2015Params, experiment_args, load_params, stage_name
 from pipelines.tracking import StageRun, log_stage_run
@@ -41,9 +41,7 @@ def new_state(p: SD2015Params, data_shape: tuple[int, ...], T: int,
     benchmarks/sd2015_recipe.py. On rt's device (the CPU without one)."""
     torch.manual_seed(p.seed)  # network initialisation
     net = make_network(p.network.name, data_shape, **p.network.kwargs, out_mult=2)
-    state = TrainState.create(net, p.lr, p.seed, device=rt.device if rt else "cpu")
-    if rt is not None:
-        state.forward = forward_fn(net, rt)
+    state = TrainState.create(net, p.lr, p.seed, rt=rt or CPU)
     return state, make_timestep_sampler(p.timestep_sampler, T, p.importance_history, p.importance_uniform)
 
 
@@ -54,9 +52,9 @@ def main(argv: list[str]) -> None:
     p, diff = params.train_sd2015, params.diffusion
     stage = stage_name("train_sd2015", experiment)
     ds = load_dataset(data_path, params.data.name)
-    data = torch.from_numpy(ds.to_model(ds.x))  # (N, ...) model space
-    decoder = DATASETS[params.data.name].decoder
     rt = stage_runtime(params)
+    data = torch.from_numpy(ds.to_model(ds.x)).to(rt.device)  # (N, ...) model space; minibatches are drawn there
+    decoder = DATASETS[params.data.name].decoder
     config = scratch_config(p, dataclasses.asdict(diff), ds, output=OUTPUT,
                             objective={"loss": "vlb", "decoder": decoder}, device=rt.device.type)
     config["network"]["out_mult"] = 2  # z_mu and z_Sigma

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from typing import TYPE_CHECKING
@@ -61,40 +62,52 @@ def resume(stage: str, partial: Path, config: dict, required: tuple[str, ...],
     return True
 
 
-def train_loop(stage: str, p: OptimParams, state, step_fn: Callable[[float], dict[str, float]],
+Metrics = dict[str, "torch.Tensor | float"]  # 0-dim device tensors (or floats), as the steps return them
+
+
+def train_loop(stage: str, p: OptimParams, state, step_fn: Callable[[float], Metrics],
                history: dict[str, list], save: Callable[[Path], None], partial: Path,
                finite: tuple[str, ...] = ("loss",)) -> tuple[float, float]:
     """Call step_fn(lr) until state.step reaches p.steps; return (seconds, steps per second) of this run.
 
-    Every `log_every` steps the mean of each metric named in `history` (besides "step" and "lr")
-    over those steps is appended, NaN values left out (a metric not computed at every step).
-    Every `checkpoint_every` steps, and after the last, `save(partial)` writes the resume checkpoint.
+    The steps' metrics stay on the device: the loop never waits for it between reads, and reads every
+    metric of the last `log_every` steps in one copy (`read_metrics`). Every `log_every` steps the mean of
+    each metric named in `history` (besides "step" and "lr") over those steps is appended, NaN values left
+    out (a metric not computed at every step). Every `checkpoint_every` steps (a multiple of `log_every`,
+    so always just after a read), and after the last, `save(partial)` writes the resume checkpoint.
 
-    Divergence guard: the metrics named in `finite` must be finite after every step, and the
-    weights of `state.networks()` before every save; otherwise NonFiniteError names the step and
-    the last good checkpoint, and nothing more is written.
+    Divergence guard: the metrics named in `finite` must be finite at every step, and the weights of
+    `state.networks()` before every save; otherwise NonFiniteError names the first bad step (found at
+    the read, at most `log_every` steps later) and the last good checkpoint, and nothing more is written.
     """
     keys = [k for k in history if k not in ("step", "lr")]
     window: dict[str, list[float]] = {k: [] for k in keys}
+    pending: list[tuple[int, Metrics]] = []  # (step, metrics) not read yet
     start_step, t0 = state.step, time.perf_counter()
     last_good = state.step if state.step > 0 else None  # resumed from `partial` at this step
 
-    def diverged(what: str) -> NonFiniteError:
+    def diverged(what: str, step: int) -> NonFiniteError:
         kept = (f"last good checkpoint {partial} (step {last_good})" if last_good is not None
                 else f"no checkpoint saved yet (checkpoint_every = {p.checkpoint_every})")
-        return NonFiniteError(f"{stage}: {what} at step {state.step}: training diverged, nothing written; {kept}")
+        return NonFiniteError(f"{stage}: {what} at step {step}: training diverged, nothing written; {kept}")
 
     with tqdm(total=p.steps, initial=state.step, disable=not progress_enabled(), desc=stage, unit="step") as bar:
         while state.step < p.steps:
             lr = lr_at(state.step, lr=p.lr, warmup_steps=p.warmup_steps, total_steps=p.steps, schedule=p.lr_schedule)
             metrics = step_fn(lr)
-            for k in finite:
-                if not math.isfinite(metrics[k]):
-                    raise diverged(f"{k} is {metrics[k]}")
-            for k in keys:
-                window[k].append(metrics[k])
+            pending.append((state.step, metrics))  # the step just taken
             bar.update()
-            if state.step % p.log_every == 0 or state.step == p.steps:
+            at_log = state.step % p.log_every == 0 or state.step == p.steps
+            if not (at_log or state.step % p.checkpoint_every == 0):
+                continue
+            for step, metrics in read_metrics(pending):
+                for k in finite:
+                    if not math.isfinite(metrics[k]):
+                        raise diverged(f"{k} is {metrics[k]}", step)
+                for k in keys:
+                    window[k].append(metrics[k])
+            pending = []
+            if at_log:
                 history["step"].append(state.step)
                 for k in keys:
                     history[k].append(_window_mean(window[k]))
@@ -104,11 +117,22 @@ def train_loop(stage: str, p: OptimParams, state, step_fn: Callable[[float], dic
             if state.step % p.checkpoint_every == 0 or state.step == p.steps:
                 bad = first_nonfinite({name: net.state_dict() for name, net in state.networks().items()})
                 if bad:
-                    raise diverged(f"non-finite weights in {bad}")
+                    raise diverged(f"non-finite weights in {bad}", state.step)
                 save(partial)
                 last_good = state.step
     train_s = time.perf_counter() - t0
     return train_s, (state.step - start_step) / max(train_s, 1e-9)
+
+
+def read_metrics(pending: list[tuple[int, Metrics]]) -> list[tuple[int, dict[str, float]]]:
+    """The pending steps' metrics as floats, every tensor among them copied to the host in one transfer.
+
+    Exact: a float32 value widened to float64 on the device reads back as the float `.item()` gives.
+    """
+    tensors = [v.detach().reshape(()).double() for _, m in pending for v in m.values() if isinstance(v, torch.Tensor)]
+    values = iter(torch.stack(tensors).tolist() if tensors else ())
+    return [(step, {k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in m.items()})
+            for step, m in pending]
 
 
 def _window_mean(values: list[float]) -> float:

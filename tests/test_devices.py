@@ -13,7 +13,6 @@ generator=g)` beside a CUDA generator: that call names no device. Functions that
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 

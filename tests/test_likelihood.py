@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from components.gaussian_mixture import mixture_eps_model, mixture_log_prob
+from components.diffusion import q_sample, reverse_log_variance
 from components.likelihood import (
-    bound_per_dim, discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl, prior_kl, variational_bound,
+    bound_per_dim, decoder_log_variance, discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl,
+    prior_kl, variational_bound, vlb_term,
 )
 from components.schedules import make_schedule, make_trajectory, respace
 
@@ -106,3 +108,26 @@ def test_bound_in_data_units_adds_the_log_jacobian():
     total = torch.tensor([4.0, 6.0], dtype=DT)  # nats over 2 dims, model space z = x * 0.5
     assert torch.allclose(bound_per_dim(total, 2, "continuous", scale=0.5), total / 2 - math.log(0.5))
     assert torch.allclose(bound_per_dim(total, 2, "discretized"), total / (2 * math.log(2)))
+
+
+def test_the_fixed_large_bound_on_images_uses_the_papers_decoder_variance():
+    """On 8-bit images the bound's t = 0 term under fixed-large variance is the discretized decoder at
+    log(append(posterior_variance[1], betas[1:]))[0] = log beta-tilde_1, DDPM's and improved-diffusion's code;
+    every other term, and every term of the continuous (toy) decoder, keeps log beta_t."""
+    sched = make_schedule("linear", 1000)
+    betas, abar = sched.betas, np.cumprod(1 - sched.betas)  # improved-diffusion's table, from the betas alone
+    code_table = np.log(np.append(betas[1] * (1 - abar[0]) / (1 - abar[1]), betas[1:]))
+    assert np.allclose(sched.fixed_large_log_variance, code_table, rtol=1e-12, atol=0)
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.randint(0, 256, (6, 1, 2, 2), generator=g).double() / 127.5 - 1)  # 8-bit pixels in [-1, 1]
+    t = torch.tensor([0, 0, 0, 5, 5, 5])
+    mean = x0 + 0.01 * torch.randn(x0.shape, generator=g, dtype=DT)
+    log_var = reverse_log_variance(sched, t, x0, "large")
+    images = decoder_log_variance(sched, t, log_var, variance="large", decoder="discretized")
+    assert torch.allclose(images[:3].flatten(), torch.full((3,), code_table[0], dtype=DT))
+    assert torch.equal(images[3:], log_var[3:]) and torch.allclose(log_var[:3].flatten(), torch.full((3,), np.log(betas[0]), dtype=DT))
+    assert torch.equal(decoder_log_variance(sched, t, log_var, variance="large", decoder="continuous"), log_var)
+    assert torch.equal(decoder_log_variance(sched, t, log_var, variance="small", decoder="discretized"), log_var)
+    nll = -discretized_gaussian_log_likelihood(x0[:3], mean[:3], torch.full_like(x0[:3], code_table[0])).flatten(1).sum(1)
+    x_t = q_sample(sched, x0, t, torch.zeros_like(x0))
+    assert torch.allclose(vlb_term(sched, x0, x_t, t, mean, images, "discretized")[:3], nll)

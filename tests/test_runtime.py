@@ -39,8 +39,7 @@ def tiny_unet(seed: int = 0) -> UNet:
 
 
 def trained_state(rt: Runtime, seed: int = 0, steps: int = 3) -> TrainState:
-    state = TrainState.create(tiny_unet(seed), lr=1e-3, seed=seed, device=rt.device)
-    state.forward = forward_fn(state.model, rt)
+    state = TrainState.create(tiny_unet(seed), lr=1e-3, seed=seed, rt=rt)
     for _ in range(steps):
         train_step(state, SCHED, IMAGES, batch_size=8, lr=1e-3, grad_clip=1.0, ema_decay=0.9, hflip=True)
     return state
@@ -48,8 +47,7 @@ def trained_state(rt: Runtime, seed: int = 0, steps: int = 3) -> TrainState:
 
 def run(rt: Runtime, seed: int) -> tuple[list[float], torch.Tensor]:
     """Losses of a few train steps and DDPM samples of the EMA (10-step chain), all from `seed`."""
-    state = TrainState.create(tiny_unet(seed), lr=1e-3, seed=seed, device=rt.device)
-    state.forward = forward_fn(state.model, rt)
+    state = TrainState.create(tiny_unet(seed), lr=1e-3, seed=seed, rt=rt)
     losses = [train_step(state, SCHED, IMAGES, batch_size=8, lr=1e-3, grad_clip=1.0, ema_decay=0.9,
                          hflip=True)["loss"] for _ in range(3)]
     chain = respace(SCHED, make_trajectory("uniform", len(SCHED), 10))
@@ -199,8 +197,7 @@ def resume_matches_unbroken(rt: Runtime):
     ckpt = torch.load(io.BytesIO(buf.getvalue()), map_location="cpu", weights_only=True)
     tensors = [v for v in ckpt["model"].values()] + [ckpt["rng"]]
     assert all(v.device == CPU for v in tensors)
-    resumed = TrainState.create(tiny_unet(seed=9), lr=1e-3, seed=9, device=rt.device)  # other weights and RNG
-    resumed.forward = forward_fn(resumed.model, rt)
+    resumed = TrainState.create(tiny_unet(seed=9), lr=1e-3, seed=9, rt=rt)  # other weights and RNG
     assert restore(resumed, ckpt) == {"step": [3], "loss": [0.5]} and resumed.step == 3
     step = dict(batch_size=8, lr=1e-3, grad_clip=1.0, ema_decay=0.9, hflip=True)
     loss = train_step(resumed, SCHED, IMAGES, **step)["loss"]
@@ -217,7 +214,7 @@ def test_a_checkpoint_restores_training_exactly():
 def test_restoring_a_cpu_generator_state_into_another_kind_of_generator_says_why():
     if not torch.cuda.is_available():
         pytest.skip("needs a GPU")
-    state = TrainState.create(tiny_unet(), lr=1e-3, seed=0, device="cuda")
+    state = TrainState.create(tiny_unet(), lr=1e-3, seed=0, rt="cuda")
     ckpt = checkpoint(TrainState.create(tiny_unet(), lr=1e-3, seed=0), {}, {})
     with pytest.raises(ValueError, match="device type"):
         restore(state, ckpt)

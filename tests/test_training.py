@@ -1,5 +1,6 @@
 """Training pieces: L_simple, L_hybrid, timestep samplers, LR schedule, EMA, and checkpoints that resume exactly."""
 
+import copy
 import io
 import math
 
@@ -49,6 +50,23 @@ def test_ema_update_is_a_convex_step():
     before = a.weight.detach().clone()
     ema_update(a, b, 0.75)
     assert torch.allclose(a.weight, 0.75 * before + 0.25 * b.weight)
+
+
+def test_foreach_ema_is_the_per_tensor_update_bit_for_bit():
+    """ema_update's one foreach lerp equals a lerp_ per parameter, on every tensor of a network with convolutions,
+    norms and attention (the image UNet), also with the weights in channels_last."""
+    torch.manual_seed(0)
+    net = make_network("unet", (1, 8, 8), ch=8, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], dropout=0.0)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        model, ema, reference = (copy.deepcopy(net).to(memory_format=memory_format) for _ in range(3))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator(device="cpu").manual_seed(p.numel()), device="cpu"))
+            for p_ref, p in zip(reference.parameters(), model.parameters()):
+                p_ref.lerp_(p, 1.0 - 0.999)
+        ema_update(ema, model, 0.999)
+        for a, b in zip(ema.parameters(), reference.parameters()):
+            assert torch.equal(a, b) and a.stride() == b.stride()
 
 
 def test_training_lowers_the_loss():
@@ -259,6 +277,20 @@ def test_a_non_finite_loss_stops_the_loop_naming_the_last_good_checkpoint(tmp_pa
     with pytest.raises(NonFiniteError, match=r"^t: loss is inf at step 3: .*; no checkpoint saved yet \(checkpoint_every = 5\)$"):
         _looped(_optim(), tmp_path / "n.partial", fault=lambda step, m: {**m, "loss": math.inf} if step == 3 else m)
     assert not (tmp_path / "n.partial").exists()
+
+
+def test_a_loss_read_later_still_names_its_step_and_nothing_non_finite_is_saved(tmp_path):
+    """The loop reads the device every log_every steps: a NaN at step 6 is seen at the read after step 10, reported
+    as step 6, and the checkpoint due at step 10 is not written."""
+    p = _optim(log_every=5, checkpoint_every=10)
+
+    def nan_at_6(step, metrics):
+        return {**metrics, "loss": metrics["loss"] * math.nan} if step == 6 else metrics  # a NaN on the device
+
+    with pytest.raises(NonFiniteError, match=r"^t: loss is nan at step 6: training diverged, nothing written; no "
+                                             r"checkpoint saved yet \(checkpoint_every = 10\)$"):
+        _looped(p, tmp_path / "d.partial", fault=nan_at_6)
+    assert not (tmp_path / "d.partial").exists()
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):
