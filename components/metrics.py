@@ -153,8 +153,9 @@ def precision_recall(features: torch.Tensor, ref_features: torch.Tensor, k: int 
 
 @dataclass(frozen=True)
 class ReferenceSet:
-    """The held-out split as every row is scored against it, computed once: features, k-NN radii, Gaussian fit, and
-    the extractor that made them (its registry kind, weights and config), so every row is scored by the same one.
+    """The reference set (a data split) as every row is scored against it, computed once: features, k-NN radii,
+    Gaussian fit, and the extractor that made them (its registry kind, weights and config), so every row is scored
+    by the same one.
 
     `to_arrays` / `from_arrays` convert to and from plain numpy arrays (np.savez / np.load with
     allow_pickle=False), so one stage computes it and every sample stage reads it.

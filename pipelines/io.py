@@ -210,7 +210,7 @@ def load_samples(path: str | Path, spec: DataSpec, n: int) -> dict[str, np.ndarr
 
 
 def load_reference_stats(path: str | Path, features: str, k: int):
-    """Stage `reference`'s statistics of the held-out split, made with these params' features and k."""
+    """Stage `reference`'s statistics of the reference set, made with these params' features and k."""
     from components.metrics import ReferenceSet
 
     arrays = load_npz(path, ReferenceSet.ARRAYS)

@@ -148,7 +148,8 @@ class RuntimeParams:
     device: str  # auto (the GPU the Prefect flow lent the stage, else the CPU) | cpu | cuda
     precision: str  # fp32 | bf16: autocast of the network's forward pass, fp32 weights, float64 schedule math
     channels_last: bool  # NHWC memory format for image networks (faster convolutions on GPUs)
-    compile: bool  # torch.compile the network's forward pass
+    compile: bool  # torch.compile the network's forward pass (and for sampling, CUDA graphs on a GPU)
+    deterministic: bool  # CUDA only: no TF32 and no cuDNN autotuning, for bitwise studies (the CPU always is)
 
     def __post_init__(self):
         _choice("device", self.device, DEVICES, "device")
@@ -495,9 +496,13 @@ class EvaluateParams:
     train: EvaluatorTrainParams | None = None  # lenet: how stage evaluator trains it
     kid_subsets: int = 100  # KID (Binkowski et al. 2018): the mean over this many random subsets
     kid_subset_size: int = 1000  # of this many samples each (fewer when a set is smaller)
+    # the split FID, KID and precision/recall compare against: test, the held-out reference split (CIFAR-10's test
+    # batch), or train, the train split (DDPM's CIFAR-10 FID 3.17 is against the training set, 5.24 against the test)
+    reference: str = "test"
 
     def __post_init__(self):
         _choice("features", self.features, FEATURE_EXTRACTORS, "feature extractor")
+        _choice("reference", self.reference, ("test", "train"), "reference split")
         _between("k", self.k, 1, 1000)
         _require(self.n_std > 0, "n_std", "must be > 0")
         _between("min_mode_count", self.min_mode_count, 1, MAX_POINTS)
@@ -711,6 +716,9 @@ def _run_checks(p: Params) -> None:
     if p.evaluate.k >= min(p.sample.n, p.data.n_reference):
         raise ParamsError(f"evaluate.k: {p.evaluate.k} must be below sample.n = {p.sample.n} and data.n_reference = "
                           f"{p.data.n_reference}")
+    if p.evaluate.reference == "train" and p.evaluate.k >= p.data.n_train:
+        raise ParamsError(f"evaluate.k: {p.evaluate.k} must be below data.n_train = {p.data.n_train} (the reference "
+                          f"set of evaluate.reference: train)")
     spec = DATASETS[p.data.name]
     images = spec.decoder == "discretized"
     wants = {"identity": not images, "lenet": images and spec.shape[1:] == (28, 28),
@@ -827,9 +835,17 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     return parse_params(read_yaml(path), str(path))
 
 
-def check_external(p: Params, external: str | Path = EXTERNAL_DIR) -> None:
-    """The files params name outside the repository are in `external` (the workspace's EXTERNAL_DIR): ParamsError
-    naming the key, so a run without them stops before any compute. The stages that read them check their contents."""
+def check_environment(p: Params, external: str | Path = EXTERNAL_DIR) -> None:
+    """What params name outside the repository is there: the files in `external` (the workspace's EXTERNAL_DIR)
+    and, for runtime.device cuda, a GPU. ParamsError naming the key otherwise, so a run without them stops before
+    any compute (the validate stage, and a profile's workspace, call this). The stages that read the files check
+    their contents."""
+    if p.runtime.device == "cuda":
+        import torch  # here only: parsing params never loads torch
+
+        if not torch.cuda.is_available():
+            raise ParamsError(f"runtime.device: 'cuda', but torch {torch.__version__} sees no GPU on this machine "
+                              "(torch.cuda.is_available() is False); use auto (the GPU where there is one) or cpu")
     for key, path, kind in (("data.path", p.data.path, "folder"), ("evaluate.weights", p.evaluate.weights, "file")):
         where = None if path is None else Path(external, Path(path).relative_to(EXTERNAL_DIR))
         if where is not None and not (where.is_dir() if kind == "folder" else where.is_file()):
@@ -876,7 +892,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.claims import ClaimsError, load_claims
 
     try:
-        check_external(load_params(path))
+        check_environment(load_params(path))
         if claims is not None:
             load_claims(claims)
     except (ParamsError, ClaimsError) as e:

@@ -441,7 +441,8 @@ def _family_column(axes, family: str, series: dict[str, list[dict]], ceiling: di
 
 def _figure_legend(fig, ceiling: dict | None, marked: set[str], left: float, top: float) -> None:
     """Under the title: the ceiling's line and, where rows are marked, how marked and other rows are drawn."""
-    handles = [plt.Line2D([], [], ls="--", color="grey", label="train split (ceiling)")] if ceiling else []
+    handles = [plt.Line2D([], [], ls="--", color="grey", label=f"{ceiling.get('sampler', 'train split')} (ceiling)")
+               ] if ceiling else []
     handles += [plt.Line2D([], [], ls="", marker="o", markersize=8, markerfacecolor="0.8", markeredgecolor="k",
                            markeredgewidth=1.8, label="rows the claims read (labelled)"),
                 plt.Line2D([], [], ls="", marker="o", markersize=5, markerfacecolor="0.8", markeredgecolor="0.45",
@@ -518,7 +519,7 @@ def trilemma_figure(rows: list[dict], ceiling: dict | None = None, marked: Colle
     empty ones left out), in bands of up to TRILEMMA_COLUMNS: quality (high-quality fraction, top) and coverage
     (recall, bottom) against wall time per 1,000 samples on one log axis (a zero time at its left end, a missing
     one or value left out). A line joins each series' rows in order of steps (guided rows: of scale), so the
-    steps-vs-quality trade reads along it; colour = modes covered; `ceiling` (the train split) is a dashed line.
+    steps-vs-quality trade reads along it; colour = modes covered; `ceiling` (row `data`) is a dashed line.
     The `marked` cells (the rows the papers' claims read) are large, bold-edged and labelled, the others faded and
     unlabelled; with none marked, each series' endpoints are labelled. Labels are placed so that none overlaps
     another. `metrics`: the quality and coverage columns with their axis labels (IMAGE_TRILEMMA_METRICS for

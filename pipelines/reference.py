@@ -3,13 +3,15 @@
     python -m pipelines.reference [--experiment swissroll] <train.npz> <reference.npz> <evaluator.pt | identity> \
         <reference_stats.npz> <data.json>
 
-The held-out split's features (through the extractor stage `evaluator` wrote, or the identity for points), their
+The reference set's features (through the extractor stage `evaluator` wrote, or the identity for points), their
 k-NN radii (improved precision/recall, Kynkaanniemi et al. 2019) and their Gaussian fit (FID, Heusel et al.
 2017) go to `reference_stats.npz` with the extractor's weights, which every sample stage reads to score its own
-cell with the same extractor. The row `data` scores `sample.n` points of the train
-split the same way: what a perfect sampler would reach on each metric (for images, the floor of FID and KID).
-Its `nll` is the true density's NLL, where it is known, on the points every bound is computed on (the first
-`nll.n` reference points).
+cell with the same extractor. The reference set is params evaluate.reference's split: `test`, the held-out
+reference split, or `train`, the train split (DDPM's CIFAR-10 FID convention). The row `data` scores up to
+`sample.n` points of the other split the same way: what a perfect sampler would reach on each metric (for
+images, the floor of FID and KID); against the train split that is held-out data, which a sampler that copied its
+training set would beat. Its `nll` is the true density's NLL, where it is known, on the points every bound is
+computed on (the first `nll.n` reference points).
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ def main(argv: list[str]) -> None:
     ref, train = load_dataset(ref_path, name), load_dataset(train_path, name)
     kind, weights, config = load_evaluator(evaluator_path, e.features)
     device = stage_runtime(params).device
-    reference = reference_set(ref.x, kind, e.k, weights, config, device)
+    against, scored = (train, ref) if e.reference == "train" else (ref, train)
+    reference = reference_set(against.x, kind, e.k, weights, config, device)
     atomic_save_npz(stats_path, **reference.to_arrays())
-    x = train.x[: params.sample.n]
+    x = scored.x[: params.sample.n]
     row = {"nfe": 0, **({} if reference.kind == "identity" else {"extractor": reference.feature_name}),
            **sample_metrics(x, reference, extractor=reference.extractor(device), modes=ref.modes,
                             mode_std=ref.mode_std, n_std=e.n_std, min_count=e.min_mode_count,
@@ -59,7 +62,8 @@ def main(argv: list[str]) -> None:
         row["k_bits"] = float(log_p.mean() - dims * math.log(ref.scale)) / math.log(2)  # model space
         row["k_minus_null_bits"] = row["k_bits"] - null_log_likelihood_bits(torch.from_numpy(ref.to_model(points)))
     atomic_write_json(data_json, row)
-    print(f"reference: {len(ref.x)} reference points ({reference.feature_name} features, k = {e.k}); data row: "
+    print(f"reference: {len(against.x)} {e.reference} points ({reference.feature_name} features, k = {e.k}); "
+          f"data row ({len(x)} {'train' if scored is train else 'test'} points): "
           + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     log_stage_run(StageRun(stage_name("reference", experiment),
                            params={"evaluate": dataclasses.asdict(e), "sample": {"n": params.sample.n}},

@@ -4,11 +4,11 @@
         <trilemma.json> <trilemma.csv> <trilemma.md> <trilemma.png> <vlb_terms.png> <guidance.png>
 
 It computes no metric: cell `c`'s row is `<metrics_dir>/c.json` (written and scored by its sample
-stage), its speed `<timing_dir>/c.json`, and the row `data` (the train split, the ceiling) comes
-from stage `reference`. The samples are read only for what the figures draw (the per-step bound
-terms of full chains) and to check that each guided cell was guided as params say. Rows follow
-params' table order: trained cells, DDGAN (`ddgan-<T>`), guided, exact. The trilemma figure labels the
-rows that claims.yaml's claims read.
+stage), its speed `<timing_dir>/c.json`, and the row `data` (the ceiling: the split other than the one
+params evaluate.reference scores against, which the header names) comes from stage `reference`. The
+samples are read only for what the figures draw (the per-step bound terms of full chains) and to check
+that each guided cell was guided as params say. Rows follow params' table order: trained cells, DDGAN
+(`ddgan-<T>`), guided, exact. The trilemma figure labels the rows that claims.yaml's claims read.
 """
 
 from __future__ import annotations
@@ -112,8 +112,9 @@ def main(argv: list[str]) -> None:
     rows, timings, full_chains = [], {}, {}
     for run in (params, params.experiment("swissroll")):  # the main data set's rows, then the swiss roll's
         ceiling = "data" if run is params else "data-swissroll"
-        rows.append({"cell": ceiling, "data": run.data.name, "sampler": "train split", "wall_s_per_1k": 0.0,
-                     "n": run.sample.n, "extractor": "identity",
+        scored, n_scored = ceiling_split(run)
+        rows.append({"cell": ceiling, "data": run.data.name, "sampler": scored, "wall_s_per_1k": 0.0,
+                     "n": n_scored, "extractor": "identity",
                      **read_row(Path(metrics_dir) / f"{ceiling}.json", ROW_KEYS)})
         for name, cell in run.cells().items() if run is params else run.sweep.items():
             n = cell.n or run.sample.n
@@ -215,6 +216,20 @@ def markdown_frame(df: pd.DataFrame) -> pd.DataFrame:
     return md
 
 
+def reference_split(run) -> tuple[str, int]:
+    """The split a run's FID, KID and precision/recall compare against (params evaluate.reference) and its size."""
+    if run.evaluate.reference == "train":
+        return "train split", run.data.n_train
+    return "reference split", run.data.n_reference
+
+
+def ceiling_split(run) -> tuple[str, int]:
+    """The split stage `reference` scores as row `data` (the other one) and how many of its points it scores."""
+    if run.evaluate.reference == "train":
+        return "held-out split", min(run.sample.n, run.data.n_reference)  # data/reference.npz
+    return "train split", run.sample.n
+
+
 def table_header(params, spec, main: pd.DataFrame, timings: dict[str, dict]) -> str:
     """What the markdown table's columns mean, with the sizes and the timing's setting of this run: a sentence for
     each kind of row the table holds."""
@@ -225,18 +240,22 @@ def table_header(params, spec, main: pd.DataFrame, timings: dict[str, dict]) -> 
         ("sd2015", cells["model"] == "sd2015"), ("guided", cells["scale"].notna()),
         ("n", cells["n"] != params.sample.n))}
     extractor = ", ".join(sorted({str(e) for e in main["extractor"].dropna()})) or params.evaluate.features
+    (against, n_against), (scored, n_scored) = reference_split(params), ceiling_split(params)
+    named = "" if params.evaluate.reference == "test" else " (evaluate.reference: train, as DDPM's CIFAR-10 FID)"
     text = (
         f"Trilemma table: {len(cells)} sampler cells, {params.sample.n} samples each"
         + (" (column `n` where a cell has fewer)" if has["n"] else "") + ", "
-        + (f"metrics in data units against the {params.data.n_reference}-point reference split. "
+        + (f"metrics in data units against the {n_against}-point {against}{named}. "
            if spec.decoder == "continuous" else
-           f"{params.data.name} images against the {params.data.n_reference}-image reference split: FID, KID (mean "
+           f"{params.data.name} images against the {n_against}-image {against}{named}: FID, KID (mean "
            f"and std over {params.evaluate.kid_subsets} subsets) and precision/recall (k = {params.evaluate.k}) on the "
            f"features of extractor {extractor}, the same in every row; `classifier_score`: exp(E KL(p(y|x) || p(y))) "
            f"of its classifier (the Inception Score's formula). ")
         + f"`wall_s_per_1k`: seconds per 1,000 samples, the median of {t.repeats} timed draws of {t.n} samples "
         f"(after {t.warmup} untimed) ± half their interquartile range, on {'; '.join(devices) or 'no device'}. "
-        f"Row `data` is the train split (the ceiling, or for FID and KID the floor). ")
+        + ("Row `data` is the train split (the ceiling, or for FID and KID the floor). " if scored == "train split"
+           else f"Row `data` is {n_scored} points of the {scored}, unseen in training (the ceiling, or for FID and "
+                f"KID the floor, of a sampler that does not copy its training set). "))
     if has["exact"]:
         text += ("Model `exact` rows sample with the mixture's closed-form eps* (the sampler's ceiling, no model "
                  "error). ")

@@ -2,12 +2,14 @@
 
 import copy
 import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from pipelines.params import ParamsError, load_params, parse_params
@@ -84,6 +86,7 @@ def test_default_params_are_valid():
     ("runtime.device", "tpu", "runtime.device: unknown device 'tpu'; allowed: auto, cpu, cuda"),
     ("runtime.precision", "fp16", "runtime.precision: unknown precision 'fp16'; allowed: fp32, bf16"),
     ("runtime.compile", "yes", "runtime.compile: expected true or false, got 'yes'"),
+    ("runtime.deterministic", "yes", "runtime.deterministic: expected true or false, got 'yes'"),
     ("sweep.ddpm-100.n", 2, "sweep.ddpm-100.n: 2 samples; precision/recall need more than evaluate.k = 3"),
     ("sweep.ddim-4.model", "oracle", "sweep.ddim-4.model: unknown model 'oracle'; allowed: ddpm, iddpm"),
     # a learned variance needs a model that has one
@@ -254,6 +257,20 @@ def test_validate_command(tmp_path):
     proc = run([sys.executable, "-m", "pipelines.params", str(bad)], ROOT, check=False)
     assert proc.returncode == 2 and "diffusion.schedule: unknown schedule 'sigmoid'" in proc.stderr
     assert run([sys.executable, "-m", "pipelines.params"], ROOT).stdout.strip() == "params.yaml: ok; claims.yaml: ok"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_fails_at_validation_in_one_line(tmp_path):
+    """runtime.device: cuda on a machine without CUDA stops the validate stage (the DAG's first), before any stage
+    computes; auto would run on the CPU."""
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(with_change("runtime.device", "cuda")))
+    proc = run([sys.executable, "-m", "pipelines.params", str(bad)], ROOT, check=False)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert re.fullmatch(r"error: runtime\.device: 'cuda', but torch \S+ sees no GPU on this machine "
+                        r"\(torch\.cuda\.is_available\(\) is False\); use auto \(the GPU where there is one\) or cpu",
+                        line), line
 
 
 def test_unreadable_params_file(tmp_path):
