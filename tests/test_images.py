@@ -25,23 +25,10 @@ from pipelines.demo import budgets
 
 pytestmark = pytest.mark.slow
 
-# The profile's own params at test size; the rest of the DAG (the swiss roll experiment) at the demo's budgets.
-UNET = {"name": "unet", "ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
-TINY_IMAGES = {
-    "diffusion": {"T": 50},
-    "train_ddpm": {"steps": 20, "batch_size": 16, "warmup_steps": 2, "log_every": 10, "checkpoint_every": 10,
-                   "network": UNET},
-    "finetune_iddpm": {"steps": 10, "batch_size": 16, "warmup_steps": 2, "log_every": 5, "checkpoint_every": 5},
-    "sample": {"n": 24, "batch_size": 24},
-    "timing": {"repeats": 1, "n": 2, "warmup": 0},
-    "nll": {"n": 8, "batch_size": 8},
-}
-SWEEP = {
-    "ddpm-50": {"model": "ddpm", "sampler": "ddpm", "steps": 50, "variance": "small", "clip_x0": True, "n": 12},
-    "iddpm-10": {"model": "iddpm", "sampler": "ddpm", "steps": 10, "variance": "learned", "clip_x0": True},
-    "ddim-quad-5": {"model": "ddpm", "sampler": "ddim", "steps": 5, "trajectory": "quadratic", "eta": 0.0,
-                    "clip_x0": True},
-}
+# The profile's own params at test size (profiles/overlays/tiny-images.yaml, which benchmarks/gpu_check.py runs
+# too); the rest of the DAG (the swiss roll experiment) at the demo's budgets.
+TINY = yaml.safe_load((ROOT / "profiles/overlays/tiny-images.yaml").read_text())
+TINY_IMAGES, SWEEP = TINY["merge"], TINY["replace"]["sweep"]
 
 
 def overlay(path: Path, merge: dict, replace: dict | None = None) -> Path:
@@ -75,10 +62,7 @@ def experiments(db: Path) -> dict[str, int]:
 
 
 def test_mnist_profile_runs_the_image_dag_and_a_second_workspace_restores_it_from_the_cache(tmp_path):
-    over = overlay(tmp_path / "tiny.yaml", {
-        **TINY_IMAGES, "data": {"n_train": 300, "n_reference": 100},
-        "evaluate": {"kid_subsets": 10, "kid_subset_size": 20,
-                     "train": {"steps": 20, "log_every": 10, "checkpoint_every": 10}}})
+    over = overlay(tmp_path / "tiny.yaml", TINY_IMAGES)
     proc = profile("mnist", tmp_path, over)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ws = tmp_path / "ws"

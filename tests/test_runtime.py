@@ -211,15 +211,16 @@ def test_a_checkpoint_restores_training_exactly():
     resume_matches_unbroken(Runtime(CPU))
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_restoring_a_cpu_generator_state_into_another_kind_of_generator_says_why():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a GPU")
     state = TrainState.create(tiny_unet(), lr=1e-3, seed=0, rt="cuda")
     ckpt = checkpoint(TrainState.create(tiny_unet(), lr=1e-3, seed=0), {}, {})
     with pytest.raises(ValueError, match="device type"):
         restore(state, ckpt)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_a_gpu_run_resumes_exactly_from_a_cpu_loaded_checkpoint_in_bf16_and_channels_last():
     resume_matches_unbroken(Runtime(torch.device("cuda", 0), "bf16", channels_last=True))
