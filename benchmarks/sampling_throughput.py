@@ -38,8 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.networks import make_network  # noqa: E402
-from components.runtime import (Forward, Runtime, describe, forward_fn, generator, resolve_device,  # noqa: E402
-                                synchronize)
+from benchmarks.unet_throughput import parse_sized  # noqa: E402
+from components.runtime import Forward, Runtime, describe, forward_fn, generator, synchronize  # noqa: E402
 from components.samplers import sample_ddgan, sample_ddim, sample_ddpm  # noqa: E402
 from components.schedules import Schedule, make_schedule, make_trajectory, respace  # noqa: E402
 from pipelines.profile import load_profile, profile_params  # noqa: E402
@@ -101,15 +101,7 @@ def main() -> None:
     ap.add_argument("--ch", type=int, default=None, help="UNet width (default: the cifar10 profile's)")
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--min-seconds", type=float, default=2.0, help="time whole chains for at least this long a row")
-    ap.add_argument("--small", action="store_true", help="a CPU-sized run: " + ", ".join(
-        f"{k} {v}" for k, v in SMALL.items()))
-    ap.add_argument("--threads", type=int, default=0, help="torch's CPU threads (0: torch's default)")
-    args = ap.parse_args()
-    if args.small:
-        vars(args).update(SMALL)
-    device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args, device = parse_sized(ap, SMALL)
 
     torch.manual_seed(0)
     net = cifar10_unet(args.size, args.ch).to(device).eval()

@@ -96,6 +96,20 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def parse_sized(ap: argparse.ArgumentParser, small: dict) -> tuple[argparse.Namespace, torch.device]:
+    """`ap`'s args with the options the throughput scripts share: --small (`small`'s sizes replace the args, for a
+    CPU) and --threads (torch's CPU threads); and the device `--device` names, resolved."""
+    ap.add_argument("--small", action="store_true", help="a CPU-sized run: " + ", ".join(
+        f"{k} {v}" for k, v in small.items()))
+    ap.add_argument("--threads", type=int, default=0, help="torch's CPU threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.small:
+        vars(args).update(small)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args, resolve_device(args.device)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -104,16 +118,8 @@ def main() -> None:
     ap.add_argument("--ch", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--small", action="store_true", help="a CPU-sized run: " + ", ".join(
-        f"{k} {v}" for k, v in SMALL.items()))
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (minutes on a CPU)")
-    ap.add_argument("--threads", type=int, default=0, help="torch's CPU threads (0: torch's default)")
-    args = ap.parse_args()
-    if args.small:
-        vars(args).update(SMALL)
-    device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args, device = parse_sized(ap, SMALL)
 
     print(f"device: {describe(Runtime(device))}; torch {torch.__version__}")
     print(f"UNet ch {args.ch}, ch_mult (1, 2, 2, 2), 2 blocks, attention at {args.size // 2}, dropout 0.1; "
