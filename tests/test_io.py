@@ -14,12 +14,17 @@ from conftest import ROOT, stage_env
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_malloc_thresholds_pin_on_glibc():
-    """Every stage pins glibc's malloc thresholds (entry_point); mallopt accepts all three settings here."""
-    code = "from pipelines.io import pin_malloc_thresholds; print(pin_malloc_thresholds())"
+def test_malloc_thresholds_pin_on_glibc_before_every_stage_computes():
+    """Every stage pins glibc's malloc thresholds: entry_point calls pin_malloc_thresholds before the stage's main,
+    and mallopt accepts all three settings here (it returns True)."""
+    code = ("import pipelines.io as io\n"
+            "pinned = []\n"
+            "real = io.pin_malloc_thresholds\n"
+            "io.pin_malloc_thresholds = lambda: pinned.append(real()) or pinned[-1]\n"
+            "io.entry_point(lambda argv: print('pinned before main:', pinned))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=stage_env(PYTHONPATH=str(ROOT)),
                          capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "True"
+    assert out.splitlines()[0] == "pinned before main: [True]", out
 
 
 def test_equal_checkpoints_pickle_to_equal_bytes(tmp_path):
