@@ -557,6 +557,15 @@ def test_killed_trainer_resumes_to_byte_identical_outputs(repo, trainer):
         assert f"resuming from {partial.relative_to(repo)} at step {steps}" in out
     assert {o: md5(repo / o) for o in outs} == reference, f"kills: {kills}"
     assert not partial.exists() and not [t for o in outs for t in (repo / o).parent.glob(".*.tmp")]
+
+    # Killed as soon as its first resume checkpoint exists, a run resumes from it, not from scratch.
+    assert _wait_then_kill(start(), partial.exists), "the run ended before it wrote a resume checkpoint"
+    resumed = start()
+    out, _ = resumed.communicate()
+    assert resumed.returncode == 0, out
+    found = re.search(rf"resuming from {re.escape(str(partial.relative_to(repo)))} at step (\d+)", out)
+    assert found and int(found.group(1)) >= section["log_every"], out
+    assert {o: md5(repo / o) for o in outs} == reference
     assert kills, "no kill landed"
 
 
