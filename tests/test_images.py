@@ -23,7 +23,7 @@ import yaml
 from conftest import ROOT, stage_env, write_cifar10_batches, write_random_inception_weights
 from pipelines.demo import budgets
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 # The profile's own params at test size (profiles/overlays/tiny-images.yaml, which benchmarks/gpu_check.py runs
 # too); the rest of the DAG (the swiss roll experiment) at the demo's budgets.
