@@ -7,7 +7,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: repro test install dvc-wrapper demo ui
+.PHONY: repro test test-fast install dvc-wrapper demo ui
 
 install: $(STAMP)
 
@@ -54,5 +54,13 @@ ui: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m pipelines.demo
 
+# One xdist worker per logical CPU: the end-to-end tests spend their time in stage subprocesses (conftest gives each
+# worker its share of the cores); loadgroup spreads tests one by one but keeps a module with a costly module-scoped
+# fixture (a Prefect server, a trained evaluator) on one worker. `make test TEST_WORKERS=0` runs serially.
+TEST_WORKERS ?= logical
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
+# The unit tests alone, for the edit-test loop: no DVC repro, Prefect server or profile build (conftest marks those e2e).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not e2e"

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny-budget copy of the repository that DVC can run in seconds."""
+"""Shared fixtures: a tiny-budget copy of the repository that DVC can run in seconds, each kind of checkout built once
+per test run (across pytest-xdist's workers too), and the `e2e` marker that `make test-fast` leaves out."""
 
 from __future__ import annotations
 
@@ -7,15 +8,23 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from pipelines import profile
 from pipelines.demo import budgets
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Under xdist, each worker and the stages it starts share the cores with the other workers: one torch thread per core
+# each (a value the caller set wins), not every core each, whose spinning threads slow tiny stages many times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0))
+                                                       // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 # profiles/demo.yaml: budgets that shrink the default run to seconds while keeping every stage and cell (TINY), and the
 # sections that leave one cell of each kind (SMALL_SWEEPS): every stage module of the DAG, built in about two minutes.
@@ -58,18 +67,73 @@ def write_params(repo: Path, overrides: dict, replace: dict | None = None) -> No
     profile.write_params(repo, overrides, replace, ROOT)
 
 
+# The fixtures that hand a test a checkout (or a server) run DVC, Prefect or a stage's process: a test that asks for one
+# is end to end (marked `e2e`) whatever its file says, so `make test-fast` (-m "not e2e") cannot drift into them.
+E2E_FIXTURES = {"tiny_repo", "tiny_template", "small_run", "prefect_server"}
+# Module-scoped fixtures that cost nothing to set up once per worker (an alias of small_run, a thread pin): their
+# modules' tests spread over the workers; every other module-scoped fixture keeps its module on one worker.
+CHEAP_MODULE_FIXTURES = {"built", "one_thread"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks `e2e` every test that uses a checkout fixture or carries the older `slow` mark; under xdist, keeps each
+    module that has a module-scoped fixture on one worker (xdist_group), so such a fixture (a Prefect server, a trained
+    evaluator, a traced DAG) is set up once, not once per worker."""
+    for item in items:
+        if E2E_FIXTURES & set(item.fixturenames) or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.e2e)
+        defs = getattr(item, "_fixtureinfo", None)
+        if defs and any(d.scope == "module" and d.argname not in CHEAP_MODULE_FIXTURES
+                        for fds in defs.name2fixturedefs.values() for d in fds):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def shared_dir(tmp_path_factory) -> Path:
+    """The run's base temp folder, which every xdist worker of the run shares (a worker's own is one level down)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """Folder `name` in the shared temp folder, made by `build(folder)` once per test run: the first caller of any
+    worker builds it under a file lock, later ones wait for the lock and read it. A failed build fails every later
+    caller with its error instead of building again. Readers never change it: they copy it (`copy_of`)."""
+    root = shared_dir(tmp_path_factory)
+    folder, done, failed = root / name, root / f"{name}.built", root / f"{name}.failed"
+    with FileLock(root / f"{name}.lock"):
+        if failed.exists():
+            raise AssertionError(f"the shared build {name} failed in another test:\n{failed.read_text()}")
+        if not done.exists():
+            try:
+                build(folder)
+            except BaseException as e:
+                failed.write_text(f"{type(e).__name__}: {e}")
+                raise
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def small_run(tmp_path_factory) -> Path:
+def tiny_template(tmp_path_factory) -> Path:
+    """A git + DVC repository holding this project's tracked files and tiny params (TINY), nothing built; made once per
+    test run. Read it, never change it: `tiny_repo` hands each test a copy."""
+    return built_once(tmp_path_factory, "tiny_template", make_tiny_repo)
+
+
+@pytest.fixture(scope="session")
+def small_run(tiny_template, tmp_path_factory) -> Path:
     """One `dvc repro` of the tiny DAG with one cell of each kind (SMALL_SWEEPS), built once per test run.
 
     Shared by every test that reads a built checkout: read it, never change it; copy it (`copy_of`) to change things.
     """
-    repo = make_tiny_repo(tmp_path_factory.mktemp("small_run") / "repo")
-    write_params(repo, TINY, SMALL_SWEEPS)
-    (repo / "dvc.lock").unlink()  # the full-size run's: its lock entries would name cells this DAG does not have
-    run(["dvc", "repro"], repo)
-    run([sys.executable, "-m", "pipelines.tracking", "flush"], repo)  # every stage's MLflow run written
-    return repo
+    def build(repo: Path) -> None:
+        copy_of(tiny_template, repo)
+        write_params(repo, TINY, SMALL_SWEEPS)
+        (repo / "dvc.lock").unlink()  # the full-size run's: its lock entries would name cells this DAG does not have
+        run(["dvc", "repro"], repo)
+        run([sys.executable, "-m", "pipelines.tracking", "flush"], repo)  # every stage's MLflow run written
+
+    return built_once(tmp_path_factory, "small_run", build)
 
 
 def copy_of(built: Path, dst: Path) -> Path:
@@ -79,9 +143,9 @@ def copy_of(built: Path, dst: Path) -> Path:
 
 
 @pytest.fixture
-def tiny_repo(tmp_path: Path) -> Path:
-    """A fresh git + DVC repository holding this project's tracked files and tiny params."""
-    return make_tiny_repo(tmp_path / "repo")
+def tiny_repo(tiny_template, tmp_path: Path) -> Path:
+    """A fresh git + DVC repository holding this project's tracked files and tiny params: a copy of `tiny_template`."""
+    return copy_of(tiny_template, tmp_path / "repo")
 
 
 def make_tiny_repo(repo: Path) -> Path:

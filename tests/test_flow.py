@@ -22,7 +22,7 @@ import yaml
 
 from conftest import SMALL_SWEEPS, TINY, run, stage_env, write_params
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 DEPLOYMENT = "diffusion/full-sweep"
 

@@ -23,7 +23,7 @@ import yaml
 from conftest import ROOT, stage_env, write_cifar10_batches, write_random_inception_weights
 from pipelines.demo import budgets
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 # The profile's own params at test size (profiles/overlays/tiny-images.yaml, which benchmarks/gpu_check.py runs
 # too); the rest of the DAG (the swiss roll experiment) at the demo's budgets.
@@ -80,7 +80,9 @@ def test_mnist_profile_runs_the_image_dag_and_a_second_workspace_restores_it_fro
     samples = dict(__import__("numpy").load(ws / "samples/iddpm-10.npz"))
     assert samples["x"].dtype.name == "uint8" and samples["x"].shape == (24, 1, 28, 28)
     assert (ws / "plots/samples/ddpm-50.png").stat().st_size > 1000  # the sample grid
-    assert json.loads((ws / "metrics/evaluator.json").read_text())["accuracy"] > 0.1  # the digit classifier's
+    # The digit classifier's held-out accuracy: 0.23 in this tiny run (23 of its 100 reference digits after 20 steps,
+    # measured on a 2-core CPU); chance, an evaluator that learned nothing, is 0.10 +- 0.03.
+    assert json.loads((ws / "metrics/evaluator.json").read_text())["accuracy"] >= 0.18
     assert f"extractor {extractor[0]}" in (ws / "metrics/trilemma.md").read_text()  # the header names it too
     runs = experiments(tmp_path / "mlflow.db")
     assert runs.get("trilemma-mnist", 0) >= len(SWEEP) + 5 and "trilemma" not in runs  # kept apart by profile

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, run
+from conftest import ROOT, SMALL_SWEEPS, copy_of, run
 from pipelines.claims import load_claims
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 # The cells this test's assertions read, of each sweep in params.yaml: the rest would cost time and check nothing more.
 CELLS = {"sweep": ["ddpm-1000", "ddim-50", "ddim-10", "ddim-4", "iddpm-1000", "iddpm-10"],
@@ -172,21 +172,22 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert pd.read_csv(tiny_repo / "metrics/trilemma.csv").set_index("cell").loc["ddgan-2", "nfe"] == 2
 
 
-def test_sample_guided_refuses_a_classifier_from_another_schedule(tiny_repo):
+def test_sample_guided_refuses_a_classifier_from_another_schedule(small_run, tmp_path):
     """A classifier trained on other noise levels than the model fails the stage in one line, before sampling."""
+    repo = copy_of(small_run, tmp_path / "repo")  # its data and models/ddpm.pt built, on the linear schedule
+    cell = next(iter(SMALL_SWEEPS["guided_sweep"]))
+    (repo / f"samples/{cell}.npz").unlink()
     py = ["python", "-m"]
-    run([*py, "pipelines.prepare", "data/train.npz", "data/reference.npz"], tiny_repo)
-    run([*py, "pipelines.train_ddpm", "data/train.npz", "models/ddpm.pt", "plots/l.csv", "plots/l.png"], tiny_repo)
-    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
-    (tiny_repo / "params.yaml").write_text(yaml.safe_dump({**params, "diffusion": {"schedule": "cosine", "T": 1000}}))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "diffusion": {"schedule": "cosine", "T": 1000}}))
     clf = ["models/classifier.pt", "plots/c.csv", "plots/c.png", "plots/a.csv", "plots/a.png"]
-    run([*py, "pipelines.train_classifier", "data/train.npz", "data/reference.npz", *clf], tiny_repo)
-    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params))
+    run([*py, "pipelines.train_classifier", "data/train.npz", "data/reference.npz", *clf], repo)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
     proc = run([*py, "pipelines.sample_guided", "models", "models/classifier.pt", "data/reference.npz", "data/stats.npz",
-                "samples", "plots/samples", "metrics/cells", "metrics/timing"], tiny_repo, check=False,
-               DVC_STAGE="sample_guided@ddim-50-s1")
+                "samples", "plots/samples", "metrics/cells", "metrics/timing"], repo, check=False,
+               DVC_STAGE=f"sample_guided@{cell}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: models/classifier.pt: trained on schedule {'schedule': 'cosine', 'T': 1000}, but models/ddpm.pt on "
         "{'schedule': 'linear', 'T': 1000}; rerun train_classifier"]
-    assert not (tiny_repo / "samples/ddim-50-s1.npz").exists()
+    assert not (repo / f"samples/{cell}.npz").exists()
