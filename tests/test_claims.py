@@ -16,7 +16,8 @@ from conftest import ROOT, copy_of, edited, run
 from pipelines.claims import (
     OPERATORS, ClaimsError, evaluate, headline, load_claims, markdown, parse_claims, summary, summary_lines,
 )
-from pipelines.params import load_params
+from pipelines.params import load_params, parse_params
+from pipelines.profile import load_profile, profile_params
 
 ROWS = {"a": {"sampler": "ddpm", "steps": 10}, "b": {}, "c": {}}
 
@@ -179,13 +180,24 @@ def test_the_repository_claims_file_is_valid_and_covers_every_paper():
     papers = {c.paper.split(" (")[0] for c in claims.claims}
     assert {"Sohl-Dickstein et al. 2015", "DDPM", "DDIM", "Improved DDPM", "Classifier guidance", "DDGAN",
             "this project"} <= papers
-    params = load_params(ROOT / "params.yaml")
-    runs = ((params, params.cells()), (params.experiment("swissroll"), params.experiment("swissroll").sweep))
-    cells = {name: {"data": run.data.name, "model": getattr(cell, "model", "exact"), "sampler": cell.sampler,
+    assert_rows_defined(claims, load_params(ROOT / "params.yaml"))
+
+
+@pytest.mark.parametrize("name", ["swissroll", "mnist", "cifar10"])
+def test_each_profiles_claims_rows_are_its_cells_as_declared(name):
+    profile = load_profile(name)
+    claims = load_claims(ROOT / profile["claims"])
+    assert_rows_defined(claims, parse_params(profile_params(profile), name))
+
+
+def assert_rows_defined(claims, params) -> None:
+    """Every row `claims` declares (but `data`) is a cell of `params` with the declared settings."""
+    cells = {name: {"data": params.data.name, "model": getattr(cell, "model", "exact"), "sampler": cell.sampler,
                     "steps": cell.steps, "scale": cell.scale, **cell.sampler_kwargs(),
+                    "trajectory": cell.trajectory if cell.sampler != "ddgan" else None,
                     "condition": cell.condition.describe() if cell.condition else None}
-             for run, sweep in runs for name, cell in sweep.items()}
-    for row, pins in claims.rows.items():  # the default params define every declared row as declared
+             for name, cell in params.cells().items()}
+    for row, pins in claims.rows.items():
         if row == "data":
             continue
         assert row in cells, row
