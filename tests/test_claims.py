@@ -16,8 +16,7 @@ from conftest import ROOT, copy_of, edited, run
 from pipelines.claims import (
     OPERATORS, ClaimsError, evaluate, headline, load_claims, markdown, parse_claims, summary, summary_lines,
 )
-from pipelines.params import load_params, parse_params
-from pipelines.profile import load_profile, profile_params
+from pipelines.params import load_params
 
 ROWS = {"a": {"sampler": "ddpm", "steps": 10}, "b": {}, "c": {}}
 
@@ -181,13 +180,6 @@ def test_the_repository_claims_file_is_valid_and_covers_every_paper():
     assert {"Sohl-Dickstein et al. 2015", "DDPM", "DDIM", "Improved DDPM", "Classifier guidance", "DDGAN",
             "this project"} <= papers
     assert_rows_defined(claims, load_params(ROOT / "params.yaml"))
-
-
-@pytest.mark.parametrize("name", ["swissroll", "mnist", "cifar10"])
-def test_each_profiles_claims_rows_are_its_cells_as_declared(name):
-    profile = load_profile(name)
-    claims = load_claims(ROOT / profile["claims"])
-    assert_rows_defined(claims, parse_params(profile_params(profile), name))
 
 
 def assert_rows_defined(claims, params) -> None:
