@@ -4,6 +4,7 @@ the paper's T = 40, run as every profile is (`python -m pipelines.profile`), at 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -34,7 +35,8 @@ def test_the_swissroll_profile_runs_its_row_alone_with_the_papers_columns_and_cl
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    assert set(yaml.safe_load((ws / "dvc.lock").read_text())["stages"]) == STAGES
+    # what ran (a fresh cache restores nothing); the workspace's dvc.lock starts as the checkout's, so it lists more
+    assert set(re.findall(r"Running stage '([^']+)'", proc.stdout)) == STAGES, proc.stdout[-3000:]
     table = pd.read_csv(ws / "metrics/trilemma.csv").set_index("cell")
     assert list(table.index) == ["data", ROW] and set(table["data"]) == {"swissroll"}
     row = table.loc[ROW]
