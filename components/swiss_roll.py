@@ -16,7 +16,7 @@ import functools
 
 import numpy as np
 
-from components.data import Dataset
+from components.dataset import Dataset
 
 THETA_MIN = 1.5 * np.pi
 THETA_MAX = 4.5 * np.pi
@@ -101,7 +101,7 @@ def swissroll(n: int, std: float, rng: np.random.Generator) -> tuple[np.ndarray,
 def swissroll_splits(n_train: int, n_reference: int, std: float, seed: int) -> dict[str, Dataset]:
     """Train and held-out reference splits of the swiss roll (Sohl-Dickstein et al. 2015) from one seed's streams.
 
-    Seeded as `gaussians25_splits` (components/data.py): train and reference draw from the two children of
+    Seeded as `gaussians25_splits` (components/gaussians25.py): train and reference draw from the two children of
     np.random.SeedSequence(seed). One class (y = 0). Model space has unit variance per coordinate: the
     z-scored curve has variance 1 per coordinate and the isotropic noise adds std^2, so shift = 0 and
     scale = 1 / sqrt(1 + std^2). No modes: the roll is scored by swissroll_metrics, not mode_metrics.

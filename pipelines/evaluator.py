@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components.data import Dataset
+from components.dataset import Dataset
 from components.training import CHECKPOINT_KEYS, TrainState, checkpoint, restore
 from pipelines.io import InputError, atomic_torch_save, atomic_write_json, entry_point, load_dataset, stage_args
 from pipelines.params import EvaluateParams, load_params

@@ -26,7 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from components.data import DATASETS, Dataset, DataSpec, split_problem
+from components.data import DATASETS, DataSpec, split_problem
+from components.dataset import Dataset
 from pipelines.params import ParamsError
 
 
@@ -384,10 +385,9 @@ def dvc_stage(*names: str) -> tuple[str, str | None]:
 MATRIX_STAGES = frozenset({"sample", "sample_guided", "sample_exact", "train_ddgan", "sample_ddgan"})
 
 
-def checkpoint_path(models_dir: str, model: str, experiment: str | None = None) -> str:
-    """Model `model`'s checkpoint, `<models>/<model>.pt`, or `<model>-<experiment>.pt` for an experiment's own model
-    (dvc.yaml: models/${item.model}.pt, models/ddgan-${item.T}.pt, models/sd2015-swissroll.pt)."""
-    return str(Path(models_dir, f"{model}.pt" if experiment is None else f"{model}-{experiment}.pt"))
+def checkpoint_path(models_dir: str, model: str) -> str:
+    """Model `model`'s checkpoint, `<models>/<model>.pt` (dvc.yaml: models/${item.model}.pt, models/ddgan-${item.T}.pt)."""
+    return str(Path(models_dir, f"{model}.pt"))
 
 
 def parse_T(text: str) -> int:

@@ -47,7 +47,6 @@ TRAINED_MODELS = ("ddpm", "iddpm", "sd2015")
 LEARNED_VARIANCE_MODELS = ("iddpm", "sd2015")
 FULL_CHAIN_MODELS = ("sd2015",)
 FACTORS = ("delta", "gaussian")  # conditioning factors r(x) (Sohl-Dickstein et al. 2015 §2.5)
-EXPERIMENTS = ("swissroll",)  # sections that are an experiment of their own: data, chain, model (Params.experiment)
 # Files a run reads from outside the repository (CIFAR-10's batches, Inception's weights) live here, so that DVC can
 # list the folder as a dependency of the stages that read it in every profile: replacing a file reruns them.
 EXTERNAL_DIR = "data/external"
@@ -519,24 +518,6 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
-class SwissRollParams:
-    """Sohl-Dickstein et al. 2015's 2-D toy as an experiment of its own: its data, its chain and its 2015 model."""
-
-    data: DataParams
-    diffusion: DiffusionParams
-    train: SD2015Params
-    evaluate: EvaluateParams  # its own: points are their own features, whatever the main run scores with
-
-    def __post_init__(self):
-        _require(self.data.name == "swissroll", "data.name", f"must be swissroll, got {self.data.name!r}")
-        _require(self.evaluate.features == "identity", "evaluate.features",
-                 f"must be identity (points), got {self.evaluate.features!r}")
-
-    def cell_name(self) -> str:
-        return f"swissroll-sd2015-{self.diffusion.T}"
-
-
-@dataclass(frozen=True)
 class Params:
     data: DataParams
     diffusion: DiffusionParams
@@ -553,7 +534,6 @@ class Params:
     sweep: dict[str, SweepCellParams]
     guided_sweep: dict[str, GuidedCellParams]
     exact_sweep: dict[str, CellParams]
-    swissroll: SwissRollParams
     evaluate: EvaluateParams
     runtime: RuntimeParams
 
@@ -562,44 +542,12 @@ class Params:
         return {**self.sweep, **self.ddgan.cells(), **self.guided_sweep, **self.exact_sweep}
 
     def cell(self, section: str, name: str | None) -> tuple[str, CellParams]:
-        """Cell `name` of sweep `section` (sweep, guided_sweep, exact_sweep) with its params; name None: the section's
-        one cell (an experiment's, see `experiment`). ParamsError naming the cell where there is no such cell."""
+        """Cell `name` of sweep `section` (sweep, guided_sweep, exact_sweep) with its params; ParamsError naming the
+        cell where there is no such cell."""
         cells = getattr(self, section)
-        if name is None and len(cells) == 1:
-            name = next(iter(cells))
         if name not in cells:
             raise ParamsError(f"params.yaml: {section}.{name}: no such cell; allowed: {', '.join(cells) or 'none'}")
         return name, cells[name]
-
-    def experiment_data(self, name: str | None) -> DataParams:
-        """Experiment `name`'s data section (None: the main run's), read without the rest of `experiment(name)`."""
-        if name is None:
-            return self.data
-        _choice("experiment", name, EXPERIMENTS, "experiment")
-        return self.swissroll.data
-
-    def experiment_evaluate(self, name: str | None) -> EvaluateParams:
-        """Experiment `name`'s evaluate section (None: the main run's), read without the rest of `experiment(name)`."""
-        if name is None:
-            return self.evaluate
-        _choice("experiment", name, EXPERIMENTS, "experiment")
-        return self.swissroll.evaluate
-
-    def experiment(self, name: str | None) -> "Params":
-        """These params as experiment `name` sees them (None: the main run itself).
-
-        `swissroll`: its data, chain, trainer and evaluate sections in place of the main ones, and one sweep cell,
-        the 2015 model's full ancestral chain, as the whole sweep; the stages run on it unchanged
-        (`--experiment swissroll`). Its DDGAN section is the main run's, which no
-        swiss roll stage reads.
-        """
-        if name is None:
-            return self
-        _choice("experiment", name, EXPERIMENTS, "experiment")
-        x = self.swissroll
-        cell = SweepCellParams(model="sd2015", sampler="ddpm", steps=x.diffusion.T, variance="learned")
-        return dataclasses.replace(self, data=x.data, diffusion=x.diffusion, train_sd2015=x.train,
-                                   evaluate=x.evaluate, sweep={x.cell_name(): cell}, guided_sweep={}, exact_sweep={})
 
 
 # --- the converter ----------------------------------------------------------------------
@@ -690,19 +638,13 @@ def _build_network(cls: type[NetworkParams], raw: Any, key: str) -> NetworkParam
 
 
 def _cross_checks(p: Params) -> None:
-    """Constraints between sections, on the main run and on each experiment as its stages see it."""
+    """Constraints between sections."""
     _run_checks(p)
-    if make_schedule(p.diffusion.schedule, p.diffusion.T).alphas_cumprod[-1] <= 0:
+    eps = [name for name, cell in p.cells().items() if getattr(cell, "model", None) not in FULL_CHAIN_MODELS]
+    if eps and make_schedule(p.diffusion.schedule, p.diffusion.T).alphas_cumprod[-1] <= 0:
         raise ParamsError(f"diffusion.schedule: {p.diffusion.schedule!r} ends at abar_T = 0, where an eps model "
-                          f"cannot recover x0 (train_ddpm); it is for Sohl-Dickstein et al. 2015's model "
-                          f"(swissroll.diffusion)")
-    for name in p.experiment("swissroll").sweep:
-        if name in p.cells():
-            raise ParamsError(f"swissroll: its row {name} is also a cell's name; cell names must be unique")
-    try:
-        _run_checks(p.experiment("swissroll"))
-    except ParamsError as e:
-        raise ParamsError(f"swissroll: {e}") from None
+                          f"cannot recover x0 (cell {eps[0]}); it is for Sohl-Dickstein et al. 2015's model alone "
+                          f"(model {', '.join(FULL_CHAIN_MODELS)}: profiles/swissroll.yaml)")
 
 
 def _run_checks(p: Params) -> None:
@@ -853,21 +795,6 @@ def check_environment(p: Params, external: str | Path = EXTERNAL_DIR) -> None:
                     "evaluate.weights": "torch-fidelity's Inception weights"}[key]
             raise ParamsError(f"{key}: no {kind} {path}: nothing is downloaded; put {what} there, or link it "
                               f"({EXTERNAL_DIR}/README.md)")
-
-
-def stage_name(stage: str, experiment: str | None) -> str:
-    """dvc.yaml's name for stage `stage` run on `experiment` (its MLflow run's name too): `<stage>_<experiment>`."""
-    return stage if experiment is None else f"{stage}_{experiment}"
-
-
-def experiment_args(argv: list[str]) -> tuple[str | None, list[str]]:
-    """A stage's leading `--experiment NAME` (dvc.yaml's cmd), and the rest of its arguments: the stage then reads
-    `load_params().experiment(NAME)`. None when absent (the main run)."""
-    if argv[:1] != ["--experiment"]:
-        return None, argv
-    if len(argv) < 2 or argv[1] not in EXPERIMENTS:
-        raise ParamsError(f"--experiment: expected one of {', '.join(EXPERIMENTS)}, got {argv[1:2] or 'nothing'}")
-    return argv[1], argv[2:]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,41 +1,40 @@
 """Stage `prepare`: write the train and held-out reference splits of the data set.
 
-    python -m pipelines.prepare [--experiment swissroll] <train.npz> <reference.npz>
+    python -m pipelines.prepare <train.npz> <reference.npz>
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from components.data import DATASETS, DataFileError, split_problem
+from components.data import DATASETS, split_problem
+from components.dataset import DataFileError
 from pipelines.io import InputError, entry_point, save_dataset, stage_args
-from pipelines.params import ParamsError, experiment_args, load_params, stage_name
+from pipelines.params import ParamsError, load_params
 from pipelines.tracking import StageRun, log_stage_run
 
 
 def main(argv: list[str]) -> None:
-    experiment, argv = experiment_args(argv)
     train_path, reference_path = stage_args(argv, ("train.npz", "reference.npz"))
-    p = load_params().experiment_data(experiment)
+    p = load_params().data
     spec = DATASETS[p.name]
-    section = f"{experiment}.data" if experiment else "data"
     try:
         splits = spec.build(p.n_train, p.n_reference, p.seed, **p.options())
     except DataFileError as e:  # a missing, truncated or malformed file: its message names it
         raise InputError(str(e)) from None
     except ValueError as e:  # sizes the data set cannot give (mnist holds 5,000 digits)
-        raise ParamsError(f"params.yaml: {section}: {e}") from None
+        raise ParamsError(f"params.yaml: data: {e}") from None
     for split, ds in splits.items():  # what every stage's loader will check, before anything is written
         problem = split_problem(ds, spec)
         if problem:
-            raise ParamsError(f"params.yaml: {section}: its {split} split of {p.name} is unusable: {problem}")
+            raise ParamsError(f"params.yaml: data: its {split} split of {p.name} is unusable: {problem}")
     save_dataset(train_path, splits["train"])
     save_dataset(reference_path, splits["reference"])
     train = splits["train"]
     print(f"prepare: {p.name} train {train.x.shape} reference {splits['reference'].x.shape}, model scale "
           f"{train.scale:.6f}")
     log_stage_run(StageRun(
-        stage_name("prepare", experiment), params={"data": dataclasses.asdict(p)},
+        "prepare", params={"data": dataclasses.asdict(p)},
         metrics={"n_train": len(train.x), "n_reference": len(splits["reference"].x), "model_scale": train.scale},
     ))
 

@@ -1,6 +1,6 @@
 """Stage `reference`: what every cell is scored against, computed once per data set, and the ceiling row.
 
-    python -m pipelines.reference [--experiment swissroll] <train.npz> <reference.npz> <evaluator.pt | identity> \
+    python -m pipelines.reference <train.npz> <reference.npz> <evaluator.pt | identity> \
         <reference_stats.npz> <data.json>
 
 The reference set's features (through the extractor stage `evaluator` wrote, or the identity for points), their
@@ -28,18 +28,17 @@ from components.metrics import reference_set, sample_metrics
 from pipelines.io import (
     InputError, atomic_save_npz, atomic_write_json, entry_point, load_checkpoint, load_dataset, stage_args,
 )
-from pipelines.params import experiment_args, load_params, stage_name
+from pipelines.params import load_params
 from pipelines.runtime import stage_runtime
 from pipelines.tracking import StageRun, log_stage_run
 
 
 def main(argv: list[str]) -> None:
-    experiment, argv = experiment_args(argv)
     train_path, ref_path, evaluator_path, stats_path, data_json = stage_args(
         argv, ("train.npz", "reference.npz", "evaluator.pt", "reference_stats.npz", "data.json"))
     params = load_params()
-    data = params.experiment_data(experiment)  # only what the stage reads: dvc.yaml lists it key by key
-    e, name, spec = params.experiment_evaluate(experiment), data.name, DATASETS[data.name]
+    data, e = params.data, params.evaluate
+    name, spec = data.name, DATASETS[data.name]
     ref, train = load_dataset(ref_path, name), load_dataset(train_path, name)
     kind, weights, config = load_evaluator(evaluator_path, e.features)
     device = stage_runtime(params).device
@@ -65,10 +64,10 @@ def main(argv: list[str]) -> None:
     print(f"reference: {len(against.x)} {e.reference} points ({reference.feature_name} features, k = {e.k}); "
           f"data row ({len(x)} {'train' if scored is train else 'test'} points): "
           + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-    log_stage_run(StageRun(stage_name("reference", experiment),
+    log_stage_run(StageRun("reference",
                            params={"evaluate": dataclasses.asdict(e), "sample": {"n": params.sample.n}},
                            metrics={k: v for k, v in row.items() if not isinstance(v, str)},
-                           tags={"cell": "data" + (f"-{experiment}" if experiment else ""),
+                           tags={"cell": "data",
                                  "extractor": reference.feature_name}))
 
 

@@ -28,7 +28,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from components.data import DATASETS, Dataset, to_data
+from components.data import DATASETS
+from components.dataset import Dataset, to_data
 from components.ddgan import Generator
 from components.gaussian_mixture import bump_conditional, delta_conditional
 from components.guidance import Classifier, Known, classifier_grad, gaussian_factor
@@ -44,9 +45,7 @@ from pipelines.io import (
     InputError, NonFiniteError, atomic_save_figure, atomic_save_npz, atomic_write_json, entry_point, first_line,
     checkpoint_path, dvc_stage, load_checkpoint, load_dataset, load_reference_stats, progress_enabled, stage_args,
 )
-from pipelines.params import (
-    CellParams, ConditionParams, Params, experiment_args, load_params, stage_name,
-)
+from pipelines.params import CellParams, ConditionParams, Params, load_params
 from pipelines.plots import samples_figure
 from pipelines.runtime import stage_runtime
 from pipelines.timing import time_draws
@@ -311,18 +310,17 @@ def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Gen
 
 
 def main(argv: list[str]) -> None:
-    experiment, argv = experiment_args(argv)
     models_dir, *paths = stage_args(argv, ("models/", *CellFiles.ARGS))
-    stage, item = dvc_stage(stage_name("sample", experiment))
-    params = load_params().experiment(experiment)
+    stage, item = dvc_stage("sample")
+    params = load_params()
     cell_name, cell = params.cell("sweep", item)
     files = CellFiles.of(cell_name, *paths)
-    ckpt_path = checkpoint_path(models_dir, cell.model, experiment)
+    ckpt_path = checkpoint_path(models_dir, cell.model)
     model, cfg = load_ema_model(ckpt_path)  # its config fixes the schedule, T and model space
     ref = load_dataset(files.reference, params.data.name)
     check_cell_model(f"sweep.{cell_name}", cell, ckpt_path, cfg, files.reference, ref)
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
-    run_cell(stage if item is None else f"{stage}@{item}", cell_name, cell, model, full, tuple(cfg["data_shape"]),
+    run_cell(f"{stage}@{item}", cell_name, cell, model, full, tuple(cfg["data_shape"]),
              ref, params, files, output=cfg.get("output", "eps"))
 
 

@@ -95,7 +95,7 @@ def read_row(path: Path, required: tuple[str, ...]) -> dict:
 def with_families(df: pd.DataFrame, drawn: list[dict]) -> pd.DataFrame:
     """The table with column FAMILY (pipelines.plots.row_family) on the rows the trilemma figures draw (`drawn`), so
     that the PNG and the Vega-Lite chart show the same rows in the same families; empty on the others (the ceilings,
-    conditioned rows, the swiss roll)."""
+    conditioned rows)."""
     families = {r["cell"]: row_family(r) for r in drawn}
     out = df.copy()
     out.insert(len(SETTINGS), FAMILY, df["cell"].map(families))  # a setting of the row's, before the metrics
@@ -110,32 +110,29 @@ def main(argv: list[str]) -> None:
     claimed = set(load_claims(claims_path).rows) - {"data"}
     spec = DATASETS[params.data.name]
     rows, timings, full_chains = [], {}, {}
-    for run in (params, params.experiment("swissroll")):  # the main data set's rows, then the swiss roll's
-        ceiling = "data" if run is params else "data-swissroll"
-        scored, n_scored = ceiling_split(run)
-        rows.append({"cell": ceiling, "data": run.data.name, "sampler": scored, "wall_s_per_1k": 0.0,
-                     "n": n_scored, "extractor": "identity",
-                     **read_row(Path(metrics_dir) / f"{ceiling}.json", ROW_KEYS)})
-        for name, cell in run.cells().items() if run is params else run.sweep.items():
-            n = cell.n or run.sample.n
-            c = load_samples(Path(samples_dir) / f"{name}.npz", DATASETS[run.data.name], n)
-            if cell.scale is not None and ("y" not in c or float(c["scale"]) != cell.scale):
-                raise InputError(f"{samples_dir}/{name}.npz: not guided at scale {cell.scale:g} as params say; "
-                                 f"rerun its stage")
-            timings[name] = read_row(Path(timing_dir) / f"{name}.json", TIMING_KEYS)
-            kw = cell.sampler_kwargs()
-            rows.append({"cell": name, "data": run.data.name, "model": getattr(cell, "model", "exact"),
-                         "sampler": cell.sampler, "steps": cell.steps, "n": n,
-                         "trajectory": cell.trajectory if cell.sampler != "ddgan" else None, "eta": kw.get("eta"),
-                         "variance": kw.get("variance"), "scale": cell.scale,
-                         "condition": cell.condition.describe() if cell.condition else None,
-                         "extractor": "identity", **read_row(Path(metrics_dir) / f"{name}.json", ROW_KEYS),
-                         **{k: timings[name][k] for k in ("wall_s_per_1k", "wall_s_per_1k_iqr")}})
-            if run is params and "nll_terms" in c and cell.steps == params.diffusion.T:
-                full_chains[f"{name} ({getattr(cell, 'model', 'exact')}, {kw['variance']})"] = c["nll_terms"]
+    scored, n_scored = ceiling_split(params)
+    rows.append({"cell": "data", "data": params.data.name, "sampler": scored, "wall_s_per_1k": 0.0,
+                 "n": n_scored, "extractor": "identity", **read_row(Path(metrics_dir) / "data.json", ROW_KEYS)})
+    for name, cell in params.cells().items():
+        n = cell.n or params.sample.n
+        c = load_samples(Path(samples_dir) / f"{name}.npz", spec, n)
+        if cell.scale is not None and ("y" not in c or float(c["scale"]) != cell.scale):
+            raise InputError(f"{samples_dir}/{name}.npz: not guided at scale {cell.scale:g} as params say; "
+                             f"rerun its stage")
+        timings[name] = read_row(Path(timing_dir) / f"{name}.json", TIMING_KEYS)
+        kw = cell.sampler_kwargs()
+        rows.append({"cell": name, "data": params.data.name, "model": getattr(cell, "model", "exact"),
+                     "sampler": cell.sampler, "steps": cell.steps, "n": n,
+                     "trajectory": cell.trajectory if cell.sampler != "ddgan" else None, "eta": kw.get("eta"),
+                     "variance": kw.get("variance"), "scale": cell.scale,
+                     "condition": cell.condition.describe() if cell.condition else None,
+                     "extractor": "identity", **read_row(Path(metrics_dir) / f"{name}.json", ROW_KEYS),
+                     **{k: timings[name][k] for k in ("wall_s_per_1k", "wall_s_per_1k_iqr")}})
+        if "nll_terms" in c and cell.steps == params.diffusion.T:
+            full_chains[f"{name} ({getattr(cell, 'model', 'exact')}, {kw['variance']})"] = c["nll_terms"]
     T = params.diffusion.T
     # the trilemma figure: samples of the main data set's p(x), unconditioned
-    trilemma_rows = [r for r in rows if r["data"] == params.data.name and not _present(r.get("condition"))]
+    trilemma_rows = [r for r in rows if not _present(r.get("condition"))]
 
     df = pd.DataFrame(rows)
     df = df.reindex(columns=[*SETTINGS, *METRICS]).astype({"steps": "Int64", "nfe": "Int64", "modes": "Int64",
@@ -157,22 +154,37 @@ def main(argv: list[str]) -> None:
     ))
 
 
-# Columns each part of the markdown leaves out: they are blank in every row of that part.
+# Columns each part of the markdown leaves out: they are blank in every row of that part, or (the bound K and the
+# arc coverage) a data set's own, shown where PAPER_COLUMNS names them.
 MAIN_ONLY = ("arc_coverage", "cond_hq", "cond_tv", "k_bits", "k_minus_null_bits", "data", "condition")
 # conditioned rows: FID and precision/recall against the unconditional reference split say nothing
 CONDITIONED_DROP = ("arc_coverage", "k_bits", "k_minus_null_bits", "nll", "nll_se", "target_hit", "scale", "data",
                     "eta", "modes", "kl_uniform", "fid", "precision", "recall")
-SWISSROLL_DROP = ("modes", "kl_uniform", "target_hit", "cond_hq", "cond_tv", "scale", "condition", "eta", "data")
+# A data set's columns from its paper, and the header's sentence on them: the swiss roll's (profiles/swissroll.yaml)
+# are Sohl-Dickstein et al. 2015's Table 1 and its own arc coverage (components/swiss_roll.py).
+PAPER_COLUMNS = {"swissroll": ("arc_coverage", "k_bits", "k_minus_null_bits")}
+
+
+def paper_sentence(params) -> str:
+    """The header's sentence on the data set's PAPER_COLUMNS ('' for none)."""
+    if params.data.name != "swissroll":
+        return ""
+    return (f"Swiss roll (Sohl-Dickstein et al. 2015, Table 1: K = 2.35 bits, K - L_null = 6.45 bits): noise std "
+            f"{params.data.std:g} around the z-scored curve, T = {params.diffusion.T} ({params.diffusion.schedule} "
+            f"schedule). `hq_fraction`: share within {params.evaluate.n_std:g} std of the curve; `arc_coverage`: share "
+            f"of 50 equal pieces of its arc holding at least {params.evaluate.min_mode_count} of them. `k_bits`: the "
+            f"bound K in bits per point on unit-variance data (for `data` the true log-likelihood), "
+            f"`k_minus_null_bits`: K minus the points' log-likelihood under N(0, I). ")
 
 
 def markdown_document(df: pd.DataFrame, params, spec, timings: dict[str, dict]) -> str:
-    """trilemma.md: the main table (the main data set's unconditioned rows), then the conditioned rows and the swiss
-    roll's rows, each with the columns it fills."""
-    main = df[(df["data"] == params.data.name) & df["condition"].isna()]
-    conditioned = df[(df["data"] == params.data.name) & df["condition"].notna()]
-    swissroll = df[df["data"] != params.data.name]
+    """trilemma.md: the main table (the unconditioned rows), then the conditioned rows, each with the columns it
+    fills."""
+    main, conditioned = df[df["condition"].isna()], df[df["condition"].notna()]
+    shown = PAPER_COLUMNS.get(params.data.name, ())
     text = table_header(params, spec, main, timings)
-    text += markdown_table(markdown_frame(main.drop(columns=list(MAIN_ONLY) + said(main, params))))
+    text += markdown_table(markdown_frame(main.drop(columns=list(dict.fromkeys(
+        [c for c in MAIN_ONLY if c not in shown] + said(main, params))))))
     if len(conditioned):
         text += ("\n\nConditioned rows: samples of p(x) r(x) for a factor r (Sohl-Dickstein et al. 2015 §2.5; "
                  "`condition` in data units). `cond_hq`: share of samples within "
@@ -180,17 +192,6 @@ def markdown_document(df: pd.DataFrame, params, spec, timings: dict[str, dict]) 
                  "form); `cond_tv`: total variation between their split over those modes and the exact weights.\n\n"
                  + markdown_table(markdown_frame(conditioned.drop(columns=list(
                      dict.fromkeys([*CONDITIONED_DROP, *said(conditioned, params)]))))))
-    if len(swissroll):
-        x = params.swissroll
-        text += (f"\n\nSwiss roll rows (Sohl-Dickstein et al. 2015, Table 1: K = 2.35 bits, K - L_null = 6.45 bits): "
-                 f"{x.data.n_reference} reference points, noise std {x.data.std:g} around the z-scored curve, T = "
-                 f"{x.diffusion.T} ({x.diffusion.schedule} schedule). `hq_fraction`: share within "
-                 f"{params.evaluate.n_std:g} std of the curve; `arc_coverage`: share of 50 equal pieces of its arc "
-                 f"holding at least {params.evaluate.min_mode_count} of them. `k_bits`: the bound K in bits per point "
-                 f"on unit-variance data (for `data-swissroll` the true log-likelihood), `k_minus_null_bits`: K minus "
-                 f"the points' log-likelihood under N(0, I).\n\n"
-                 + markdown_table(markdown_frame(swissroll.drop(columns=list(
-                     dict.fromkeys([*SWISSROLL_DROP, *said(swissroll, params)]))))))
     return text
 
 
@@ -274,7 +275,7 @@ def table_header(params, spec, main: pd.DataFrame, timings: dict[str, dict]) -> 
         f"`nll`: the variational bound (DDPM eq. 5) of each unguided ancestral chain, in {NLL_UNITS[spec.decoder]}, on "
         f"the first {params.nll.n} reference points, ± one standard error over the points"
         + ("; for `data` it is the true density's NLL" if spec.decoder == "continuous" else "")
-        + ". Empty where a row has no likelihood.\n\n")
+        + ". Empty where a row has no likelihood. " + paper_sentence(params)).rstrip() + "\n\n"
 
 if __name__ == "__main__":
     entry_point(main)

@@ -1,14 +1,14 @@
 """Stage `train_sd2015`: Sohl-Dickstein et al. 2015's diffusion model, trained on the full bound K (eq. 14).
 
-    python -m pipelines.train_sd2015 [--experiment swissroll] <train.npz> <checkpoint.pt> <loss.csv> <loss.png>
+    python -m pipelines.train_sd2015 <train.npz> <checkpoint.pt> <loss.csv> <loss.png>
 
 The reverse kernel has a learned mean and a learned diagonal variance, both perturbations of the forward
 kernel (eqs. 64-65; `diffusion.sd2015_mean_variance`): the network outputs (z_mu, z_Sigma), 2C channels,
 recorded in the checkpoint as output "sd2015". The loss is T L_t at per-example t, L_t the closed-form
 posterior KL in bits per dimension, with gradients through mean and variance (`training.bound_train_step`).
 On the main data set it uses params diffusion's schedule and T, the DDPM model's chain, so its row compares
-parameterisation and objective alone (DDPM Table 2); `--experiment swissroll` trains on the swiss roll at the
-paper's T = 40 with its own schedule. Resume works as in train_ddpm, importance-sampler history included.
+parameterisation and objective alone (DDPM Table 2); the profile `swissroll` (profiles/swissroll.yaml) trains it on
+the swiss roll at the paper's T = 40 with its own schedule. Resume works as in train_ddpm, importance-sampler history included.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from components.training import (
 from pipelines.io import atomic_torch_save, entry_point, load_dataset, stage_args
 from components.runtime import CPU, Runtime
 from pipelines.runtime import stage_runtime
-from pipelines.params import SD2015Params, experiment_args, load_params, stage_name
+from pipelines.params import SD2015Params, load_params
 from pipelines.tracking import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop, write_history
 
@@ -36,7 +36,7 @@ OUTPUT = "sd2015"  # how the network's output is read (diffusion.reverse_kernel)
 
 def new_state(p: SD2015Params, data_shape: tuple[int, ...], T: int,
               rt: Runtime | None = None) -> tuple[TrainState, UniformTimesteps]:
-    """A fresh run of params `p` (train_sd2015 or swissroll.train): the network seeded by `p.seed`, with 2C
+    """A fresh run of params `p` (train_sd2015): the network seeded by `p.seed`, with 2C
     outputs (z_mu, z_Sigma), its optimiser and EMA, and the timestep sampler over T steps. Shared with
     benchmarks/sd2015_recipe.py. On rt's device (the CPU without one)."""
     torch.manual_seed(p.seed)  # network initialisation
@@ -46,11 +46,10 @@ def new_state(p: SD2015Params, data_shape: tuple[int, ...], T: int,
 
 
 def main(argv: list[str]) -> None:
-    experiment, argv = experiment_args(argv)
     data_path, ckpt_path, csv_path, png_path = stage_args(argv, ("train.npz", "checkpoint.pt", "loss.csv", "loss.png"))
-    params = load_params().experiment(experiment)
+    params = load_params()
     p, diff = params.train_sd2015, params.diffusion
-    stage = stage_name("train_sd2015", experiment)
+    stage = "train_sd2015"
     ds = load_dataset(data_path, params.data.name)
     rt = stage_runtime(params)
     data = torch.from_numpy(ds.to_model(ds.x)).to(rt.device)  # (N, ...) model space; minibatches are drawn there

@@ -29,7 +29,7 @@ from pipelines.params import NetworkParams, OptimParams
 from pipelines.plots import loss_curve_figure
 
 if TYPE_CHECKING:
-    from components.data import Dataset
+    from components.dataset import Dataset
 
 
 def scratch_config(p: OptimParams, diffusion: dict, ds: Dataset, **extra) -> dict:

@@ -12,7 +12,7 @@ from torch import nn
 from components.ddgan import (
     GAN_CHECKPOINT_KEYS, GANState, ddgan_train_step, gan_checkpoint, gan_restore, mean_by_t, q_sample_pair, r1_penalty, sample_posterior,
 )
-from components.data import gaussians25_means
+from components.gaussians25 import gaussians25_means
 from components.gaussian_mixture import mixture_posterior_sample
 from components.metrics import mode_metrics
 from components.networks import make_discriminator, make_generator

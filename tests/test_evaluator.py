@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from components.data import IMAGE_SCALE, IMAGE_SHIFT, to_model
+from components.dataset import IMAGE_SCALE, IMAGE_SHIFT, to_model
 from components.evaluator import (
     LOGITS, LeNet, accuracy, classifier_score, digit_extractor, evaluator_train_step, extract, inception_extractor,
     inception_from_state, kid, load_weights, to_model_space, translate, weights_digest,

@@ -45,16 +45,8 @@ DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # Stage evaluator shares the loop too, but trains only for digits (`evaluate.features: lenet`); on the toy it writes
 # the identity extractor, so its kills are not among these (tests/test_images.py runs it on digits).
 TRAINERS = [name for name, s in DVC_YAML.items() if "pipelines/trainer.py" in s.get("deps", []) and name != "evaluator"]
-# where a trainer's params section sits, when not at the top level under the stage's name
-TRAINER_PARAMS = {"train_sd2015_swissroll": ("swissroll", "train")}
 
 
-def trainer_section(params: dict, trainer: str) -> dict:
-    """The params section (a mapping inside `params`) that trainer stage `trainer` trains with."""
-    section = params
-    for key in TRAINER_PARAMS.get(trainer, (trainer,)):
-        section = section[key]
-    return section
 INPUT_SUFFIXES = (".npz", ".pt", ".json", ".csv")  # the files a stage loads; a directory dep is a folder of them
 
 
@@ -378,7 +370,7 @@ def test_every_stage_refuses_each_corrupt_input_in_one_line(repo, monkeypatch):
                 path.unlink()
             else:
                 path.write_bytes(original)
-    readers = {instance(stages, n) for n in DVC_YAML if n not in ("validate", "prepare", "prepare_swissroll")}
+    readers = {instance(stages, n) for n in DVC_YAML if n not in ("validate", "prepare")}
     assert {a for a, _, _ in checked} >= readers  # every stage but those that read no data file or checkpoint
     print(f"\n{len(checked)} corrupt inputs refused, over {len({a for a, _, _ in checked})} stages")
 
@@ -516,8 +508,8 @@ def test_killed_trainer_resumes_to_byte_identical_outputs(repo, trainer):
     appears (while the outputs are written and logged); the run that finishes writes the bytes an unbroken run writes,
     and one killed after its last step redoes no training. Resume checkpoints every log_every steps, so that kills land
     between them."""
-    section = trainer_section(yaml.safe_load((repo / "params.yaml").read_text()), trainer)
-    set_params(repo, lambda p: trainer_section(p, trainer).update(checkpoint_every=section["log_every"]))
+    section = yaml.safe_load((repo / "params.yaml").read_text())[trainer]
+    set_params(repo, lambda p: p[trainer].update(checkpoint_every=section["log_every"]))
     stages = stage_addresses(repo)
     address = instance(stages, trainer)
     argv, _, outs = stages[address]

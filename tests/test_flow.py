@@ -130,7 +130,7 @@ def table_of(repo: Path, run_id: str, name: str) -> pd.DataFrame:
 def all_stages(repo: Path) -> set[str]:
     p = yaml.safe_load((repo / "params.yaml").read_text())
     return {"prepare", "evaluator", "reference", "train_ddpm", "finetune_iddpm", "train_sd2015", "train_classifier",
-            "table", "claims", "prepare_swissroll", "reference_swissroll", "train_sd2015_swissroll", "sample_swissroll",
+            "table", "claims",
             *(f"sample@{c}" for c in p["sweep"]), *(f"sample_guided@{c}" for c in p["guided_sweep"]),
             *(f"sample_exact@{c}" for c in p["exact_sweep"]),
             *(f"{s}@{T}" for T in p["ddgan"]["T"] for s in ("train_ddgan", "sample_ddgan"))}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.data import gaussians25_means
+from components.gaussians25 import gaussians25_means
 from components.gaussian_mixture import mixture_classifier, mixture_eps_model, mixture_log_posterior_grad
 from components.guidance import classifier_grad
 from components.metrics import nearest_mode, target_hit_rate
@@ -14,7 +14,7 @@ from components.schedules import make_schedule, make_trajectory, respace
 from pipelines.sample import guide_for
 
 STD = 0.05
-SCALE = 1 / np.sqrt(8 + STD**2)  # the toy's model-space map (components/data.py)
+SCALE = 1 / np.sqrt(8 + STD**2)  # the toy's model-space map (components/gaussians25.py)
 MEANS = gaussians25_means()
 
 

@@ -21,20 +21,18 @@ import pytest
 import yaml
 
 from conftest import ROOT, stage_env, write_cifar10_batches, write_random_inception_weights
-from pipelines.demo import budgets
 
 pytestmark = pytest.mark.e2e
 
 # The profile's own params at test size (profiles/overlays/tiny-images.yaml, which benchmarks/gpu_check.py runs
-# too); the rest of the DAG (the swiss roll experiment) at the demo's budgets.
+# too).
 TINY = yaml.safe_load((ROOT / "profiles/overlays/tiny-images.yaml").read_text())
 TINY_IMAGES, SWEEP = TINY["merge"], TINY["replace"]["sweep"]
 
 
 def overlay(path: Path, merge: dict, replace: dict | None = None) -> Path:
-    """A profile overlay file: the demo's tiny budgets for every other stage, then `merge` and `replace`."""
-    tiny, _ = budgets(ROOT)
-    doc = {"merge": {**{k: v for k, v in tiny.items() if k in ("swissroll",)}, **merge},
+    """A profile overlay file: `merge` and `replace` (the tiny sweep unless `replace` names another)."""
+    doc = {"merge": merge,
            "replace": {"sweep": SWEEP, **(replace or {})}}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

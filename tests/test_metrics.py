@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.data import gaussians25_means
+from components.gaussians25 import gaussians25_means
 from components.features import identity_features
 from components.metrics import (
     ReferenceSet, fid_statistics, frechet_distance, frechet_distance_from_statistics, knn_radii, mode_metrics,

@@ -42,7 +42,7 @@ def test_default_params_are_valid():
     # unknown keys, at every level
     ("sampel", {"n": 1}, "params.yaml: sampel: unknown key; allowed: data, diffusion, train_ddpm, finetune_iddpm, "
                          "train_sd2015, train_classifier, ddgan, train_ddgan, sample, timing, nll, guidance, sweep, "
-                         "guided_sweep, exact_sweep, swissroll, evaluate"),
+                         "guided_sweep, exact_sweep, evaluate"),
     ("exact_sweep.exact-ddpm-4.model", "ddpm", "exact_sweep.exact-ddpm-4.model: unknown key; allowed: sampler, steps"),
     ("train_ddpm.learning_rate", 0.1, "train_ddpm.learning_rate: unknown key; allowed: seed, steps, batch_size, lr"),
     ("sweep.ddim-50.etaa", 0.5, "sweep.ddim-50.etaa: unknown key; allowed: sampler, steps, trajectory, eta"),

@@ -41,8 +41,7 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert "warning" not in first.stderr.lower(), first.stderr
 
     table = pd.read_csv(tiny_repo / "metrics/trilemma.csv")
-    swissroll = f"swissroll-sd2015-{params['swissroll']['diffusion']['T']}"  # the swiss roll experiment's rows last
-    assert list(table["cell"]) == ["data", *cells, "data-swissroll", swissroll]
+    assert list(table["cell"]) == ["data", *cells]
     for col in ["scale", "nfe", "wall_s_per_1k", "wall_s_per_1k_iqr", "hq_fraction", "modes", "kl_uniform", "fid", "precision", "recall",
                 "target_hit", "nll"]:
         assert col in table.columns
@@ -83,7 +82,7 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert encoding["color"]["field"] == "t" and encoding["row"]["field"] == "term"  # .dvc/plots/by_t.json
     assert (tiny_repo / "plots/train_classifier/accuracy.csv").read_text().startswith(
         "t_lo,t_hi,t_mid,accuracy,chance,bayes_accuracy\n")
-    sampled = table[table["sampler"] != "train split"]  # the data rows (the main one and the swiss roll's) take no time
+    sampled = table[table["sampler"] != "train split"]  # the data row takes no time
     assert (sampled["wall_s_per_1k"] > 0).all() and (sampled["wall_s_per_1k_iqr"] >= 0).all()
     timing = json.loads((tiny_repo / "metrics/timing/ddim-4.json").read_text())
     assert timing["repeats"] == params["timing"]["repeats"] and timing["threads"] == 1 and timing["device"]
@@ -101,8 +100,7 @@ def test_dvc_repro_end_to_end(tiny_repo):
     assert {f"metrics/claims/{c}.json" for c in claim_ids()} <= set(shown)
 
     stages = {"prepare", "evaluator", "reference", "train_ddpm", "finetune_iddpm", "train_sd2015", "train_classifier",
-              "table", "claims", "prepare_swissroll", "reference_swissroll", "train_sd2015_swissroll",
-              "sample_swissroll",
+              "table", "claims",
               *(f"sample@{c}" for c in params["sweep"]), *(f"sample_guided@{c}" for c in params["guided_sweep"]),
               *(f"sample_exact@{c}" for c in params["exact_sweep"]),
               *(f"{stage}@{T}" for T in params["ddgan"]["T"] for stage in ("train_ddgan", "sample_ddgan"))}

@@ -43,7 +43,7 @@ def test_the_demo_never_replaces_a_folder_it_did_not_make(tmp_path):
     assert (mine / "notes.txt").read_text() == "keep"
 
 
-@pytest.mark.parametrize("name", ["demo", "mnist", "mnist-gpu", "cifar10"])
+@pytest.mark.parametrize("name", ["demo", "mnist", "mnist-gpu", "cifar10", "swissroll"])
 def test_every_profile_passes_the_one_loader_and_its_claims_read_its_own_rows(name):
     """A profile is params.yaml plus its overlay, checked by pipelines/params.py like any params file; its claims
     file declares rows that are cells of the profile (so its claims can be measured)."""

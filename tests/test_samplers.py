@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.data import gaussians25_means
+from components.gaussians25 import gaussians25_means
 from components.gaussian_mixture import mixture_eps_model
 from components.metrics import mode_metrics
 from components.samplers import sample_ddim, sample_ddpm

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.data import gaussians25_means
+from components.gaussians25 import gaussians25_means
 from components.diffusion import reverse_kernel, sd2015_mean_variance
 from components.gaussian_mixture import bump_conditional, delta_conditional, mixture_eps_model
 from components.guidance import Known, gaussian_factor
@@ -19,7 +19,7 @@ from components.schedules import make_schedule, make_trajectory, respace, sd2015
 from components.training import TrainState, bound_train_step, make_timestep_sampler
 
 STD = 0.05
-SCALE = 1 / np.sqrt(8 + STD**2)  # the toy's model-space map (components/data.py)
+SCALE = 1 / np.sqrt(8 + STD**2)  # the toy's model-space map (components/gaussians25.py)
 MEANS = gaussians25_means()
 
 

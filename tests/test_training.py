@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.data import gaussians25_splits
+from components.gaussians25 import gaussians25_splits
 from components.diffusion import model_timesteps, q_sample
 from components.gaussian_mixture import mixture_classifier
 from components.networks import add_variance_output, make_classifier, make_network
