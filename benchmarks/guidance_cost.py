@@ -21,7 +21,7 @@ from components.guidance import classifier_grad
 from components.networks import make_classifier, make_network
 from components.samplers import sample_ddim, sample_ddpm
 from components.schedules import make_schedule, make_trajectory, respace
-from pipelines.io import pin_malloc_thresholds
+from pipelines.malloc import pin_malloc_thresholds
 from pipelines.params import load_params
 
 

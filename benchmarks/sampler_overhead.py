@@ -18,7 +18,7 @@ import torch
 from components.networks import make_network
 from components.samplers import sample_ddim, sample_ddpm
 from components.schedules import make_schedule, make_trajectory, respace
-from pipelines.io import pin_malloc_thresholds
+from pipelines.malloc import pin_malloc_thresholds
 from pipelines.params import load_params
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import dataclasses
 
 from components.data import DATASETS, DataFileError, split_problem
-from pipelines.io import InputError, entry_point, save_dataset, stage_args
-from pipelines.params import ParamsError, experiment_args, load_params, stage_name
-from pipelines.tracking import StageRun, log_stage_run
+from pipelines.entry import entry_point, stage_args
+from pipelines.errors import InputError, ParamsError
+from pipelines.loading import save_dataset
+from pipelines.params import experiment_args, load_params, stage_name
+from pipelines.tracking_spool import StageRun, log_stage_run
 
 
 def main(argv: list[str]) -> None:
