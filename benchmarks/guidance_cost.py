@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    pin_malloc_thresholds()  # as every stage does (pipelines/io.py)
+    pin_malloc_thresholds()  # as every stage does (pipelines/entry.py)
     p = load_params()
     torch.manual_seed(0)
     net = make_network(p.train_ddpm.network.name, (2,), **p.train_ddpm.network.kwargs).eval().requires_grad_(False)

@@ -75,9 +75,9 @@ def guidance_series(rows: list[dict], params) -> dict[str, list[dict]]:
 
 
 def with_families(df: pd.DataFrame, drawn: list[dict]) -> pd.DataFrame:
-    """The table with column FAMILY (pipelines.plots.row_family) on the rows the trilemma figures draw (`drawn`), so
-    that the PNG and the Vega-Lite chart show the same rows in the same families; empty on the others (the ceilings,
-    conditioned rows, the swiss roll)."""
+    """The table with column FAMILY (pipelines.plots_trilemma.row_family) on the rows the trilemma figures draw
+    (`drawn`), so that the PNG and the Vega-Lite chart show the same rows in the same families; empty on the others
+    (the ceilings, conditioned rows, the swiss roll)."""
     families = {r["cell"]: row_family(r) for r in drawn}
     out = df.copy()
     out.insert(len(SETTINGS), FAMILY, df["cell"].map(families))  # a setting of the row's, before the metrics
