@@ -33,7 +33,8 @@ from components.metrics import reference_set, sample_metrics  # noqa: E402
 from components.posterior_match import format_rows, generator_sampler, posterior_match  # noqa: E402
 from components.samplers import sample_ddgan  # noqa: E402
 from components.schedules import make_schedule, make_trajectory, respace  # noqa: E402
-from pipelines.io import load_dataset, pin_malloc_thresholds  # noqa: E402
+from pipelines.loading import load_dataset  # noqa: E402
+from pipelines.malloc import pin_malloc_thresholds  # noqa: E402
 from pipelines.params import PARAMS_FILE, parse_params, read_yaml  # noqa: E402
 from pipelines.train_ddgan import new_state, recipe_step  # noqa: E402
 

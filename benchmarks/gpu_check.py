@@ -172,7 +172,8 @@ def check_profile(name: str, overlay: Path | None) -> str | None:
     """Why profile `name` (with `overlay`) does not load and pass the one params loader, in its words, or None.
 
     What the run needs from its machine (a GPU, files in data/external) pipelines.profile checks when it runs."""
-    from pipelines.params import ParamsError, parse_params
+    from pipelines.errors import ParamsError
+    from pipelines.params import parse_params
 
     try:
         over = load_profile(str(overlay)) if overlay else None

@@ -21,7 +21,7 @@ from components.guidance import classifier_grad
 from components.networks import make_classifier, make_network
 from components.samplers import sample_ddim, sample_ddpm
 from components.schedules import make_schedule, make_trajectory, respace
-from pipelines.io import pin_malloc_thresholds
+from pipelines.malloc import pin_malloc_thresholds
 from pipelines.params import load_params
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    pin_malloc_thresholds()  # as every stage does (pipelines/io.py)
+    pin_malloc_thresholds()  # as every stage does (pipelines/entry.py)
     p = load_params()
     torch.manual_seed(0)
     net = make_network(p.train_ddpm.network.name, (2,), **p.train_ddpm.network.kwargs).eval().requires_grad_(False)

@@ -18,7 +18,7 @@ import torch
 from components.networks import make_network
 from components.samplers import sample_ddim, sample_ddpm
 from components.schedules import make_schedule, make_trajectory, respace
-from pipelines.io import pin_malloc_thresholds
+from pipelines.malloc import pin_malloc_thresholds
 from pipelines.params import load_params
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    pin_malloc_thresholds()  # as every stage does (pipelines/io.py)
+    pin_malloc_thresholds()  # as every stage does (pipelines/entry.py)
     p = load_params()
     net = make_network(p.train_ddpm.network.name, (2,), **p.train_ddpm.network.kwargs).eval().requires_grad_(False)
     sched = respace(make_schedule(p.diffusion.schedule, p.diffusion.T),

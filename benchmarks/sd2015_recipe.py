@@ -28,7 +28,8 @@ from components.data import DATASETS  # noqa: E402
 from components.likelihood import bound_per_dim, variational_bound  # noqa: E402
 from components.schedules import make_schedule  # noqa: E402
 from components.training import bound_train_step, lr_at  # noqa: E402
-from pipelines.io import load_dataset, pin_malloc_thresholds  # noqa: E402
+from pipelines.loading import load_dataset  # noqa: E402
+from pipelines.malloc import pin_malloc_thresholds  # noqa: E402
 from pipelines.params import PARAMS_FILE, parse_params, read_yaml  # noqa: E402
 from pipelines.train_sd2015 import OUTPUT, new_state  # noqa: E402
 

@@ -12,7 +12,7 @@ by up to 30% between days). It prints:
 - the wall time of every stage and of the whole `dvc repro -f`, read from DVC's "Running stage"
   lines as they stream (a stage's time runs to the next stage's start, so it includes DVC's own
   work for it: hashing, caching, writing dvc.lock).
-- where the stage's process reports it (pipelines/io.entry_point writes TRILEMMA_STAGE_TIMES), the
+- where the stage's process reports it (pipelines/entry.entry_point writes TRILEMMA_STAGE_TIMES), the
   split of each stage into start-up (process start to main), main, and the rest; fixed cost = wall - main.
 """
 

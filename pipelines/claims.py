@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.columns import METRICS, SETTINGS
-from pipelines.params import ParamsError, _key, _show, read_yaml
+from pipelines.errors import ParamsError
+from pipelines.params import _key, _show, read_yaml
 
 if TYPE_CHECKING:  # tracking is imported when a run is logged, not to validate claims.yaml
-    from pipelines.tracking import StageRun
+    from pipelines.tracking_spool import StageRun
 
 CLAIMS_FILE = "claims.yaml"
 STATUSES = ("holds", "fails", "not measured")
@@ -389,7 +390,7 @@ def read_table(csv_path: str | Path) -> Table:
     import csv
     import io
 
-    from pipelines.io import InputError, first_line
+    from pipelines.errors import InputError, first_line
 
     def bad(why: str) -> InputError:
         return InputError(f"{csv_path}: {why}; rerun stage table")
@@ -416,7 +417,7 @@ def read_table(csv_path: str | Path) -> Table:
 def stage_run(name: str, record: dict, artifacts: list[Path]) -> StageRun:
     """The MLflow run of a claims record (the stage's, and the sweep's parent run under Prefect): the counts as
     metrics, a tag `claim.<id>` = its status per claim, so runs filter and compare by what held."""
-    from pipelines.tracking import StageRun
+    from pipelines.tracking_spool import StageRun
 
     s = record["summary"]
     return StageRun(name, metrics={f"claims.{k.replace(' ', '_')}": s[k] for k in STATUSES},
@@ -426,11 +427,12 @@ def stage_run(name: str, record: dict, artifacts: list[Path]) -> StageRun:
 def main(argv: list[str]) -> None:
     import json
 
-    from pipelines.io import atomic_write_json, atomic_write_text, stage_args
-    from pipelines.tracking import log_stage_run
+    from pipelines.atomic import atomic_write_json, atomic_write_text
+    from pipelines.entry import stage_args
+    from pipelines.tracking_spool import log_stage_run
 
     if argv[:1] == ["summary"]:
-        from pipelines.io import InputError
+        from pipelines.errors import InputError
 
         path = Path(stage_args(argv[1:], ("claims.json",))[0])
         try:
@@ -460,6 +462,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from pipelines.io import entry_point
+    from pipelines.entry import entry_point
 
     entry_point(main)

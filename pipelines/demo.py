@@ -40,11 +40,8 @@ def main(argv: list[str]) -> int:
     commit(dst, "trilemma demo: profiles/demo.yaml's tiny budgets")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     print(f"demo: the whole DAG on profiles/demo.yaml's tiny budgets in {dst}", flush=True)
-    code = run_dag(dst, env, targets=())
-    if code == 0:
-        print(f"demo: the table is {dst / 'metrics/trilemma.md'}, the figure {dst / 'metrics/trilemma.png'}; "
-              f"`make repro` runs the real budgets here")
-    return code
+    return run_dag(dst, env, f"demo: the table is {dst / 'metrics/trilemma.md'}, the figure "
+                             f"{dst / 'metrics/trilemma.png'}; `make repro` runs the real budgets here", targets=())
 
 
 if __name__ == "__main__":

@@ -25,10 +25,13 @@ import torch
 
 from components.dataset import Dataset
 from components.training import CHECKPOINT_KEYS, TrainState, checkpoint, restore
-from pipelines.io import InputError, atomic_torch_save, atomic_write_json, entry_point, load_dataset, stage_args
+from pipelines.atomic import atomic_torch_save, atomic_write_json
+from pipelines.entry import entry_point, stage_args
+from pipelines.errors import InputError
+from pipelines.loading import load_dataset
 from pipelines.params import EvaluateParams, load_params
 from pipelines.runtime import stage_runtime
-from pipelines.tracking import StageRun, log_stage_run
+from pipelines.tracking_spool import StageRun, log_stage_run
 from pipelines.trainer import resume, train_loop
 
 

@@ -25,12 +25,13 @@ from components.schedules import make_schedule
 from components.training import (
     CHECKPOINT_KEYS, TrainState, checkpoint, hybrid_train_step, make_timestep_sampler, restore,
 )
-from pipelines.io import (
-    InputError, atomic_torch_save, data_fingerprint, entry_point, first_line, load_checkpoint, load_dataset, stage_args,
-)
+from pipelines.atomic import atomic_torch_save
+from pipelines.entry import entry_point, stage_args
+from pipelines.errors import InputError, first_line
+from pipelines.loading import data_fingerprint, load_checkpoint, load_dataset
 from pipelines.params import load_params
 from pipelines.runtime import stage_runtime
-from pipelines.tracking import StageRun, log_stage_run
+from pipelines.tracking_spool import StageRun, log_stage_run
 from pipelines.trainer import resume, train_loop, write_history
 
 

@@ -34,6 +34,7 @@ from components.registry import (
     PRECISIONS, SAMPLERS, TIMESTEP_SAMPLERS, VARIANCES,
 )
 from components.schedules import SCHEDULES, TRAJECTORIES, make_schedule
+from pipelines.errors import ParamsError
 
 PARAMS_FILE = "params.yaml"
 ANNOTATIONS = {"int": int, "float": float, "bool": bool, "str": str}  # network options' annotations, as source text
@@ -59,10 +60,6 @@ MAX_POINTS = 10**8  # points in a data split or a cell's samples
 MAX_BATCH = 10**6
 MAX_STEPS = 10**9  # optimiser steps
 MAX_WIDTH = 2**16  # any integer option of a network (widths, depths, embedding sizes)
-
-
-class ParamsError(ValueError):
-    """A params.yaml value that cannot be used; the message names the key."""
 
 
 def _choice(name: str, value: str, allowed, what: str) -> None:

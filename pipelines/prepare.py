@@ -9,9 +9,11 @@ import dataclasses
 
 from components.data import DATASETS, split_problem
 from components.dataset import DataFileError
-from pipelines.io import InputError, entry_point, save_dataset, stage_args
-from pipelines.params import ParamsError, load_params
-from pipelines.tracking import StageRun, log_stage_run
+from pipelines.entry import entry_point, stage_args
+from pipelines.errors import InputError, ParamsError
+from pipelines.loading import save_dataset
+from pipelines.params import load_params
+from pipelines.tracking_spool import StageRun, log_stage_run
 
 
 def main(argv: list[str]) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.tracking import PROFILE_TRACKING
+from pipelines.tracking_store import PROFILE_TRACKING
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = "profiles"
@@ -160,13 +160,15 @@ def workspace(name: str, dst: Path, profile: dict, root: Path = ROOT, overlay: d
     return {**os.environ, **env, **tracking}
 
 
-def run_dag(dst: Path, env: dict[str, str], targets: tuple[str, ...] = ("claims",)) -> int:
-    """`dvc repro <targets>` in `dst`, then the MLflow flush and the claims summary; the first failing exit code."""
+def run_dag(dst: Path, env: dict[str, str], done: str, targets: tuple[str, ...] = ("claims",)) -> int:
+    """`dvc repro <targets>` in `dst`, then the MLflow flush and the claims summary; the first failing exit code, or
+    0 after printing `done` (where the results are)."""
     for cmd in (["dvc", "repro", *targets], ["pipelines.tracking", "flush"],
                 ["pipelines.claims", "summary", "metrics/claims.json"]):
         code = subprocess.run([sys.executable, "-m", *cmd], cwd=dst, env=env).returncode
         if code != 0:
             return code
+    print(done)
     return 0
 
 
@@ -179,7 +181,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cache", type=Path, help="its DVC cache (default: the repository's, .dvc/cache)")
     parser.add_argument("--prepare-only", action="store_true", help="build or sync the workspace, run nothing")
     args = parser.parse_args(argv)
-    from pipelines.params import ParamsError
+    from pipelines.errors import ParamsError
 
     try:
         profile = load_profile(args.name)
@@ -193,11 +195,8 @@ def main(argv: list[str]) -> int:
           f"{env['MLFLOW_EXPERIMENT_NAME']}", flush=True)
     if args.prepare_only:
         return 0
-    code = run_dag(dst, env)
-    if code == 0:
-        print(f"profile {args.name}: the table is {dst / 'metrics/trilemma.md'}, the claims "
-              f"{dst / 'metrics/claims.md'}")
-    return code
+    return run_dag(dst, env, f"profile {args.name}: the table is {dst / 'metrics/trilemma.md'}, the claims "
+                             f"{dst / 'metrics/claims.md'}")
 
 
 if __name__ == "__main__":

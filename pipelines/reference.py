@@ -25,12 +25,13 @@ from components.data import DATASETS
 from components.gaussian_mixture import mixture_log_prob
 from components.likelihood import null_log_likelihood_bits
 from components.metrics import reference_set, sample_metrics
-from pipelines.io import (
-    InputError, atomic_save_npz, atomic_write_json, entry_point, load_checkpoint, load_dataset, stage_args,
-)
+from pipelines.atomic import atomic_save_npz, atomic_write_json
+from pipelines.entry import entry_point, stage_args
+from pipelines.errors import InputError
+from pipelines.loading import load_checkpoint, load_dataset
 from pipelines.params import load_params
 from pipelines.runtime import stage_runtime
-from pipelines.tracking import StageRun, log_stage_run
+from pipelines.tracking_spool import StageRun, log_stage_run
 
 
 def main(argv: list[str]) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.io import atomic_write_bytes
+from pipelines.atomic import atomic_write_bytes
 
 
 def _md5(path: Path) -> str:
@@ -57,7 +57,9 @@ def restore_outputs(root: Path, stage: str) -> list[str]:
     entry = (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {}).get(stage)
     if not entry:  # a stage never committed has nothing to restore
         return []
-    from dvc.repo import Repo  # the cache's location and layout are DVC's (cache.dir, hash type)
+    # the cache's location and layout are DVC's (cache.dir, hash type); imported here, by a failing stage only:
+    # dvc.repo takes about 0.5 s to import, and every stage imports this module (pipelines/entry.py)
+    from dvc.repo import Repo
 
     repo = Repo(str(root))
     try:

@@ -41,15 +41,15 @@ from components.registry import SAMPLERS
 from components.runtime import Runtime, describe, forward_fn, generator
 from components.samplers import EpsModel, sample_ddgan
 from components.schedules import Schedule, make_schedule, make_trajectory, respace
-from pipelines.io import (
-    InputError, NonFiniteError, atomic_save_figure, atomic_save_npz, atomic_write_json, entry_point, first_line,
-    checkpoint_path, dvc_stage, load_checkpoint, load_dataset, load_reference_stats, progress_enabled, stage_args,
-)
+from pipelines.atomic import atomic_save_figure, atomic_save_npz, atomic_write_json
+from pipelines.entry import checkpoint_path, dvc_stage, entry_point, progress_enabled, stage_args
+from pipelines.errors import InputError, NonFiniteError, first_line
+from pipelines.loading import load_checkpoint, load_dataset, load_reference_stats
 from pipelines.params import CellParams, ConditionParams, Params, load_params
-from pipelines.plots import samples_figure
+from pipelines.plots_samples import samples_figure
 from pipelines.runtime import stage_runtime
 from pipelines.timing import time_draws
-from pipelines.tracking import StageRun, log_stage_run
+from pipelines.tracking_spool import StageRun, log_stage_run
 
 
 # Every table row's sampler by name: the eps-model samplers of the sweeps, and DDGAN's generator sampler.

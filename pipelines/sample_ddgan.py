@@ -10,7 +10,9 @@ G(x_t, z, t)) with fresh z at each step, NFE = T. Timing, outputs and logging ar
 from __future__ import annotations
 
 from components.schedules import make_schedule
-from pipelines.io import InputError, checkpoint_path, dvc_stage, entry_point, load_dataset, parse_T, stage_args
+from pipelines.entry import checkpoint_path, dvc_stage, entry_point, parse_T, stage_args
+from pipelines.errors import InputError
+from pipelines.loading import load_dataset
 from pipelines.params import DDGANParams, load_params
 from pipelines.sample import CellFiles, load_ema_generator, run_cell
 

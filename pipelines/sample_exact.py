@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from components.gaussian_mixture import mixture_classifier, mixture_eps_model
 from components.schedules import make_schedule
-from pipelines.io import InputError, dvc_stage, entry_point, load_dataset, stage_args
+from pipelines.entry import dvc_stage, entry_point, stage_args
+from pipelines.errors import InputError
+from pipelines.loading import load_dataset
 from pipelines.params import load_params
 from pipelines.sample import CellFiles, run_cell
 

@@ -12,7 +12,9 @@ scale s (ADM Alg. 1 for ddpm, Alg. 2 for ddim) towards targets y ~ U{0..K-1} dra
 from __future__ import annotations
 
 from components.schedules import make_schedule
-from pipelines.io import InputError, checkpoint_path, dvc_stage, entry_point, load_dataset, stage_args
+from pipelines.entry import checkpoint_path, dvc_stage, entry_point, stage_args
+from pipelines.errors import InputError
+from pipelines.loading import load_dataset
 from pipelines.params import load_params
 from pipelines.sample import CellFiles, check_cell_model, load_ema_classifier, load_ema_model, run_cell
 

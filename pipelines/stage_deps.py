@@ -24,8 +24,12 @@ from ruamel.yaml import YAML
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("components", "pipelines")  # the project's top-level packages; anything else is a library
 PLUMBING = (
-    "pipelines/__init__.py", "pipelines/io.py", "pipelines/params.py", "pipelines/tracking.py", "pipelines/plots.py",
-    "pipelines/restore.py", "pipelines/runtime.py", "components/__init__.py", "components/registry.py",
+    "pipelines/__init__.py", "pipelines/atomic.py", "pipelines/loading.py", "pipelines/errors.py",
+    "pipelines/entry.py", "pipelines/malloc.py", "pipelines/params.py", "pipelines/tracking.py",
+    "pipelines/tracking_spool.py", "pipelines/tracking_store.py", "pipelines/tracking_mlflow.py",
+    "pipelines/plots_training.py", "pipelines/plots_samples.py", "pipelines/plots_sweeps.py",
+    "pipelines/plots_trilemma.py", "pipelines/plots_labels.py", "pipelines/restore.py", "pipelines/runtime.py",
+    "components/__init__.py", "components/registry.py",
 )
 COMMAND = re.compile(r"python -m ([\w.]+)")
 

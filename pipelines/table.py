@@ -13,23 +13,21 @@ that each guided cell was guided as params say. Rows follow params' table order:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from components.data import DATASETS
+from pipelines.atomic import atomic_save_figure, atomic_write_json, atomic_write_text
 from pipelines.claims import load_claims
 from pipelines.columns import METRICS, SETTINGS
-from pipelines.io import (
-    InputError, atomic_save_figure, atomic_write_json, atomic_write_text, entry_point, first_line, load_samples,
-    stage_args,
-)
+from pipelines.entry import entry_point, stage_args
+from pipelines.errors import InputError
+from pipelines.loading import load_json_row, load_samples
 from pipelines.params import load_params
-from pipelines.plots import (
-    IMAGE_TRILEMMA_METRICS, TRILEMMA_METRICS, guidance_figure, row_family, trilemma_figure, vlb_terms_figure,
-)
-from pipelines.tracking import StageRun, log_stage_run
+from pipelines.plots_sweeps import guidance_figure, vlb_terms_figure
+from pipelines.plots_trilemma import IMAGE_TRILEMMA_METRICS, TRILEMMA_METRICS, row_family, trilemma_figure
+from pipelines.tracking_spool import StageRun, log_stage_run
 
 NLL_UNITS = {"continuous": "nats/dim in data units", "discretized": "bits/dim"}
 ROW_KEYS = ("nfe", "fid", "precision", "recall")  # in every cell's row, whatever the data set (pipelines/sample.py)
@@ -76,26 +74,10 @@ def guidance_series(rows: list[dict], params) -> dict[str, list[dict]]:
     return series
 
 
-def read_row(path: Path, required: tuple[str, ...]) -> dict:
-    """A cell's metrics or timing file: a JSON object holding `required`; InputError names the file."""
-    try:
-        row = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found; run its stage") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a JSON row ({first_line(e)}); rerun its stage") from None
-    if not isinstance(row, dict):
-        raise InputError(f"{path}: expected a JSON object, got {type(row).__name__}; rerun its stage")
-    missing = [k for k in required if k not in row]
-    if missing:
-        raise InputError(f"{path}: missing {', '.join(missing)}; rerun its stage")
-    return row
-
-
 def with_families(df: pd.DataFrame, drawn: list[dict]) -> pd.DataFrame:
-    """The table with column FAMILY (pipelines.plots.row_family) on the rows the trilemma figures draw (`drawn`), so
-    that the PNG and the Vega-Lite chart show the same rows in the same families; empty on the others (the ceilings,
-    conditioned rows)."""
+    """The table with column FAMILY (pipelines.plots_trilemma.row_family) on the rows the trilemma figures draw
+    (`drawn`), so that the PNG and the Vega-Lite chart show the same rows in the same families; empty on the others
+    (the ceilings, conditioned rows)."""
     families = {r["cell"]: row_family(r) for r in drawn}
     out = df.copy()
     out.insert(len(SETTINGS), FAMILY, df["cell"].map(families))  # a setting of the row's, before the metrics
@@ -112,21 +94,21 @@ def main(argv: list[str]) -> None:
     rows, timings, full_chains = [], {}, {}
     scored, n_scored = ceiling_split(params)
     rows.append({"cell": "data", "data": params.data.name, "sampler": scored, "wall_s_per_1k": 0.0,
-                 "n": n_scored, "extractor": "identity", **read_row(Path(metrics_dir) / "data.json", ROW_KEYS)})
+                 "n": n_scored, "extractor": "identity", **load_json_row(Path(metrics_dir) / "data.json", ROW_KEYS)})
     for name, cell in params.cells().items():
         n = cell.n or params.sample.n
         c = load_samples(Path(samples_dir) / f"{name}.npz", spec, n)
         if cell.scale is not None and ("y" not in c or float(c["scale"]) != cell.scale):
             raise InputError(f"{samples_dir}/{name}.npz: not guided at scale {cell.scale:g} as params say; "
                              f"rerun its stage")
-        timings[name] = read_row(Path(timing_dir) / f"{name}.json", TIMING_KEYS)
+        timings[name] = load_json_row(Path(timing_dir) / f"{name}.json", TIMING_KEYS)
         kw = cell.sampler_kwargs()
         rows.append({"cell": name, "data": params.data.name, "model": getattr(cell, "model", "exact"),
                      "sampler": cell.sampler, "steps": cell.steps, "n": n,
                      "trajectory": cell.trajectory if cell.sampler != "ddgan" else None, "eta": kw.get("eta"),
                      "variance": kw.get("variance"), "scale": cell.scale,
                      "condition": cell.condition.describe() if cell.condition else None,
-                     "extractor": "identity", **read_row(Path(metrics_dir) / f"{name}.json", ROW_KEYS),
+                     "extractor": "identity", **load_json_row(Path(metrics_dir) / f"{name}.json", ROW_KEYS),
                      **{k: timings[name][k] for k in ("wall_s_per_1k", "wall_s_per_1k_iqr")}})
         if "nll_terms" in c and cell.steps == params.diffusion.T:
             full_chains[f"{name} ({getattr(cell, 'model', 'exact')}, {kw['variance']})"] = c["nll_terms"]

@@ -24,13 +24,13 @@ from components.gaussian_mixture import mixture_classifier
 from components.networks import make_classifier
 from components.schedules import make_schedule
 from components.training import CHECKPOINT_KEYS, TrainState, accuracy_by_t, checkpoint, classifier_train_step, restore
-from pipelines.io import (
-    atomic_save_figure, atomic_torch_save, atomic_write_text, entry_point, load_dataset, stage_args,
-)
+from pipelines.atomic import atomic_save_figure, atomic_torch_save, atomic_write_text
+from pipelines.entry import entry_point, stage_args
+from pipelines.loading import load_dataset
 from pipelines.params import load_params
+from pipelines.plots_training import accuracy_by_t_figure
 from pipelines.runtime import stage_runtime
-from pipelines.plots import accuracy_by_t_figure
-from pipelines.tracking import StageRun, log_stage_run
+from pipelines.tracking_spool import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop, write_history
 
 

@@ -28,14 +28,13 @@ from components.ddgan import GAN_CHECKPOINT_KEYS, GANState, ddgan_train_step, ga
 from components.networks import make_discriminator, make_generator
 from components.schedules import Schedule, make_schedule
 from components.training import lr_at
-from pipelines.io import (
-    atomic_save_figure, atomic_torch_save, atomic_write_text, checkpoint_path, dvc_stage, entry_point, load_dataset,
-    parse_T, stage_args,
-)
+from pipelines.atomic import atomic_save_figure, atomic_torch_save, atomic_write_text
+from pipelines.entry import checkpoint_path, dvc_stage, entry_point, parse_T, stage_args
+from pipelines.loading import load_dataset
 from pipelines.params import DDGANTrainParams, load_params
+from pipelines.plots_training import losses_by_t_figure
 from pipelines.runtime import stage_runtime
-from pipelines.plots import losses_by_t_figure
-from pipelines.tracking import StageRun, log_stage_run
+from pipelines.tracking_spool import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop
 
 TERMS = ("d_loss", "g_loss", "r1")

@@ -18,10 +18,12 @@ from components.networks import make_network
 from components.runtime import describe
 from components.schedules import make_schedule
 from components.training import CHECKPOINT_KEYS, TrainState, checkpoint, restore, train_step
-from pipelines.io import atomic_torch_save, entry_point, load_dataset, stage_args
+from pipelines.atomic import atomic_torch_save
+from pipelines.entry import entry_point, stage_args
+from pipelines.loading import load_dataset
 from pipelines.params import load_params
 from pipelines.runtime import stage_runtime
-from pipelines.tracking import StageRun, log_stage_run
+from pipelines.tracking_spool import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop, write_history
 
 

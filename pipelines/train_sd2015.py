@@ -24,11 +24,13 @@ from components.schedules import make_schedule
 from components.training import (
     CHECKPOINT_KEYS, TrainState, UniformTimesteps, bound_train_step, checkpoint, make_timestep_sampler, restore,
 )
-from pipelines.io import atomic_torch_save, entry_point, load_dataset, stage_args
+from pipelines.atomic import atomic_torch_save
+from pipelines.entry import entry_point, stage_args
+from pipelines.loading import load_dataset
 from components.runtime import CPU, Runtime
-from pipelines.runtime import stage_runtime
 from pipelines.params import SD2015Params, load_params
-from pipelines.tracking import StageRun, log_stage_run
+from pipelines.runtime import stage_runtime
+from pipelines.tracking_spool import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop, write_history
 
 OUTPUT = "sd2015"  # how the network's output is read (diffusion.reverse_kernel)

@@ -21,12 +21,12 @@ from tqdm.auto import tqdm
 from typing import TYPE_CHECKING
 
 from components.training import lr_at
-from pipelines.io import (
-    InputError, NonFiniteError, atomic_save_figure, atomic_write_text, data_config, first_nonfinite, load_checkpoint,
-    progress_enabled,
-)
+from pipelines.atomic import atomic_save_figure, atomic_write_text
+from pipelines.entry import progress_enabled
+from pipelines.errors import InputError, NonFiniteError
+from pipelines.loading import data_config, first_nonfinite, load_checkpoint
 from pipelines.params import NetworkParams, OptimParams
-from pipelines.plots import loss_curve_figure
+from pipelines.plots_training import loss_curve_figure
 
 if TYPE_CHECKING:
     from components.dataset import Dataset

@@ -32,7 +32,7 @@ import urllib.request
 
 import psutil
 
-from pipelines.tracking import experiment_name, shown_uri, tracking_uri
+from pipelines.tracking_store import experiment_name, shown_uri, tracking_uri
 
 HOST = "127.0.0.1"  # the UI shows every run and its artifacts: never on a public interface by default
 ML_VIEW = "workflowType=machine_learning"  # the UI's "Model training" view: the runs table, not GenAI's overview

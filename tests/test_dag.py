@@ -210,9 +210,9 @@ def test_tracer_records_reads_and_imports(small_run, tmp_path):
 
 def test_comparison_names_what_is_missing():
     record = {"module": "pipelines.x", "file": "pipelines/x.py", "keys": ["data.name", "data.seed", "sweep.a.steps"],
-              "imports": [["pipelines/x.py", "components/data.py"], ["pipelines/x.py", "pipelines/io.py"],
-                          ["pipelines/io.py", "components/metrics.py"]],
-              "loaded": ["components/data.py", "components/metrics.py", "pipelines/io.py", "pipelines/x.py"]}
+              "imports": [["pipelines/x.py", "components/data.py"], ["pipelines/x.py", "pipelines/loading.py"],
+                          ["pipelines/loading.py", "components/metrics.py"]],
+              "loaded": ["components/data.py", "components/metrics.py", "pipelines/loading.py", "pipelines/x.py"]}
     found = problems("x@a", {"deps": ["pipelines/x.py"], "params": ["data.name", "sweep.a"]}, record)
     assert found == ["x@a reads data.seed but dvc.yaml lists only data.name, sweep.a",
                      "x@a imports components/data.py (imported by pipelines/x.py) but dvc.yaml's deps do not list it"]

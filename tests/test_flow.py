@@ -321,7 +321,7 @@ def test_a_shared_dvc_remote_lets_another_checkout_restore_instead_of_recompute(
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a shared remote"], tiny_repo)
     other = tmp_path / "other-host"
     run(["git", "clone", "-q", str(tiny_repo), str(other)], tmp_path)
-    sweep = "from pipelines.flow import diffusion; diffusion(targets=['train_classifier'], share_cache=True)"
+    sweep = "from pipelines.flow_sweep import diffusion; diffusion(targets=['train_classifier'], share_cache=True)"
     run(["python", "-c", sweep], tiny_repo, **prefect_server)
     run(["python", "-c", sweep], other, **prefect_server)
 
@@ -336,7 +336,7 @@ def test_a_shared_dvc_remote_lets_another_checkout_restore_instead_of_recompute(
 def test_mlflow_down_warns_and_the_sweep_completes(prefect_server, tiny_repo):
     dead = f"http://127.0.0.1:{free_port()}"
     t0 = time.time()
-    proc = run(["python", "-c", "from pipelines.flow import diffusion; print('table', diffusion(targets=['prepare']))"],
+    proc = run(["python", "-c", "from pipelines.flow_sweep import diffusion; print('table', diffusion(targets=['prepare']))"],
                tiny_repo, MLFLOW_TRACKING_URI=dead, **prefect_server)
     assert time.time() - t0 < 120
     assert f"MLflow at {dead} unreachable: the sweep runs untracked" in proc.stderr
@@ -367,7 +367,7 @@ def test_hostile_targets_run_nothing_through_the_flow(prefect_server, tiny_repo,
     params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
     params["sweep"][targets[1].removeprefix("sample@")] = dict(params["sweep"]["ddim-4"])
     runs = [(targets[0], None), (targets[1], yaml.safe_dump(params, sort_keys=False))]  # the second declares it
-    code = ("import json, sys\nfrom pipelines.flow import diffusion\nfor t, params in json.loads(sys.argv[1]):\n"
+    code = ("import json, sys\nfrom pipelines.flow_sweep import diffusion\nfor t, params in json.loads(sys.argv[1]):\n"
             "    if params:\n        open('params.yaml', 'w').write(params)\n"
             "    try:\n        diffusion(targets=[t])\n    except Exception as e:\n"
             "        print('refused:', type(e).__name__, str(e).splitlines()[0])")

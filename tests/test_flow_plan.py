@@ -6,7 +6,8 @@ import time
 import pytest
 import yaml
 
-from pipelines.flow import Slots, SweepError, read_plan, stage_error, stage_slots, visible_gpus
+from pipelines.flow_plan import SweepError, read_plan, stage_slots, visible_gpus
+from pipelines.flow_stages import Slots, stage_error
 
 from conftest import run
 

@@ -128,7 +128,7 @@ def test_the_loop_reads_the_device_once_per_log_interval(tmp_path):
                    save=lambda path: None, partial=tmp_path / "x.partial")
     loop_reads = [r for r in mode.reads if r.startswith("pipelines/trainer.py")]
     assert len(loop_reads) == 2 and all(r.endswith(" tolist") for r in loop_reads), mode.reads
-    assert {r.split(":")[0] for r in mode.reads} <= {"pipelines/trainer.py", "pipelines/io.py"}, mode.reads
+    assert {r.split(":")[0] for r in mode.reads} <= {"pipelines/trainer.py", "pipelines/loading.py"}, mode.reads
     assert history["step"] == [5, 10] and len(history["grad_norm"]) == 2
 
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from pipelines.io import atomic_torch_save, first_nonfinite, remove_stale_temporaries
+from pipelines.atomic import atomic_torch_save, remove_stale_temporaries
+from pipelines.loading import first_nonfinite
 
 from conftest import ROOT, stage_env
 
@@ -17,11 +18,11 @@ from conftest import ROOT, stage_env
 def test_malloc_thresholds_pin_on_glibc_before_every_stage_computes():
     """Every stage pins glibc's malloc thresholds: entry_point calls pin_malloc_thresholds before the stage's main,
     and mallopt accepts all three settings here (it returns True)."""
-    code = ("import pipelines.io as io\n"
+    code = ("import pipelines.entry as entry\n"
             "pinned = []\n"
-            "real = io.pin_malloc_thresholds\n"
-            "io.pin_malloc_thresholds = lambda: pinned.append(real()) or pinned[-1]\n"
-            "io.entry_point(lambda argv: print('pinned before main:', pinned))\n")
+            "real = entry.pin_malloc_thresholds\n"
+            "entry.pin_malloc_thresholds = lambda: pinned.append(real()) or pinned[-1]\n"
+            "entry.entry_point(lambda argv: print('pinned before main:', pinned))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=stage_env(PYTHONPATH=str(ROOT)),
                          capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[0] == "pinned before main: [True]", out

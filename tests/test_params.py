@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from pipelines.params import ParamsError, load_params, parse_params
+from pipelines.errors import ParamsError
+from pipelines.params import load_params, parse_params
 
 from conftest import ROOT, edited, run, stage_env
 

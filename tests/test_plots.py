@@ -14,7 +14,8 @@ from matplotlib.text import Text
 
 from conftest import ROOT
 from pipelines.claims import load_claims
-from pipelines.plots import FAMILIES, IMAGE_TRILEMMA_METRICS, row_family, samples_figure, trilemma_figure
+from pipelines.plots_samples import samples_figure
+from pipelines.plots_trilemma import FAMILIES, IMAGE_TRILEMMA_METRICS, row_family, trilemma_figure
 
 
 def test_points_become_a_scatter():

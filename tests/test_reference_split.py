@@ -17,8 +17,9 @@ from components.metrics import frechet_distance_from_statistics
 from conftest import ROOT, edited, write_cifar10_batches, write_random_inception_weights
 from pipelines import evaluator, prepare, reference, table
 from pipelines.columns import METRICS, SETTINGS
-from pipelines.io import load_dataset, load_reference_stats
-from pipelines.params import ParamsError, load_params, parse_params
+from pipelines.errors import ParamsError
+from pipelines.loading import load_dataset, load_reference_stats
+from pipelines.params import load_params, parse_params
 from pipelines.profile import load_profile, profile_params
 
 N_TRAIN, N_HELD_OUT = 8, 4  # images of the fake train split and held-out split; sample.n = N_HELD_OUT

@@ -17,8 +17,10 @@ import mlflow
 import pandas as pd
 import pytest
 
-from pipelines.tracking import (StageRun, _classify, _drop_connections, _log, _store_problem, flush, log_stage_run,
-                                main, queued, spool_dir, start_parent_run)
+from pipelines.tracking import flush, main
+from pipelines.tracking_mlflow import drop_connections, log_record, start_parent_run
+from pipelines.tracking_spool import StageRun, log_stage_run, queued, spool_dir
+from pipelines.tracking_store import classify, store_problem
 
 from conftest import run
 
@@ -233,7 +235,8 @@ def test_the_sweeps_run_holds_the_table_and_the_claims(local_store, tmp_path):
     """What the flow's final tasks log to the sweep's run, found by suffix among the table and claims stages' outputs
     (trilemma.json is a plain output, not a DVC metric): the table's cells as `<cell>.<column>` metrics, each claim's
     status as a tag `claim.<id>` (more than one log_batch of tags), the counts as metrics, the claims' files."""
-    from pipelines.flow import log_claims, log_table, output_files
+    from pipelines.flow_plan import output_files
+    from pipelines.flow_sweep import log_claims, log_table
 
     m = tmp_path / "metrics"
     (m / "claims").mkdir(parents=True)
@@ -363,11 +366,11 @@ def test_an_immutable_store_is_named_in_one_line_at_the_stage_and_at_flush(empty
                                         f"logged, still queued in {spool_dir()}"], proc.stderr
     # MLflow's own failure on the same file, past the check: its wrapped exception gives the same reason
     with pytest.raises(Exception) as raised:
-        _log(uri, json.loads((queued()[0] / "record.json").read_text()), queued()[0])
-    assert _classify(raised.value) == ("cannot be written", "read-only file")
-    assert _store_problem(uri, raised.value) == "cannot be written (immutable file)"
+        log_record(uri, json.loads((queued()[0] / "record.json").read_text()), queued()[0])
+    assert classify(raised.value) == ("cannot be written", "read-only file")
+    assert store_problem(uri, raised.value) == "cannot be written (immutable file)"
     assert capsys.readouterr().err == ""  # MLflow logs the SQL error with its traceback; the caller says it in one line
-    _drop_connections(uri)  # as every failed attempt does: sqlite opened the file read-only, MLflow keeps it open
+    drop_connections(uri)  # as every failed attempt does: sqlite opened the file read-only, MLflow keeps it open
 
     subprocess.run(["chattr", "-i", str(db)], check=True)
     assert main(["flush"]) == 0 and queued() == []
@@ -385,7 +388,7 @@ def test_a_failure_inside_mlflow_is_one_line_and_leaves_no_half_logged_run(empty
     monkeypatch.chdir(tmp_path)
     art = tmp_path / "curve.csv"
     art.write_text("step,loss\n1,0.5\n")
-    monkeypatch.setattr("pipelines.tracking._start_background_logger", lambda root: None)  # this test's flush only
+    monkeypatch.setattr("pipelines.tracking_spool._start_background_logger", lambda root: None)  # this test's flush only
     assert log_stage_run(StageRun("train_ddpm", metrics={"x": 1.0}, artifacts=[art])) is not None
     (tmp_path / "mlruns").mkdir()
     chattr("+i", tmp_path / "mlruns")
@@ -413,7 +416,7 @@ def test_each_unwritable_store_is_named_at_the_stage_and_at_flush(fault, empty_s
         subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
         with pytest.raises(OSError) as raised:  # the OS's own error for it, as MLflow would meet it
             (tmpfs / "x").write_text("x")
-        assert _classify(raised.value) == ("cannot be written", f"read-only file system: {tmpfs / 'x'}")
+        assert classify(raised.value) == ("cannot be written", f"read-only file system: {tmpfs / 'x'}")
     elif fault == "disk full":
         _fill(tmpfs)
     else:
@@ -433,7 +436,7 @@ def test_the_reasons_of_real_failures(tmp_path):
     def raised(action) -> tuple[str, str]:
         with pytest.raises(Exception) as e:
             action()
-        return _classify(e.value)
+        return classify(e.value)
 
     db = tmp_path / "s.db"
     con = sqlite3.connect(db, isolation_level=None)

@@ -17,7 +17,8 @@ from components.training import (
     LossSecondMomentTimesteps, TrainState, UniformTimesteps, accuracy_by_t, checkpoint, classifier_train_step,
     ema_update, hybrid_losses, hybrid_train_step, lr_at, restore, train_step,
 )
-from pipelines.io import NonFiniteError, atomic_torch_save
+from pipelines.atomic import atomic_torch_save
+from pipelines.errors import NonFiniteError
 from pipelines.params import OptimParams
 from pipelines.trainer import train_loop
 
