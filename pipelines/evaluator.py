@@ -26,7 +26,8 @@ import torch
 from components.data import Dataset
 from components.training import CHECKPOINT_KEYS, TrainState, checkpoint, restore
 from pipelines.io import InputError, atomic_torch_save, atomic_write_json, entry_point, load_dataset, stage_args
-from pipelines.params import EvaluateParams, load_params
+from pipelines.params import load_params
+from pipelines.params.sections import EvaluateParams
 from pipelines.runtime import stage_runtime
 from pipelines.tracking import StageRun, log_stage_run
 from pipelines.trainer import resume, train_loop

@@ -58,7 +58,8 @@ from prefect.runtime import flow_run, task_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from pipelines.params import PARAMS_FILE, load_params
+from pipelines.params import load_params
+from pipelines.params.loader import PARAMS_FILE
 from pipelines.tracking import StageRun, flush, log_to_run, shown_uri, start_parent_run, tracking_uri
 
 DEPLOYMENT = "full-sweep"

@@ -9,7 +9,8 @@ import dataclasses
 
 from components.data import DATASETS, DataFileError, split_problem
 from pipelines.io import InputError, entry_point, save_dataset, stage_args
-from pipelines.params import ParamsError, experiment_args, load_params, stage_name
+from pipelines.params import ParamsError, load_params
+from pipelines.params.swissroll import experiment_args, stage_name
 from pipelines.tracking import StageRun, log_stage_run
 
 

@@ -28,7 +28,8 @@ from components.metrics import reference_set, sample_metrics
 from pipelines.io import (
     InputError, atomic_save_npz, atomic_write_json, entry_point, load_checkpoint, load_dataset, stage_args,
 )
-from pipelines.params import experiment_args, load_params, stage_name
+from pipelines.params import load_params
+from pipelines.params.swissroll import experiment_args, stage_name
 from pipelines.runtime import stage_runtime
 from pipelines.tracking import StageRun, log_stage_run
 

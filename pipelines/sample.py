@@ -44,9 +44,9 @@ from pipelines.io import (
     InputError, NonFiniteError, atomic_save_figure, atomic_save_npz, atomic_write_json, entry_point, first_line,
     checkpoint_path, dvc_stage, load_checkpoint, load_dataset, load_reference_stats, progress_enabled, stage_args,
 )
-from pipelines.params import (
-    CellParams, ConditionParams, Params, experiment_args, load_params, stage_name,
-)
+from pipelines.params import Params, load_params
+from pipelines.params.cells import CellParams, ConditionParams
+from pipelines.params.swissroll import experiment_args, stage_name
 from pipelines.plots import samples_figure
 from pipelines.runtime import stage_runtime
 from pipelines.timing import time_draws

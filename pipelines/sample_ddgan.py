@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from components.schedules import make_schedule
 from pipelines.io import InputError, checkpoint_path, dvc_stage, entry_point, load_dataset, parse_T, stage_args
-from pipelines.params import DDGANParams, load_params
+from pipelines.params import load_params
+from pipelines.params.cells import DDGANParams
 from pipelines.sample import CellFiles, load_ema_generator, run_cell
 
 

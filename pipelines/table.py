@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from components.data import DATASETS
-from pipelines.claims import load_claims
+from pipelines.claims_spec import load_claims
 from pipelines.columns import METRICS, SETTINGS
 from pipelines.io import (
     InputError, atomic_save_figure, atomic_write_json, atomic_write_text, entry_point, first_line, load_samples,

@@ -32,7 +32,8 @@ from pipelines.io import (
     atomic_save_figure, atomic_torch_save, atomic_write_text, checkpoint_path, dvc_stage, entry_point, load_dataset,
     parse_T, stage_args,
 )
-from pipelines.params import DDGANTrainParams, load_params
+from pipelines.params import load_params
+from pipelines.params.training import DDGANTrainParams
 from pipelines.runtime import stage_runtime
 from pipelines.plots import losses_by_t_figure
 from pipelines.tracking import StageRun, log_stage_run

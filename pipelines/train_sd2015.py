@@ -27,7 +27,9 @@ from components.training import (
 from pipelines.io import atomic_torch_save, entry_point, load_dataset, stage_args
 from components.runtime import CPU, Runtime
 from pipelines.runtime import stage_runtime
-from pipelines.params import SD2015Params, experiment_args, load_params, stage_name
+from pipelines.params import load_params
+from pipelines.params.swissroll import experiment_args, stage_name
+from pipelines.params.training import SD2015Params
 from pipelines.tracking import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop, write_history
 

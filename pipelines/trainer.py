@@ -25,7 +25,7 @@ from pipelines.io import (
     InputError, NonFiniteError, atomic_save_figure, atomic_write_text, data_config, first_nonfinite, load_checkpoint,
     progress_enabled,
 )
-from pipelines.params import NetworkParams, OptimParams
+from pipelines.params.training import NetworkParams, OptimParams
 from pipelines.plots import loss_curve_figure
 
 if TYPE_CHECKING:

@@ -30,16 +30,17 @@ TRACER = Path(__file__).resolve().parent / "trace_stage.py"
 PARAMS_FILE = "params.yaml"
 
 # Project modules a stage may import without listing them in deps: shared plumbing that changes no number a stage
-# computes, so a change to it need not rerun the DAG. io.py reads and writes files (atomically, checked), params.py
+# computes, so a change to it need not rerun the DAG. io.py reads and writes files (atomically, checked), params/
 # parses and validates params.yaml (what a stage reads from it is checked key by key), tracking.py logs to MLflow,
 # plots.py draws figures, restore.py puts outputs back after a failure, runtime.py turns params runtime (checked key by
 # key) into a device, components/registry.py maps names to code
 # (names only: the code a lookup imports is charged to the module that asked), and the packages' __init__.py are
-# empty. What these modules import for their own work (params.py imports components/schedules.py to validate
+# empty. What these modules import for their own work (params/ imports components/schedules.py to validate
 # schedule names, for instance) is not followed; whatever a stage's own code imports is, at any depth.
 PLUMBING = frozenset({
-    "pipelines/__init__.py", "pipelines/io.py", "pipelines/params.py", "pipelines/tracking.py", "pipelines/plots.py",
+    "pipelines/__init__.py", "pipelines/io.py", "pipelines/tracking.py", "pipelines/plots.py",
     "pipelines/restore.py", "pipelines/runtime.py", "components/__init__.py", "components/registry.py",
+    *(f"pipelines/params/{f.name}" for f in (ROOT / "pipelines" / "params").glob("*.py")),  # the params package
 })
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

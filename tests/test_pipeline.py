@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run
-from pipelines.claims import load_claims
+from pipelines.claims_spec import load_claims
 
 pytestmark = pytest.mark.slow
 

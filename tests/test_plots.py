@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 
 from conftest import ROOT
-from pipelines.claims import load_claims
+from pipelines.claims_spec import load_claims
 from pipelines.plots import FAMILIES, IMAGE_TRILEMMA_METRICS, row_family, samples_figure, trilemma_figure
 
 

@@ -18,7 +18,7 @@ from components.training import (
     ema_update, hybrid_losses, hybrid_train_step, lr_at, restore, train_step,
 )
 from pipelines.io import NonFiniteError, atomic_torch_save
-from pipelines.params import OptimParams
+from pipelines.params.training import OptimParams
 from pipelines.trainer import train_loop
 
 

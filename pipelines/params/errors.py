@@ -1,0 +1,23 @@
+"""ParamsError, and how an error message shows a key and a value: on one line, short, whatever the file holds.
+
+The params loader, the strict YAML reader, the claims loader and the profile reader all name the culprit this way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ParamsError(ValueError):
+    """A params.yaml value that cannot be used; the message names the key."""
+
+
+def show_value(value: Any) -> str:
+    """A value for an error message: its repr, on one line, at most 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def show_key(k: Any) -> str:
+    """A mapping key for an error message's key path: as written if it is a short printable string, else show_value."""
+    return k if isinstance(k, str) and k.isprintable() and 0 < len(k) <= 60 else show_value(k)
