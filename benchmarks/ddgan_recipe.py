@@ -35,7 +35,9 @@ from components.samplers import sample_ddgan  # noqa: E402
 from components.schedules import make_schedule, make_trajectory, respace  # noqa: E402
 from pipelines.loading import load_dataset  # noqa: E402
 from pipelines.malloc import pin_malloc_thresholds  # noqa: E402
-from pipelines.params import PARAMS_FILE, parse_params, read_yaml  # noqa: E402
+from pipelines.params import parse_params  # noqa: E402
+from pipelines.params.loader import PARAMS_FILE  # noqa: E402
+from pipelines.params.reader import read_yaml  # noqa: E402
 from pipelines.train_ddgan import new_state, recipe_step  # noqa: E402
 
 # name -> edits of params.yaml's train_ddgan section (key path -> value): each reverts one choice of the recipe.

@@ -30,7 +30,9 @@ from components.schedules import make_schedule  # noqa: E402
 from components.training import bound_train_step, lr_at  # noqa: E402
 from pipelines.loading import load_dataset  # noqa: E402
 from pipelines.malloc import pin_malloc_thresholds  # noqa: E402
-from pipelines.params import PARAMS_FILE, parse_params, read_yaml  # noqa: E402
+from pipelines.params import parse_params  # noqa: E402
+from pipelines.params.loader import PARAMS_FILE  # noqa: E402
+from pipelines.params.reader import read_yaml  # noqa: E402
 from pipelines.train_sd2015 import OUTPUT, new_state  # noqa: E402
 
 # name -> edits of params.yaml's train_sd2015 section

@@ -30,7 +30,7 @@ from components.networks import make_network  # noqa: E402
 from components.runtime import resolve_device, synchronize  # noqa: E402
 from components.schedules import make_schedule  # noqa: E402
 from components.training import TrainState, train_step  # noqa: E402
-from pipelines.params import OptimParams  # noqa: E402
+from pipelines.params.training import OptimParams  # noqa: E402
 from pipelines.trainer import train_loop  # noqa: E402
 
 LOG_EVERY = 50  # the mnist profile's

@@ -1,7 +1,7 @@
 """Every choice params.yaml names (networks, samplers, feature extractors, timestep samplers), by name.
 
 One pattern for all of them: a `Registry` maps a name to "module:attribute" and imports it on the
-first lookup, so naming a choice, and validating params (pipelines/params.py), imports no torch:
+first lookup, so naming a choice, and validating params (pipelines/params/), imports no torch:
 validation takes a fraction of a second instead of torch's two. A network's constructor options
 are read from its module's source (`Registry.parameters`), also without importing it;
 tests/test_params.py checks them against the imported class's signature.

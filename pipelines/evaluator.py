@@ -29,7 +29,8 @@ from pipelines.atomic import atomic_torch_save, atomic_write_json
 from pipelines.entry import entry_point, stage_args
 from pipelines.errors import InputError
 from pipelines.loading import load_dataset
-from pipelines.params import EvaluateParams, load_params
+from pipelines.params import load_params
+from pipelines.params.sections import EvaluateParams
 from pipelines.runtime import stage_runtime
 from pipelines.tracking_spool import StageRun, log_stage_run
 from pipelines.trainer import resume, train_loop

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from components.data import DATASETS, split_problem
-from components.dataset import DataFileError
+from components.data import DATASETS, DataFileError, split_problem
 from pipelines.entry import entry_point, stage_args
-from pipelines.errors import InputError, ParamsError
+from pipelines.errors import InputError
 from pipelines.loading import save_dataset
-from pipelines.params import load_params
-from pipelines.tracking_spool import StageRun, log_stage_run
+from pipelines.params import ParamsError, load_params
+from pipelines.tracking_spool import log_stage_run, StageRun
 
 
 def main(argv: list[str]) -> None:

@@ -10,7 +10,8 @@ optionally `claims` (the claims file its claims stage checks, in place of claims
 and claims.yaml, its own dvc.lock and outputs, and DVC's cache shared with the repository's. So:
 
 - no stage is declared twice: every profile runs the same dvc.yaml, and its params pass the same loader
-  (pipelines/params.py) before any stage runs;
+  (pipelines/params/) before any stage runs; the profile file and params.yaml are read by the same strict reader
+  (a key given twice is an error naming the file and the line);
 - switching profiles recomputes nothing: each keeps its outputs, and a stage DVC has run before with the same code,
   data and params is restored from the shared run cache, not rerun;
 - MLflow keeps runs apart by profile: they go to the repository's store (unless MLFLOW_TRACKING_URI says otherwise),
@@ -34,12 +35,15 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.params import ParamsError, parse_params
+from pipelines.params.environment import check_environment
+from pipelines.params.fields import EXTERNAL_DIR
+from pipelines.params.reader import read_yaml
 from pipelines.tracking_store import PROFILE_TRACKING
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = "profiles"
 RUNS = "runs"
-EXTERNAL = "data/external"  # pipelines.params.EXTERNAL_DIR: files from outside the repository, linked in
 KEYS = ("description", "merge", "replace", "claims")
 
 
@@ -58,12 +62,13 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def load_profile(name_or_path: str, root: Path = ROOT) -> dict:
-    """profiles/<name>.yaml (or a path to a profile file), checked for its keys; ProfileError names the file."""
+    """profiles/<name>.yaml (or a path to a profile file), read strictly and checked for its keys; ProfileError (or
+    the reader's ParamsError: a key given twice, YAML that does not parse) names the file."""
     path = Path(name_or_path) if name_or_path.endswith(".yaml") else root / PROFILES / f"{name_or_path}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (root / PROFILES).glob("*.yaml"))
         raise ProfileError(f"{path}: no such profile; allowed: {', '.join(known)}")
-    doc = yaml.safe_load(path.read_text())
+    doc = read_yaml(path)
     if not isinstance(doc, dict) or any(k not in KEYS for k in doc):
         raise ProfileError(f"{path}: expected a mapping with keys {', '.join(KEYS)}")
     for key in ("merge", "replace"):
@@ -77,7 +82,7 @@ def load_profile(name_or_path: str, root: Path = ROOT) -> dict:
 def profile_params(profile: dict, root: Path = ROOT, overlay: dict | None = None) -> dict:
     """root's params.yaml with the profile's `merge` merged in and its `replace` sections replaced, then the same
     for `overlay` (a profile's `merge` and `replace`: smaller budgets for a test, say)."""
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = read_yaml(root / "params.yaml")
     for layer in (profile, overlay or {}):
         params = {**merge(params, layer.get("merge", {})), **layer.get("replace", {})}
     return params
@@ -131,9 +136,7 @@ def workspace(name: str, dst: Path, profile: dict, root: Path = ROOT, overlay: d
     `external` (default: root's data/external) is linked in as its data/external, `cache` (default: root's DVC
     cache) is its DVC cache. Params are validated (the one loader) before anything in `dst` changes.
     """
-    from pipelines.params import check_environment, parse_params
-
-    external = (external or root / EXTERNAL).resolve()
+    external = (external or root / EXTERNAL_DIR).resolve()
     params = profile_params(profile, root, overlay)
     check_environment(parse_params(params, f"profile {name}"), external)
     dst.mkdir(parents=True, exist_ok=True)
@@ -141,7 +144,7 @@ def workspace(name: str, dst: Path, profile: dict, root: Path = ROOT, overlay: d
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if "claims" in profile:
         shutil.copy2(root / profile["claims"], dst / "claims.yaml")
-    link = dst / EXTERNAL
+    link = dst / EXTERNAL_DIR
     if not (link.is_symlink() and link.resolve() == external):
         if link.is_symlink():
             link.unlink()
@@ -177,12 +180,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("name", help="profiles/<name>.yaml")
     parser.add_argument("--dir", type=Path, help="the workspace (default: runs/<name>/)")
     parser.add_argument("--overlay", help="a profile file (merge, replace) applied after the profile's own")
-    parser.add_argument("--external", type=Path, help=f"the folder linked in as {EXTERNAL} (default: the repository's)")
+    parser.add_argument("--external", type=Path,
+                        help=f"the folder linked in as {EXTERNAL_DIR} (default: the repository's)")
     parser.add_argument("--cache", type=Path, help="its DVC cache (default: the repository's, .dvc/cache)")
     parser.add_argument("--prepare-only", action="store_true", help="build or sync the workspace, run nothing")
     args = parser.parse_args(argv)
-    from pipelines.errors import ParamsError
-
     try:
         profile = load_profile(args.name)
         overlay = load_profile(args.overlay) if args.overlay else None

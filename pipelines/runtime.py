@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from components.runtime import Runtime, configure_backends, make_runtime
-from pipelines.params import Params, RuntimeParams, load_params
+from pipelines.params import Params, load_params
+from pipelines.params.sections import RuntimeParams
 
 
 def runtime_of(p: RuntimeParams) -> Runtime:

@@ -43,9 +43,10 @@ from components.samplers import EpsModel, sample_ddgan
 from components.schedules import Schedule, make_schedule, make_trajectory, respace
 from pipelines.atomic import atomic_save_figure, atomic_save_npz, atomic_write_json
 from pipelines.entry import checkpoint_path, dvc_stage, entry_point, progress_enabled, stage_args
-from pipelines.errors import InputError, NonFiniteError, first_line
+from pipelines.errors import first_line, InputError, NonFiniteError
 from pipelines.loading import load_checkpoint, load_dataset, load_reference_stats
-from pipelines.params import CellParams, ConditionParams, Params, load_params
+from pipelines.params import Params, load_params
+from pipelines.params.cells import CellParams, ConditionParams
 from pipelines.plots_samples import samples_figure
 from pipelines.runtime import stage_runtime
 from pipelines.timing import time_draws

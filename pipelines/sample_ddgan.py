@@ -13,7 +13,8 @@ from components.schedules import make_schedule
 from pipelines.entry import checkpoint_path, dvc_stage, entry_point, parse_T, stage_args
 from pipelines.errors import InputError
 from pipelines.loading import load_dataset
-from pipelines.params import DDGANParams, load_params
+from pipelines.params import load_params
+from pipelines.params.cells import DDGANParams
 from pipelines.sample import CellFiles, load_ema_generator, run_cell
 
 

@@ -25,12 +25,19 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("components", "pipelines")  # the project's top-level packages; anything else is a library
 PLUMBING = (
     "pipelines/__init__.py", "pipelines/atomic.py", "pipelines/loading.py", "pipelines/errors.py",
-    "pipelines/entry.py", "pipelines/malloc.py", "pipelines/params.py", "pipelines/tracking.py",
+    "pipelines/entry.py", "pipelines/malloc.py", "pipelines/params/", "pipelines/tracking.py",
     "pipelines/tracking_spool.py", "pipelines/tracking_store.py", "pipelines/tracking_mlflow.py",
     "pipelines/plots_training.py", "pipelines/plots_samples.py", "pipelines/plots_sweeps.py",
     "pipelines/plots_trilemma.py", "pipelines/plots_labels.py", "pipelines/restore.py", "pipelines/runtime.py",
     "components/__init__.py", "components/registry.py",
 )
+
+
+def plumbing(path: str) -> bool:
+    """Whether checkout-relative `path` is plumbing: listed in PLUMBING, or inside a folder listed there (`x/`)."""
+    return path in PLUMBING or any(path.startswith(p) for p in PLUMBING if p.endswith("/"))
+
+
 COMMAND = re.compile(r"python -m ([\w.]+)")
 
 
@@ -75,7 +82,7 @@ def code_deps(module: str, root: Path = ROOT) -> list[str]:
     seen, todo = {own}, [own]
     while todo:
         path = todo.pop()
-        if relative(path, root) in PLUMBING and path != own:
+        if plumbing(relative(path, root)) and path != own:
             continue
         for name in imported_modules(path, root):
             dep = module_file(name, root)
@@ -83,7 +90,7 @@ def code_deps(module: str, root: Path = ROOT) -> list[str]:
                 seen.add(dep)
                 todo.append(dep)
     rest = sorted(relative(p, root) for p in seen - {own}
-                  if relative(p, root) not in PLUMBING and not (p.name == "__init__.py" and not p.read_text().strip()))
+                  if not plumbing(relative(p, root)) and not (p.name == "__init__.py" and not p.read_text().strip()))
     return [relative(own, root), *rest]
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from components.data import DATASETS
 from pipelines.atomic import atomic_save_figure, atomic_write_json, atomic_write_text
-from pipelines.claims import load_claims
+from pipelines.claims_spec import load_claims
 from pipelines.columns import METRICS, SETTINGS
 from pipelines.entry import entry_point, stage_args
 from pipelines.errors import InputError

@@ -31,7 +31,8 @@ from components.training import lr_at
 from pipelines.atomic import atomic_save_figure, atomic_torch_save, atomic_write_text
 from pipelines.entry import checkpoint_path, dvc_stage, entry_point, parse_T, stage_args
 from pipelines.loading import load_dataset
-from pipelines.params import DDGANTrainParams, load_params
+from pipelines.params import load_params
+from pipelines.params.training import DDGANTrainParams
 from pipelines.plots_training import losses_by_t_figure
 from pipelines.runtime import stage_runtime
 from pipelines.tracking_spool import StageRun, log_stage_run

@@ -28,7 +28,8 @@ from pipelines.atomic import atomic_torch_save
 from pipelines.entry import entry_point, stage_args
 from pipelines.loading import load_dataset
 from components.runtime import CPU, Runtime
-from pipelines.params import SD2015Params, load_params
+from pipelines.params import load_params
+from pipelines.params.training import SD2015Params
 from pipelines.runtime import stage_runtime
 from pipelines.tracking_spool import StageRun, log_stage_run
 from pipelines.trainer import resume, scratch_config, train_loop, write_history

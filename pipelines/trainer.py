@@ -25,7 +25,7 @@ from pipelines.atomic import atomic_save_figure, atomic_write_text
 from pipelines.entry import progress_enabled
 from pipelines.errors import InputError, NonFiniteError
 from pipelines.loading import data_config, first_nonfinite, load_checkpoint
-from pipelines.params import NetworkParams, OptimParams
+from pipelines.params.training import NetworkParams, OptimParams
 from pipelines.plots_training import loss_curve_figure
 
 if TYPE_CHECKING:

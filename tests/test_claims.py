@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from conftest import ROOT, copy_of, edited, run
-from pipelines.claims import (
-    OPERATORS, ClaimsError, evaluate, headline, load_claims, markdown, parse_claims, summary, summary_lines,
-)
+from pipelines.claims_eval import evaluate, summary
+from pipelines.claims_report import headline, markdown, summary_lines
+from pipelines.claims_spec import OPERATORS, ClaimsError, load_claims, parse_claims
 from pipelines.params import load_params
 
 ROWS = {"a": {"sampler": "ddpm", "steps": 10}, "b": {}, "c": {}}

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, copy_of, run
-from pipelines.stage_deps import PLUMBING
+from pipelines.stage_deps import plumbing
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def modules_read(record: dict) -> dict[str, str]:
     todo = [own]
     while todo:
         m = todo.pop()
-        if m in PLUMBING and m != own:
+        if plumbing(m) and m != own:
             continue
         for n in sorted(graph[m]):
             if n not in via:
@@ -135,7 +135,7 @@ def problems(address: str, stage: dict, record: dict) -> list[str]:
             out.append(f"{address} reads {', '.join(keys)} but dvc.yaml lists only {', '.join(listed) or 'no params'}")
     via = modules_read(record)
     missing = [f"{m} (imported by {via[m]})" for m in sorted(via)
-               if m != own and m not in PLUMBING and not in_deps(m, deps)]
+               if m != own and not plumbing(m) and not in_deps(m, deps)]
     if missing:
         out.append(f"{address} imports {', '.join(missing)} but dvc.yaml's deps do not list "
                    f"{'it' if len(missing) == 1 else 'them'}")

@@ -32,11 +32,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from components.cifar10 import cifar10_splits
 from components.data import DATASETS
-from pipelines.claims import load_claims
+from pipelines.claims_spec import load_claims
 from pipelines.entry import ONE_LINE_ERRORS
-from pipelines.errors import InputError, ParamsError
+from pipelines.errors import InputError
 from pipelines.loading import load_dataset, save_dataset
-from pipelines.params import NAME, INT64, load_params
+from pipelines.params import ParamsError, load_params
+from pipelines.params.fields import INT64, NAME
 
 from conftest import ROOT, SMALL_SWEEPS, TINY, copy_of, run, stage_env, write_cifar10_batches, write_params
 

@@ -26,7 +26,7 @@ from components.training import (
     TrainState, UniformTimesteps, bound_train_step, classifier_train_step, hybrid_train_step, train_step,
 )
 from conftest import ROOT
-from pipelines.params import OptimParams
+from pipelines.params.training import OptimParams
 from pipelines.trainer import train_loop
 
 HOST_READS = {"item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"}

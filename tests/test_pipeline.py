@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, SMALL_SWEEPS, copy_of, run
-from pipelines.claims import load_claims
+from pipelines.claims_spec import load_claims
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 
 from conftest import ROOT
-from pipelines.claims import load_claims
+from pipelines.claims_spec import load_claims
 from pipelines.plots_samples import samples_figure
 from pipelines.plots_trilemma import FAMILIES, IMAGE_TRILEMMA_METRICS, row_family, trilemma_figure
 

@@ -45,9 +45,9 @@ def test_the_demo_never_replaces_a_folder_it_did_not_make(tmp_path):
 
 @pytest.mark.parametrize("name", ["demo", "mnist", "mnist-gpu", "cifar10", "swissroll"])
 def test_every_profile_passes_the_one_loader_and_its_claims_read_its_own_rows(name):
-    """A profile is params.yaml plus its overlay, checked by pipelines/params.py like any params file; its claims
+    """A profile is params.yaml plus its overlay, checked by pipelines/params/ like any params file; its claims
     file declares rows that are cells of the profile (so its claims can be measured)."""
-    from pipelines.claims import load_claims
+    from pipelines.claims_spec import load_claims
     from pipelines.params import parse_params
     from pipelines.profile import load_profile, profile_params
 

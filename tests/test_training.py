@@ -19,7 +19,7 @@ from components.training import (
 )
 from pipelines.atomic import atomic_torch_save
 from pipelines.errors import NonFiniteError
-from pipelines.params import OptimParams
+from pipelines.params.training import OptimParams
 from pipelines.trainer import train_loop
 
 

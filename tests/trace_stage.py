@@ -6,7 +6,7 @@ Run from the root of the repository whose stage it is: that directory comes firs
 with `python -m`, so the code traced is that repository's. tests/test_dag.py compares the record
 with the stage's `params:` and `deps:` in dvc.yaml.
 
-Params: `pipelines.params.parse_params` (which `load_params` calls) is patched before the stage's
+Params: `pipelines.params.loader.parse_params` (which `load_params` calls) is patched before the stage's
 module is imported, and every Params it returns records its reads:
   - reading a dataclass field records its path ("sample.n", "sweep.ddim-4.steps", "train_ddpm.network.kwargs"),
     unless the value is itself a traced section or cell dict (that is navigation, not a read): the
@@ -238,13 +238,13 @@ def main(argv: list[str]) -> int:
     builtins.__import__ = _import
     importlib.import_module = _import_module
 
-    import pipelines.params
+    import pipelines.params.loader
 
-    real_parse = pipelines.params.parse_params
-    pipelines.params.parse_params = lambda *a, **k: trace(real_parse(*a, **k))  # load_params calls it
+    real_parse = pipelines.params.loader.parse_params
+    pipelines.params.loader.parse_params = lambda *a, **k: trace(real_parse(*a, **k))  # load_params calls it
 
     sys.argv = [module, *args]
-    # validate's module is pipelines.params itself, imported above to patch it: runpy runs it afresh as __main__
+    # validate's module is the package pipelines.params, imported above to patch its loader: runpy runs its __main__
     warnings.filterwarnings("ignore", message=".*found in sys.modules after import of package", category=RuntimeWarning)
     code: int | str | None = 0
     try:
