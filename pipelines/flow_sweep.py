@@ -56,7 +56,8 @@ from pipelines.flow_plan import (
     visible_gpus,
 )
 from pipelines.flow_stages import Dispatch, Slots, Sweep, stage_error
-from pipelines.params import PARAMS_FILE, load_params
+from pipelines.params import load_params
+from pipelines.params.loader import PARAMS_FILE
 from pipelines.tracking import flush
 from pipelines.tracking_mlflow import log_to_run, start_parent_run
 from pipelines.tracking_spool import StageRun

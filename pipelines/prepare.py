@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from components.data import DATASETS, DataFileError, split_problem
+from components.data import DATASETS, split_problem
+from components.dataset import DataFileError
 from pipelines.entry import entry_point, stage_args
 from pipelines.errors import InputError
 from pipelines.loading import save_dataset
