@@ -24,12 +24,6 @@ from pipelines.params import load_params
 from pipelines.train_ddgan import new_state, recipe_step
 
 
-def test_ddgan_schedule_is_the_papers():
-    """DDGAN's discretised VP at T = 4 (REFERENCE §5: beta = 0.47826, 0.84921, 0.95642, 0.98740)."""
-    sched = make_schedule("ddgan_vp", 4)
-    assert np.allclose(sched.betas, [0.47826, 0.84921, 0.95642, 0.98740], atol=5e-6)
-
-
 @pytest.mark.parametrize("t", [0, 1, 3])
 def test_posterior_draws_match_q_given_x0(t):
     """x_{t-1} ~ q(x_{t-1} | x_t, x0) for fixed x0, x_t: the mean and variance of DDPM eq. 7, from abar alone."""

@@ -11,6 +11,7 @@ fully built checkout (conftest's tiny budgets with one cell of each kind).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib
@@ -28,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from components.cifar10 import cifar10_splits
 from components.data import DATASETS
@@ -690,24 +691,66 @@ def test_fuzzed_params_bytes_are_valid_or_one_line_errors(offset, insert, duplic
     _outcome(path)
 
 
+# A cell's keys set to values some cell of params.yaml holds (so that many mutations pass validation and run) or to
+# any value; a copy of ddim-4 added under a valid name or any text.
+CELL_SETTINGS = st.sampled_from(["ddpm", "iddpm", "ddim", "small", "large", "learned", 1, 2, 4, 5, 0.0, 0.5, 1.0])
 CELL_MUTATIONS = st.one_of(
-    st.tuples(st.just("set"), st.sampled_from([p for p in LEAVES if p[0] == "sweep"]), VALUES),
-    st.tuples(st.just("add"), st.just(("sweep",)), st.tuples(st.text(max_size=10), st.just(SMALL_SWEEPS["sweep"]["ddim-4"]))),
+    st.tuples(st.just("set"), st.sampled_from([p for p in LEAVES if p[0] == "sweep"]), st.one_of(CELL_SETTINGS, VALUES)),
+    st.tuples(st.just("add"), st.just(("sweep",)),
+              st.tuples(st.one_of(st.from_regex(NAME, fullmatch=True), st.text(max_size=10)),
+                        st.just(SMALL_SWEEPS["sweep"]["ddim-4"]))),
 )
 
 
-@settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(mutation=CELL_MUTATIONS)
-def test_fuzzed_cells_through_dvc_repro_run_or_lose_nothing(mutation, built):
+def _cell_ran(repo: Path, proc: subprocess.CompletedProcess, before: dict, cell: str) -> None:
+    """A cell mutation that passed validation: the loader accepts the file, `dvc status` is clean, the cell's sample
+    stage ran and wrote what dvc.lock records, the table lists it, and no stage but the cell's and the aggregates
+    (validate, table, claims) changed its lock entry."""
+    assert _outcome(repo / "params.yaml") is None
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
+    assert f"Running stage 'sample@{cell}'" in proc.stdout, proc.stdout
+    after = lock_entries(repo)
+    for stage, entry in after.items():
+        for out in entry.get("outs", []):
+            assert md5(repo / out["path"]) == out["md5"], f"{stage}: {out['path']} not as dvc.lock records"
+    assert {f"samples/{cell}.npz", f"metrics/timing/{cell}.json"} <= {o["path"] for o in after[f"sample@{cell}"]["outs"]}
+    assert cell in (repo / "metrics/trilemma.md").read_text()
+    changed = {k for k in after.keys() | before.keys() if after.get(k) != before.get(k)}
+    assert changed <= {"validate", f"sample@{cell}", "table", "claims"}, changed
+
+
+def test_fuzzed_cells_through_dvc_repro_run_or_lose_nothing(built, tmp_path):
     """Through `dvc repro` itself: a cell mutation either fails in one line with every output as it was, or runs to a
-    clean `dvc status`."""
-    with tempfile.TemporaryDirectory() as d:
-        repo = copy_of(built, Path(d) / "repo")
+    clean `dvc status` with the cell's outputs. The examples run one after another on one copy of the built checkout
+    (a refused one leaves it as it was; one that ran is the next one's starting point), and both branches must be
+    taken: a generator whose every cell is refused would test only the loader."""
+    repo = copy_of(built, tmp_path / "repo")
+    taken = []
+
+    @settings(max_examples=4, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(mutation=CELL_MUTATIONS)
+    def one_cell(mutation):
+        text = (repo / "params.yaml").read_text()
+        params = yaml.safe_load(text)
+        mutated = _mutate(copy.deepcopy(params), mutation)
+        assume(mutated != params)  # a no-op mutation tests nothing
+        try:
+            (repo / "params.yaml").write_text(yaml.safe_dump(mutated, sort_keys=False, allow_unicode=True))
+        except yaml.YAMLError:  # a value PyYAML cannot write is no params file
+            (repo / "params.yaml").write_text(text)
+            assume(False)
         before = lock_entries(repo)
-        set_params(repo, lambda p: _mutate(p, mutation))
         proc = run(["dvc", "repro"], repo, check=False)
         if proc.returncode == 0:
-            assert "Data and pipelines are up to date" in run(["dvc", "status"], repo).stdout
+            _cell_ran(repo, proc, before, mutation[1][1] if mutation[0] == "set" else mutation[2][0])
+            taken.append("ran")
         else:
             assert len(error_lines(proc)) == 1 and error_lines(proc)[0].startswith("error: params.yaml: "), proc.stderr
+            assert "Running stage 'validate'" in proc.stdout and proc.stdout.count("Running stage") == 1
             assert_nothing_lost(repo, before)
+            (repo / "params.yaml").write_text(text)
+            taken.append("refused")
+        print(f"\n{mutation!r}: {taken[-1]}")
+
+    one_cell()
+    assert set(taken) == {"ran", "refused"}, taken

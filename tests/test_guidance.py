@@ -91,17 +91,22 @@ def test_scale_zero_hits_the_target_by_chance_only():
 
 @pytest.mark.parametrize("sampler,kw", [(sample_ddpm, {"variance": "small"}), (sample_ddim, {"eta": 0.0}),
                                         (sample_ddim, {"eta": 1.0})])
-def test_zero_gradient_leaves_the_samples_bit_identical(sampler, kw):
-    """The combination rules add exactly nothing for a zero gradient: scale 0 is the unguided sampler, bit for bit."""
+@pytest.mark.parametrize("zero", ["classifier at s = 0", "unit factor r = 1"])
+def test_zero_gradient_leaves_the_samples_bit_identical(sampler, kw, zero):
+    """The combination rules add exactly nothing for a zero gradient, whichever gradient function gives it: scale 0
+    (ADM) and a unit factor r = 1 (Sohl-Dickstein et al. 2015 §2.5, grad log r = 0, no known coordinates) are the
+    plain sampler, bit for bit."""
     torch.manual_seed(0)
     model = make_network("mlp", (2,), width=32, depth=1, temb_dim=16).eval()
     classifier = make_classifier("mlp", (2,), 25, width=16, depth=1, temb_dim=16).eval()
     sched = respace(make_schedule("linear", 1000), make_trajectory("uniform", 1000, 20))
     y = torch.randint(25, (300,))
+    factor = {"classifier at s = 0": {"guidance": classifier_grad(classifier, y, 0.0)},
+              "unit factor r = 1": {"guidance": lambda x, t: torch.zeros_like(x), "known": None}}[zero]
     runs = []
-    for guidance in (None, classifier_grad(classifier, y, 0.0)):
+    for conditioning in ({}, factor):
         g = torch.Generator().manual_seed(3)
-        runs.append(sampler(model, sched, torch.randn(300, 2, generator=g), generator=g, guidance=guidance, **kw))
+        runs.append(sampler(model, sched, torch.randn(300, 2, generator=g), generator=g, **conditioning, **kw))
     assert torch.equal(runs[0], runs[1])
     assert guide_for(classifier, y, 0.0) is None  # and the stage skips the classifier pass at s = 0 altogether
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, copy_of
-from pipelines import demo
+from conftest import ROOT, SMALL_SWEEPS, TINY, copy_of
+from pipelines import demo, profile
+from pipelines.claims_spec import load_claims
+from pipelines.params import parse_params
 
 
 def test_venv_dvc_runs_the_stages_without_activating_the_venv(small_run, tmp_path):
@@ -24,10 +26,14 @@ def test_venv_dvc_runs_the_stages_without_activating_the_venv(small_run, tmp_pat
     assert "Running stage 'validate'" in proc.stdout and "params.yaml: ok; claims.yaml: ok" in proc.stdout
 
 
-def test_the_demo_budgets_are_the_suites_tiny_run():
+def test_the_demo_budgets_are_the_suites_tiny_run(small_run, tmp_path):
     """`make demo` and the suite's end-to-end fixtures build from the same file, so the demo runs every stage the
-    suite checks."""
+    suite checks: conftest's budgets are the demo's, and the params.yaml the demo writes (demo.main's call) is, byte
+    for byte, the one the suite's built checkout ran."""
     tiny, one_cell_each = demo.budgets()
+    assert (TINY, SMALL_SWEEPS) == (tiny, one_cell_each)
+    profile.write_params(tmp_path, *demo.budgets())
+    assert (tmp_path / "params.yaml").read_text() == (small_run / "params.yaml").read_text()
     assert set(one_cell_each) == {"ddgan", "sweep", "guided_sweep", "exact_sweep"}
     assert tiny["train_ddpm"]["steps"] < 100 and tiny["sample"]["n"] <= 500
 
@@ -47,12 +53,8 @@ def test_the_demo_never_replaces_a_folder_it_did_not_make(tmp_path):
 def test_every_profile_passes_the_one_loader_and_its_claims_read_its_own_rows(name):
     """A profile is params.yaml plus its overlay, checked by pipelines/params/ like any params file; its claims
     file declares rows that are cells of the profile (so its claims can be measured)."""
-    from pipelines.claims_spec import load_claims
-    from pipelines.params import parse_params
-    from pipelines.profile import load_profile, profile_params
-
-    doc = load_profile(name)
-    params = parse_params(profile_params(doc), name)
+    doc = profile.load_profile(name)
+    params = parse_params(profile.profile_params(doc), name)
     if "claims" in doc:
         rows = set(load_claims(ROOT / doc["claims"]).rows) - {"data"}
         assert rows <= set(params.cells()), sorted(rows - set(params.cells()))

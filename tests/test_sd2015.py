@@ -110,13 +110,6 @@ def _exact_sampler(n=4000, steps=100, factor=None):
     return x.numpy() / SCALE
 
 
-def test_a_unit_factor_leaves_the_samples_bit_identical():
-    """r = 1 (grad log r = 0) and no known coordinates: the multiplied sampler is the plain one, bit for bit."""
-    plain = _exact_sampler(n=500, steps=20)
-    zero = _exact_sampler(n=500, steps=20, factor={"guidance": lambda x, t: torch.zeros_like(x), "known": None})
-    assert np.array_equal(plain, zero)
-
-
 def test_a_delta_on_a_coordinate_samples_the_mixtures_exact_conditional():
     """Clamping x1 = 0 at every step with the exact eps*: x1 stays 0, and x2 lands on the column's five modes in
     equal weights (the exact conditional, components/gaussian_mixture.py)."""
