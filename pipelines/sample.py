@@ -287,7 +287,7 @@ def cell_sampler(run: CellRun, sched: Schedule, ref: Dataset, rt: Runtime):
     sampler = CELL_SAMPLERS[run.cell.sampler]
     kwargs = {**run.cell.sampler_kwargs(), **factor(run.cell.condition, ref, run.shape, rt.device)}
 
-    def draw_cell(n: int, batch_size: int, seed: int, label_seed: int, progress: bool):
+    def draw_cell(n: int, batch_size: int, seed: int, label_seed: int | None, progress: bool):
         y = target_labels(n, run.n_classes, label_seed) if run.guided else None
         guide = guide_for(run.classifier, y, run.cell.scale, rt.device) if run.guided else None
         return draw(sampler, run.model, sched, n, batch_size, run.shape, generator(rt, seed), kwargs, progress,
@@ -349,7 +349,8 @@ def run_cell(run: CellRun, ref: Dataset, params: Params, files: CellFiles) -> No
     sched = respace(run.full, make_trajectory(run.cell.trajectory, len(run.full), run.cell.steps))
     run = dataclasses.replace(run, model=on_device(run.model, rt), classifier=classifier_on_device(run.classifier, rt))
     draw_cell, n = cell_sampler(run, sched, ref, rt), run.cell.n or p.n
-    x, y = draw_cell(n, p.batch_size, p.seed, params.guidance.label_seed, progress_enabled())
+    label_seed = params.guidance.label_seed if run.guided else None  # read only where used (dvc.yaml's params)
+    x, y = draw_cell(n, p.batch_size, p.seed, label_seed, progress_enabled())
     check_finite(run.stage, x)
     likelihood = bound(run.model, sched, run.cell, ref, params) if run.cell.has_likelihood else {}
 
