@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.dataset import to_data  # noqa: E402
 from components.metrics import reference_set, sample_metrics  # noqa: E402
 from components.posterior_match import format_rows, generator_sampler, posterior_match  # noqa: E402
-from components.samplers import sample_ddgan  # noqa: E402
+from components.samplers import GANGenerator, sample_ddgan  # noqa: E402
 from components.schedules import make_schedule, make_trajectory, respace  # noqa: E402
 from pipelines.loading import load_dataset  # noqa: E402
 from pipelines.malloc import pin_malloc_thresholds  # noqa: E402
@@ -94,7 +94,7 @@ def run(job: tuple) -> dict:
     generator = torch.Generator().manual_seed(params.sample.seed)
     x_T = torch.randn((params.sample.n, *data.shape[1:]), generator=generator)
     with torch.no_grad():
-        x = sample_ddgan(G, respace(sched, make_trajectory("uniform", T, T)), x_T, generator=generator)
+        x = sample_ddgan(GANGenerator(G, G.nz), respace(sched, make_trajectory("uniform", T, T)), x_T, generator=generator)
     metrics = sample_metrics(to_data(x.numpy(), ref.shift, ref.scale), reference_set(ref.x, "identity", 3),
                              modes=ref.modes, mode_std=ref.mode_std)
     label = " ".join([name, *(f"{'.'.join(k)}={v}" for k, v in extra)])

@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from components.diffusion import ReverseModel
 from components.guidance import classifier_grad
 from components.networks import make_classifier, make_network
 from components.samplers import sample_ddim, sample_ddpm
@@ -40,7 +41,8 @@ def main() -> None:
     pin_malloc_thresholds()  # as every stage does (pipelines/entry.py)
     p = load_params()
     torch.manual_seed(0)
-    net = make_network(p.train_ddpm.network.name, (2,), **p.train_ddpm.network.kwargs).eval().requires_grad_(False)
+    net = ReverseModel(make_network(p.train_ddpm.network.name, (2,), **p.train_ddpm.network.kwargs).eval()
+                       .requires_grad_(False))
     clf = make_classifier(p.train_classifier.network.name, (2,), 25,
                           **p.train_classifier.network.kwargs).eval().requires_grad_(False)
     sched = respace(make_schedule(p.diffusion.schedule, p.diffusion.T),

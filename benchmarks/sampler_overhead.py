@@ -16,6 +16,7 @@ import time
 import torch
 
 from components.networks import make_network
+from components.diffusion import ReverseModel
 from components.samplers import sample_ddim, sample_ddpm
 from components.schedules import make_schedule, make_trajectory, respace
 from pipelines.malloc import pin_malloc_thresholds
@@ -54,7 +55,7 @@ def main() -> None:
             fwd = median_seconds(lambda: [net(x_T, t) for _ in range(20)], args.repeats) / 20
         for name, sampler in (("ddpm", sample_ddpm), ("ddim", sample_ddim)):
             g = torch.Generator().manual_seed(0)
-            loop = median_seconds(lambda: sampler(zero_model, sched, x_T, generator=g), args.repeats) / len(sched)
+            loop = median_seconds(lambda: sampler(ReverseModel(zero_model), sched, x_T, generator=g), args.repeats) / len(sched)
             print(f"{batch:>6} {name:>5} {loop * 1e6:>17.1f} {fwd * 1e6:>11.1f} {loop / fwd:>17.3f}")
 
 

@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.networks import make_network  # noqa: E402
 from benchmarks.unet_throughput import parse_sized  # noqa: E402
 from components.runtime import Forward, Runtime, describe, forward_fn, generator, synchronize  # noqa: E402
-from components.samplers import sample_ddgan, sample_ddim, sample_ddpm  # noqa: E402
+from components.diffusion import ReverseModel  # noqa: E402
+from components.samplers import GANGenerator, sample_ddgan, sample_ddim, sample_ddpm  # noqa: E402
 from components.schedules import Schedule, make_schedule, make_trajectory, respace  # noqa: E402
 from pipelines.profile import load_profile, profile_params  # noqa: E402
 
@@ -48,14 +49,9 @@ SMALL = {"batch": 4, "size": 16, "ch": 16, "precision": ["fp32"], "threads": 1}
 DDGAN_NZ = 100  # DDGAN's latent size on CIFAR-10 (its z is drawn, not read, by the stand-in generator)
 
 
-class UNetAsGenerator:
+def unet_as_generator(forward: Forward, nz: int = DDGAN_NZ) -> GANGenerator:
     """A DDGAN generator G(x_t, t, z) -> x0-hat made of an eps-network's forward: z is ignored (a cost stand-in)."""
-
-    def __init__(self, forward: Forward, nz: int = DDGAN_NZ):
-        self.forward, self.nz = forward, nz
-
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.forward(x_t, t)  # (B, C, H, W), read as x0-hat
+    return GANGenerator(lambda x_t, t, z: forward(x_t, t), nz)  # (B, C, H, W), read as x0-hat
 
 
 def cifar10_unet(size: int, ch: int | None) -> torch.nn.Module:
@@ -72,10 +68,10 @@ def chains(forward: Forward) -> dict[str, Callable[[torch.Tensor, torch.Generato
     linear = make_schedule("linear", 1000)
     ddim = respace(linear, make_trajectory("uniform", len(linear), 50))
     ddgan: Schedule = make_schedule("ddgan_vp", 4)
-    G = UNetAsGenerator(forward)
+    G, model = unet_as_generator(forward), ReverseModel(forward)
     return {
-        "ddpm-1000": lambda x, g: sample_ddpm(forward, linear, x, generator=g, variance="small", clip_x0=True),
-        "ddim-50": lambda x, g: sample_ddim(forward, ddim, x, generator=g, eta=0.0, clip_x0=True),
+        "ddpm-1000": lambda x, g: sample_ddpm(model, linear, x, generator=g, variance="small", clip_x0=True),
+        "ddim-50": lambda x, g: sample_ddim(model, ddim, x, generator=g, eta=0.0, clip_x0=True),
         "ddgan-4": lambda x, g: sample_ddgan(G, ddgan, x, generator=g),
     }
 
@@ -117,7 +113,7 @@ def main() -> None:
         g = generator(rt, 0)
         x_T = torch.randn((args.batch, 3, args.size, args.size), generator=g, device=device)  # (B, C, H, W)
         short = respace(make_schedule("linear", 1000), make_trajectory("uniform", 1000, 2))
-        sample_ddpm(forward, short, x_T, generator=g)  # untimed: kernel choice and allocations
+        sample_ddpm(ReverseModel(forward), short, x_T, generator=g)  # untimed: kernel choice and allocations
         for name, draw in chains(forward).items():
             n, seconds = time_chains(draw, x_T, g, args.min_seconds)
             evals = name.rsplit("-", 1)[1]  # one network evaluation a step

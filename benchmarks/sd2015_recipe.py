@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.data import DATASETS  # noqa: E402
+from components.diffusion import ReverseModel  # noqa: E402
 from components.likelihood import bound_per_dim, variational_bound  # noqa: E402
 from components.schedules import make_schedule  # noqa: E402
 from components.training import bound_train_step, lr_at  # noqa: E402
@@ -64,7 +65,7 @@ def run(name: str) -> dict:
                          lr=lr, grad_clip=p.grad_clip, ema_decay=p.ema_decay)
     train_s = time.perf_counter() - t0
     x0 = torch.from_numpy(ref.to_model(ref.x[: nll.n]))
-    out = variational_bound(state.ema.eval(), sched, x0, variance="learned", decoder=decoder, output=OUTPUT,
+    out = variational_bound(ReverseModel(state.ema.eval(), OUTPUT), sched, x0, variance="learned", decoder=decoder,
                             generator=torch.Generator().manual_seed(nll.seed))
     per_dim = bound_per_dim(out["total"], x0[0].numel(), decoder, ref.scale)
     return {"variant": name, "nll": float(per_dim.mean()), "se": float(per_dim.std()) / math.sqrt(len(per_dim)),

@@ -26,6 +26,7 @@ import time
 import torch
 
 from components.data import DATASETS
+from components.diffusion import ReverseModel
 from components.gaussian_mixture import mixture_eps_model
 from components.registry import SAMPLERS
 from components.schedules import make_schedule, make_trajectory, respace
@@ -54,7 +55,7 @@ def main() -> None:
     spec = DATASETS[params.data.name]
     ds = spec.build(2000, 10, params.data.seed, **params.data.options())["reference"]
     full = make_schedule(params.diffusion.schedule, params.diffusion.T)
-    model = mixture_eps_model(full, ds.to_model(ds.modes), ds.mode_std * ds.scale)
+    model = ReverseModel(mixture_eps_model(full, ds.to_model(ds.modes), ds.mode_std * ds.scale))
     sched = respace(full, make_trajectory("uniform", len(full), args.steps))
     shape, kwargs, sampler = tuple(ds.x.shape[1:]), {"eta": 0.0}, SAMPLERS["ddim"]
     n, t = params.sample.n, params.timing

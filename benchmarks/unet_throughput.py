@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components.diffusion import ReverseModel  # noqa: E402
 from components.runtime import Runtime, describe, forward_fn, generator, resolve_device, synchronize  # noqa: E402
 from components.samplers import sample_ddpm  # noqa: E402
 from components.schedules import make_schedule, make_trajectory, respace  # noqa: E402
@@ -77,7 +78,7 @@ def bench(rt: Runtime, args: argparse.Namespace) -> dict[str, float]:
 
     def sample(steps: int) -> None:
         chain = respace(sched, make_trajectory("uniform", len(sched), steps))
-        sample_ddpm(forward, chain, torch.randn(x0.shape, generator=g, device=rt.device), generator=g)
+        sample_ddpm(ReverseModel(forward), chain, torch.randn(x0.shape, generator=g, device=rt.device), generator=g)
 
     net.train()
     warm = timed(lambda: train(args.warmup), rt.device)

@@ -27,11 +27,10 @@ import torch
 from torch import nn
 from torch.nn.functional import softplus
 
-from components.diffusion import extract, q_posterior
+from components.diffusion import extract, sample_posterior
 from components.schedules import Schedule
 from components.training import adam, ema_update, minibatch, series_tensor, set_rng_state, to_cpu
 
-Generator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t, z) -> x0-hat
 Discriminator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_{t-1}, x_t, t) -> (B,)
 
 
@@ -46,17 +45,6 @@ def q_sample_pair(sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise_prev
     x_prev = extract(np.sqrt(abar_prev), t, x0) * x0 + extract(np.sqrt(1.0 - abar_prev), t, x0) * noise_prev
     x_t = extract(np.sqrt(sched.alphas), t, x0) * x_prev + extract(np.sqrt(sched.betas), t, x0) * noise
     return x_prev, x_t
-
-
-def sample_posterior(sched: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                     noise: torch.Tensor) -> torch.Tensor:
-    """x_{t-1} ~ q(x_{t-1} | x_t, x0) (DDPM eqs. 6-7): mu-tilde + sqrt(beta-tilde) noise.
-
-    beta-tilde_0 = 0 (abar_{-1} = 1), so the last step returns mu-tilde_0 = x0 exactly: DDGAN's
-    sampler adds no noise at the last step.
-    """
-    mean, var = q_posterior(sched, x0, x_t, t)
-    return mean + var.sqrt() * noise
 
 
 def d_losses(D: Discriminator, real_prev: torch.Tensor, fake_prev: torch.Tensor, x_t: torch.Tensor,

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
+from components.registry import VARIANCES  # DDPM's two fixed variances (§3.2), iDDPM's learned one (eq. 15)
 from components.schedules import Schedule
 
 
@@ -76,6 +79,17 @@ def q_posterior(
     return mean, extract(sched.posterior_variance, t, x_t)
 
 
+def sample_posterior(sched: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                     noise: torch.Tensor) -> torch.Tensor:
+    """x_{t-1} ~ q(x_{t-1} | x_t, x0) (DDPM eqs. 6-7): mu-tilde + sqrt(beta-tilde) noise.
+
+    beta-tilde_0 = 0 (abar_{-1} = 1), so the last step returns mu-tilde_0 = x0 exactly: DDGAN's
+    sampler adds no noise at the last step.
+    """
+    mean, var = q_posterior(sched, x0, x_t, t)
+    return mean + var.sqrt() * noise
+
+
 def ddim_sigma(sched: Schedule, eta: float) -> np.ndarray:
     """DDIM eq. 16: sigma_t(eta) = eta sqrt((1 - a_{t-1}) / (1 - a_t)) sqrt(1 - a_t / a_{t-1}), a = abar."""
     a, a_prev = sched.alphas_cumprod, sched.alphas_cumprod_prev
@@ -88,9 +102,6 @@ def model_timesteps(sched: Schedule, t: torch.Tensor) -> torch.Tensor:
 
 
 # --- the reverse process p_theta(x_{t-1} | x_t) ------------------------------------------
-
-# DDPM's two fixed variances (DDPM §3.2) and iDDPM's learned interpolation between them (iDDPM eq. 15).
-from components.registry import VARIANCES  # noqa: E402
 
 
 def split_output(out: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -158,27 +169,70 @@ def sd2015_mean_variance(sched: Schedule, x_t: torch.Tensor, t: torch.Tensor, z_
     return mean, torch.nn.functional.logsigmoid(z_sigma + extract(sched.logit_betas, t, z_sigma))
 
 
-# How a network's output becomes p_theta(x_{t-1} | x_t): DDPM's noise prediction (eq. 11; with a v output,
-# iDDPM's learned Sigma, eq. 15) or Sohl-Dickstein et al. 2015's perturbation of the forward kernel.
-OUTPUTS = ("eps", "sd2015")
+# How a network's output becomes p_theta(x_{t-1} | x_t), its output kind: DDPM's noise prediction (eq. 11; with a v
+# output, iDDPM's learned Sigma, eq. 15) or Sohl-Dickstein et al. 2015's perturbation of the forward kernel.
+OUTPUT_KINDS = ("eps", "sd2015")
 
 
-def reverse_kernel(sched: Schedule, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor, *, output: str = "eps",
+@dataclass(frozen=True)
+class ModelOutput:
+    """A network's raw output (B, C or 2C, ...) and its kind (`OUTPUT_KINDS`), which says how to read it.
+
+    kind "eps": eps_theta, or eps then iDDPM's v with 2C channels (`split_output`). kind "sd2015": the 2015
+    kernel's (z_mu, z_Sigma), 2C channels.
+    """
+
+    raw: torch.Tensor
+    kind: str
+
+    def double(self) -> ModelOutput:
+        """The same output in float64 (the bound's math)."""
+        return ModelOutput(self.raw.double(), self.kind)
+
+    def eps(self, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(eps, v), v None for an eps-only network: what DDIM reads; ValueError for a kind without eps."""
+        if self.kind != "eps":
+            raise ValueError(f"a model of output kind {self.kind!r} predicts no eps; only the ancestral sampler "
+                             f"(sample_ddpm) reads it")
+        return split_output(self.raw, x_t)
+
+
+@dataclass(frozen=True)
+class ReverseModel:
+    """The samplers' and the bound's one model contract: (x_t, t) -> ModelOutput, t the original timesteps.
+
+    The one adapter that makes a network of any output kind fit it, as k-diffusion's wrappers do for its
+    samplers: `net` maps (x_t, t) -> raw output and knows nothing about schedules or kinds; `kind` comes with
+    the network (a checkpoint's config "output"; "eps" unless it says otherwise).
+    """
+
+    net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    kind: str = "eps"
+
+    def __post_init__(self) -> None:
+        if self.kind not in OUTPUT_KINDS:
+            raise ValueError(f"unknown model output kind {self.kind!r}; allowed: {', '.join(OUTPUT_KINDS)}")
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> ModelOutput:
+        return ModelOutput(self.net(x_t, t), self.kind)
+
+
+def reverse_kernel(sched: Schedule, x_t: torch.Tensor, t: torch.Tensor, out: ModelOutput, *,
                    variance: str = "small", clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and log-variance of the Gaussian reverse step p_theta(x_{t-1} | x_t) from a network's raw output.
+    """Mean and log-variance of the Gaussian reverse step p_theta(x_{t-1} | x_t) from a network's output.
 
-    output "eps": `p_mean_variance` on eps (and v), with the named `variance`. output "sd2015": the 2015
+    kind "eps": `p_mean_variance` on eps (and v), with the named `variance`. kind "sd2015": the 2015
     kernel on (z_mu, z_Sigma) (`sd2015_mean_variance`); its variance is its own learned one ("learned").
     The one entry point of the ancestral sampler and the bound, so every Gaussian model samples, is
     conditioned and is scored by the same code.
     """
-    a, b = split_output(out, x_t)
-    if output == "eps":
+    a, b = split_output(out.raw, x_t)
+    if out.kind == "eps":
         mean, log_var, _ = p_mean_variance(sched, x_t, t, a, b, variance=variance, clip_x0=clip_x0)
         return mean, log_var
-    if output == "sd2015":
+    if out.kind == "sd2015":
         if b is None or variance != "learned" or clip_x0:
             raise ValueError("the 2015 kernel needs 2C output channels (z_mu, z_Sigma), variance 'learned' and no "
                              "clip_x0")
         return sd2015_mean_variance(sched, x_t, t, a, b)
-    raise ValueError(f"unknown model output {output!r}; allowed: {', '.join(OUTPUTS)}")
+    raise ValueError(f"unknown model output kind {out.kind!r}; allowed: {', '.join(OUTPUT_KINDS)}")

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from components.schedules import Schedule
-
-if TYPE_CHECKING:  # an annotation only: importing components.samplers would load tqdm, ddgan, training and guidance
-    from components.samplers import EpsModel  # into stage reference and train_classifier (and their DVC deps)
+if TYPE_CHECKING:  # annotations only: mixture_log_prob (the data row's NLL) needs neither
+    from components.runtime import Forward
+    from components.schedules import Schedule
 
 
 class _NoisedMixture:
@@ -41,7 +40,7 @@ class _NoisedMixture:
         return logits, diff, var, abar
 
 
-def mixture_eps_model(sched: Schedule, means: np.ndarray, std: float, weights: np.ndarray | None = None) -> EpsModel:
+def mixture_eps_model(sched: Schedule, means: np.ndarray, std: float, weights: np.ndarray | None = None) -> Forward:
     """eps*(x_t, t) for the mixture (means (K, D), isotropic std), on the full schedule `sched`.
 
     Follows the sampler contract: t are original timesteps (indices into `sched`).

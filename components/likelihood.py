@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from components.diffusion import extract, model_timesteps, q_posterior, q_sample, reverse_kernel
+from components.diffusion import ReverseModel, extract, model_timesteps, q_posterior, q_sample, reverse_kernel
 from components.schedules import Schedule
 
 LOG_2PI = math.log(2 * math.pi)
@@ -106,13 +106,12 @@ def decoder_log_variance(sched: Schedule, t: torch.Tensor, log_var: torch.Tensor
 
 @torch.no_grad()
 def variational_bound(
-    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sched: Schedule, x0: torch.Tensor, *,
-    variance: str, generator: torch.Generator, decoder: str = "continuous", clip_x0: bool = False,
-    output: str = "eps",
+    model: ReverseModel, sched: Schedule, x0: torch.Tensor, *, variance: str, generator: torch.Generator,
+    decoder: str = "continuous", clip_x0: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The full bound (DDPM eq. 5) on the chain `sched` (full or respaced), one x_t ~ q(x_t | x0) draw per term.
 
-    For Sohl-Dickstein et al. 2015's model (output "sd2015") this is minus their K (eqs. 13-14): the same
+    For Sohl-Dickstein et al. 2015's model (kind "sd2015") this is minus their K (eqs. 13-14): the same
     posterior KLs, with the last step's decoder fixed to the forward kernel, and the prior term L_T in
     place of their entropy difference (equal when q(x_T | x0) = N(0, I), as under their schedule).
     Returns nats per sample: "prior" (B,), "terms" (S, B) with the decoder at index 0, and
@@ -126,7 +125,7 @@ def variational_bound(
         x_t = q_sample(sched, x0, t, noise)
         out = model(x_t, model_timesteps(sched, t)).double()
         x_td = x_t.double()
-        mean, log_var = reverse_kernel(sched, x_td, t, out, output=output, variance=variance, clip_x0=clip_x0)
+        mean, log_var = reverse_kernel(sched, x_td, t, out, variance=variance, clip_x0=clip_x0)
         log_var = decoder_log_variance(sched, t, log_var, variance=variance, decoder=decoder)
         terms.append(vlb_term(sched, x0d, x_td, t, mean, log_var, decoder))
     terms = torch.stack(terms)  # (S, B)

@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from components.registry import CLASSIFIERS, DISCRIMINATORS, GENERATORS, NETWORKS  # they name the classes below
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of timesteps (Transformer PE, as in DDPM's UNet): (B,) -> (B, dim)."""
@@ -250,9 +252,6 @@ class PlainMLPDiscriminator(nn.Module):
         pair = torch.cat([x_prev.reshape(len(x_prev), -1), x_t.reshape(len(x_t), -1)], dim=1)  # (B, 2d)
         return self.out(self.trunk(fourier_features(pair, self.fourier_octaves), t)).squeeze(-1)
 
-
-# The registries (components/registry.py) name the classes above, so that choosing one imports no torch.
-from components.registry import CLASSIFIERS, DISCRIMINATORS, GENERATORS, NETWORKS  # noqa: E402
 
 
 def add_variance_output(eps_state: dict[str, torch.Tensor], net: nn.Module) -> None:

@@ -1,12 +1,13 @@
 """Samplers: one short function per paper, sharing one model contract.
 
-Model contract: `model(x_t, t) -> eps`, or eps and v stacked along the channel axis (2C
-channels) for a learned-variance model (iDDPM); `diffusion.split_output` tells them apart. The
-ancestral sampler also takes Sohl-Dickstein et al. 2015's model, whose 2C channels are (z_mu,
-z_Sigma), with `output="sd2015"` (`diffusion.reverse_kernel`). x_t is (B, C, ...) and t a
-LongTensor (B,) of *original* training timesteps. Samplers walk a (possibly respaced) `Schedule`
-from its last index to 0; the timestep grid is chosen outside, by `schedules.make_trajectory` +
-`respace`. Randomness comes in only through `generator`.
+Model contract: `model(x_t, t) -> diffusion.ModelOutput`, a network's raw output with its kind, which
+`diffusion.ReverseModel(net, kind)` makes of any network (k-diffusion's way: a thin adapter, not an
+argument through every sampler). Kind "eps": eps, or eps and v stacked along the channel axis (2C
+channels) for a learned-variance model (iDDPM); `diffusion.split_output` tells them apart. Kind
+"sd2015": Sohl-Dickstein et al. 2015's (z_mu, z_Sigma), which only the ancestral sampler reads
+(`diffusion.reverse_kernel`). x_t is (B, C, ...) and t a LongTensor (B,) of *original* training
+timesteps. Samplers walk a (possibly respaced) `Schedule` from its last index to 0; the timestep grid
+is chosen outside, by `schedules.make_trajectory` + `respace`. Randomness comes in only through `generator`.
 
 Conditioning enters in two optional ways (`components/guidance.py`). A gradient function
 `guidance(x_t, t)` = grad_x log r(x_t), called once per step and combined in one line by each
@@ -16,29 +17,37 @@ coordinates: they are clamped to their values at every step and the rest is samp
 Without either the samplers are unchanged.
 
 DDGAN's sampler (`sample_ddgan`) walks the same schedules, but its model is a generator
-G(x_t, t, z) -> x0-hat with latent size `G.nz` (`components/ddgan.py`), so it is kept out of
-`SAMPLERS` (components/registry.py), the registry of eps-model samplers that sweep cells choose from.
+G(x_t, t, z) -> x0-hat with latent size nz (`GANGenerator`, the same kind of adapter), so it is kept
+out of `SAMPLERS` (components/registry.py), the registry of eps-model samplers that sweep cells choose from.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from components.ddgan import Generator, sample_posterior
-from components.diffusion import ddim_sigma, eps_to_x0, model_timesteps, reverse_kernel, split_output, x0_to_eps
+from components.diffusion import (
+    ReverseModel, ddim_sigma, eps_to_x0, model_timesteps, reverse_kernel, sample_posterior, x0_to_eps,
+)
 from components.guidance import GradFn, Known, clamp_known, guided_eps, guided_mean
 from components.schedules import Schedule
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+@dataclass(frozen=True)
+class GANGenerator:
+    """DDGAN's sampler's model contract: `net` maps (x_t, t, z (B, nz)) -> x0-hat, t the original timesteps."""
+
+    net: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    nz: int  # the latent size: z ~ N(0, I_nz)
 
 
-def _model_output(model: EpsModel, sched: Schedule, x: torch.Tensor, i: int):
+def _model_output(model: ReverseModel, sched: Schedule, x: torch.Tensor, i: int):
     """Call the model at schedule index i; return (t, eps, v), v None for an eps-only model."""
     t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-    eps, v = split_output(model(x, model_timesteps(sched, t)), x)
+    eps, v = model(x, model_timesteps(sched, t)).eps(x)
     return t, eps, v
 
 
@@ -54,14 +63,13 @@ def _guidance_at(guidance: GradFn, sched: Schedule, x: torch.Tensor, t: torch.Te
 
 @torch.no_grad()
 def sample_ddpm(
-    model: EpsModel,
+    model: ReverseModel,
     sched: Schedule,
     x_T: torch.Tensor,
     *,
     generator: torch.Generator,
     variance: str = "small",
     clip_x0: bool = False,
-    output: str = "eps",
     guidance: GradFn | None = None,
     known: Known | None = None,
     progress: bool = False,
@@ -69,7 +77,7 @@ def sample_ddpm(
     """DDPM Algorithm 2, ancestral: x_{t-1} = mu_theta(x_t, t) + Sigma_theta^(1/2) z, with no noise at the last step.
 
     mu_theta is DDPM eq. 11; Sigma_theta is fixed (small: beta-tilde, large: beta; DDPM §3.2) or
-    learned (iDDPM eq. 15), all on this schedule's own betas. output "sd2015" reads the network as
+    learned (iDDPM eq. 15), all on this schedule's own betas. A model of kind "sd2015" is read as
     Sohl-Dickstein et al. 2015's kernel instead (`diffusion.reverse_kernel`): the same walk, the same
     noise. With `guidance` = grad log r, the mean shifts by Sigma grad log r (Sohl-Dickstein et al.
     2015 eq. 61; ADM Algorithm 1 with r = p(y | x)^s); with `known`, those coordinates stay at their values.
@@ -79,7 +87,7 @@ def sample_ddpm(
     for i in tqdm(range(len(sched) - 1, -1, -1), disable=not progress, desc=f"ddpm-{len(sched)}", leave=False):
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         out = model(x, model_timesteps(sched, t))
-        mean, log_var = reverse_kernel(sched, x, t, out, output=output, variance=variance, clip_x0=clip_x0)
+        mean, log_var = reverse_kernel(sched, x, t, out, variance=variance, clip_x0=clip_x0)
         if guidance is not None:
             mean = guided_mean(mean, log_var, _guidance_at(guidance, sched, x, t))
         if i == 0:
@@ -91,7 +99,7 @@ def sample_ddpm(
 
 @torch.no_grad()
 def sample_ddim(
-    model: EpsModel,
+    model: ReverseModel,
     sched: Schedule,
     x_T: torch.Tensor,
     *,
@@ -130,7 +138,7 @@ def sample_ddim(
 
 
 @torch.no_grad()
-def sample_ddgan(G: Generator, sched: Schedule, x_T: torch.Tensor, *, generator: torch.Generator,
+def sample_ddgan(G: GANGenerator, sched: Schedule, x_T: torch.Tensor, *, generator: torch.Generator,
                  progress: bool = False) -> torch.Tensor:
     """DDGAN's sampler (Xiao et al. 2022, §3.3): x_{t-1} ~ q(x_{t-1} | x_t, x0 = G(x_t, z, t)), z ~ N(0, I) fresh each step.
 
@@ -141,6 +149,6 @@ def sample_ddgan(G: Generator, sched: Schedule, x_T: torch.Tensor, *, generator:
     for i in tqdm(range(len(sched) - 1, -1, -1), disable=not progress, desc=f"ddgan-{len(sched)}", leave=False):
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         z = torch.randn((x.shape[0], G.nz), generator=generator, dtype=x.dtype, device=x.device)
-        x0 = G(x, model_timesteps(sched, t), z)
+        x0 = G.net(x, model_timesteps(sched, t), z)
         x = sample_posterior(sched, x0, x, t, torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device))
     return x

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from components.diffusion import model_timesteps, p_mean_variance, q_sample, reverse_kernel, split_output
+from components.diffusion import ReverseModel, model_timesteps, p_mean_variance, q_sample, reverse_kernel, split_output
 from components.likelihood import vlb_term
 from components.runtime import CPU, Forward, Runtime, forward_fn  # Forward: (x_t, t) -> output
 from components.schedules import Schedule
@@ -69,8 +69,8 @@ def hybrid_losses(model: Forward, sched: Schedule, x0: torch.Tensor, t: torch.Te
     return simple, vlb
 
 
-def bound_losses(model: Forward, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
-                 output: str, decoder: str) -> torch.Tensor:
+def bound_losses(model: ReverseModel, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
+                 decoder: str) -> torch.Tensor:
     """Per-sample L_t (B,) in bits per dimension, the bound's term at t with gradients through mean and Sigma.
 
     Sohl-Dickstein et al. 2015 train on the bound K itself (eqs. 13-14): minus the posterior KL
@@ -79,8 +79,7 @@ def bound_losses(model: Forward, sched: Schedule, x0: torch.Tensor, t: torch.Ten
     decoder's NLL, which their fixed last step gives no parameters.
     """
     x_t = q_sample(sched, x0, t, noise)
-    mean, log_var = reverse_kernel(sched, x_t, t, model(x_t, model_timesteps(sched, t)), output=output,
-                                   variance="learned")
+    mean, log_var = reverse_kernel(sched, x_t, t, model(x_t, model_timesteps(sched, t)), variance="learned")
     return vlb_term(sched, x0, x_t, t, mean, log_var, decoder) / (x0[0].numel() * math.log(2))
 
 
@@ -313,7 +312,7 @@ def bound_train_step(
     x0, _ = minibatch(data, batch_size, g, hflip=hflip)
     t, weights = timesteps.sample(batch_size, g)
     noise = torch.randn(x0.shape, generator=g, device=g.device)
-    vlb = bound_losses(state.forward, sched, x0, t, noise, output=output, decoder=decoder)
+    vlb = bound_losses(ReverseModel(state.forward, output), sched, x0, t, noise, decoder=decoder)
     timesteps.update(t, vlb.detach())
     return optimizer_step(state, (weights * len(sched) * vlb).mean(), lr=lr, grad_clip=grad_clip, ema_decay=ema_decay)
 

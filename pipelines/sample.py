@@ -14,7 +14,10 @@ on the cell's own chain (the respaced one for fewer steps). Speed is timed apart
 repeats (pipelines/timing.py), into `timing.json`: the samples' bytes never change between runs.
 `run_cell` is shared with `sample_exact`, `sample_guided` and `sample_ddgan`: a cell with a
 guidance `scale` draws one target label per sample (seed `guidance.label_seed`) and guides each
-batch towards its labels; the labels are saved with the samples.
+batch towards its labels; the labels are saved with the samples. Every network runs through the
+params runtime's forward wrapper (`components.runtime.forward_fn`); the model comes as its output
+kind's adapter (`diffusion.ReverseModel`, DDGAN's `samplers.GANGenerator`), so nothing here asks
+how to read it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 
 from components.data import DATASETS
 from components.dataset import Dataset, to_data
-from components.ddgan import Generator
+from components.diffusion import ReverseModel
 from components.gaussian_mixture import bump_conditional, delta_conditional
 from components.guidance import Classifier, Known, classifier_grad, gaussian_factor
 from components.likelihood import bound_per_dim, null_log_likelihood_bits, variational_bound
@@ -39,7 +42,7 @@ from components.metrics import ReferenceSet, conditional_metrics, sample_metrics
 from components.networks import make_classifier, make_generator, make_network
 from components.registry import SAMPLERS
 from components.runtime import Runtime, describe, forward_fn, generator
-from components.samplers import EpsModel, sample_ddgan
+from components.samplers import GANGenerator, sample_ddgan
 from components.schedules import Schedule, make_schedule, make_trajectory, respace
 from pipelines.atomic import atomic_save_figure, atomic_save_npz, atomic_write_json
 from pipelines.entry import checkpoint_path, dvc_stage, entry_point, progress_enabled, stage_args
@@ -69,12 +72,23 @@ def _load_ema(ckpt_path: str, build) -> tuple[torch.nn.Module, dict]:
     return net.eval().requires_grad_(False), cfg
 
 
-def load_ema_model(ckpt_path: str) -> tuple[torch.nn.Module, dict]:
-    """eps_theta (train_ddpm, finetune_iddpm) with its EMA weights, and the checkpoint's config."""
+def output_kind(cfg: dict) -> str:
+    """How a checkpoint's network output is read (`diffusion.OUTPUT_KINDS`): its config's "output", "eps" unless
+    it says otherwise (train_sd2015 writes "sd2015")."""
+    return cfg.get("output", "eps")
+
+
+def load_ema_model(ckpt_path: str) -> tuple[ReverseModel, dict]:
+    """The reverse process of a diffusion checkpoint (train_ddpm, finetune_iddpm, train_sd2015): its network with
+    the EMA weights, read as the checkpoint's output kind, and the checkpoint's config."""
     def build(cfg):
         net_cfg = dict(cfg["network"])
         return make_network(net_cfg.pop("name"), tuple(cfg["data_shape"]), **net_cfg)
-    return _load_ema(ckpt_path, build)
+    net, cfg = _load_ema(ckpt_path, build)
+    try:
+        return ReverseModel(net, output_kind(cfg)), cfg
+    except ValueError as e:
+        raise InputError(f"{ckpt_path}: {first_line(e)}") from None
 
 
 def load_ema_classifier(ckpt_path: str) -> tuple[torch.nn.Module, dict]:
@@ -85,12 +99,13 @@ def load_ema_classifier(ckpt_path: str) -> tuple[torch.nn.Module, dict]:
     return _load_ema(ckpt_path, build)
 
 
-def load_ema_generator(ckpt_path: str) -> tuple[torch.nn.Module, dict]:
-    """DDGAN's G(x_t, t, z) (train_ddgan) with its EMA weights, and the checkpoint's config."""
+def load_ema_generator(ckpt_path: str) -> tuple[GANGenerator, dict]:
+    """DDGAN's G(x_t, t, z) (train_ddgan) with its EMA weights and latent size, and the checkpoint's config."""
     def build(cfg):
         net_cfg = dict(cfg["generator"])
         return make_generator(net_cfg.pop("name"), tuple(cfg["data_shape"]), **net_cfg)
-    return _load_ema(ckpt_path, build)
+    G, cfg = _load_ema(ckpt_path, build)
+    return GANGenerator(G, G.nz), cfg
 
 
 def check_cell_model(cell_key: str, cell: CellParams, ckpt_path: str, cfg: dict, ref_path: str, ref: Dataset) -> None:
@@ -100,7 +115,7 @@ def check_cell_model(cell_key: str, cell: CellParams, ckpt_path: str, cfg: dict,
         raise InputError(f"{ckpt_path}: trained with T={T}, but {cell_key}.steps = {cell.steps}")
     if cell.variance == "learned" and cfg["network"].get("out_mult", 1) != 2:
         raise InputError(f"{ckpt_path}: {cell_key}.variance 'learned' needs a model with a variance output")
-    if cfg.get("output", "eps") == "sd2015" and (cell.sampler, cell.steps, cell.variance) != ("ddpm", T, "learned"):
+    if output_kind(cfg) == "sd2015" and (cell.sampler, cell.steps, cell.variance) != ("ddpm", T, "learned"):
         raise InputError(f"{ckpt_path}: Sohl-Dickstein et al. 2015's kernel; {cell_key} needs sampler ddpm, steps {T} "
                          f"and variance learned")
     if (ref.shift, ref.scale) != (cfg["data"]["shift"], cfg["data"]["scale"]):
@@ -122,13 +137,20 @@ def draw(sampler, model, sched, n: int, batch_size: int, shape: tuple[int, ...],
     return torch.cat(out)
 
 
-def on_device(model, rt: Runtime):
-    """A network moved to rt.device and called through the runtime (`forward_fn`: channels_last, compile, bf16); a
-    plain function (the mixture's exact eps*) or a DDGAN generator (called with a latent too) is only moved."""
-    if not isinstance(model, torch.nn.Module):
+def on_device(model: ReverseModel | GANGenerator, rt: Runtime) -> ReverseModel | GANGenerator:
+    """The model with its network moved to rt.device and called through the runtime (`forward_fn`: channels_last,
+    compile, bf16); a plain function (the mixture's exact eps*) is left as it is."""
+    if not isinstance(model.net, torch.nn.Module):
         return model
-    model = model.to(rt.device)
-    return model if hasattr(model, "nz") else forward_fn(model, rt, sampling=True)  # a DDGAN generator: its latent size
+    return dataclasses.replace(model, net=forward_fn(model.net.to(rt.device), rt, sampling=True))
+
+
+def classifier_on_device(classifier: Classifier | None, rt: Runtime) -> Classifier | None:
+    """A noise-aware classifier network on rt.device through the runtime (`forward_fn`; differentiated by guidance,
+    so no CUDA graphs); the exact p(y | x_t), a plain function, or None as they are."""
+    if not isinstance(classifier, torch.nn.Module):
+        return classifier
+    return forward_fn(classifier.to(rt.device), rt)
 
 
 def target_labels(n: int, n_classes: int, seed: int) -> torch.Tensor:
@@ -148,8 +170,8 @@ def guide_for(classifier: Classifier | None, y: torch.Tensor, scale: float | Non
     return lambda batch: classifier_grad(classifier, y[batch], scale)
 
 
-def bound(model: EpsModel, sched: Schedule, cell: CellParams, ref: Dataset, params: Params,
-          output: str = "eps") -> dict[str, np.ndarray]:
+def bound(model: ReverseModel, sched: Schedule, cell: CellParams, ref: Dataset,
+          params: Params) -> dict[str, np.ndarray]:
     """The cell's variational bound on the first nll.n reference points: mean and standard error per dimension in the
     data set's unit, per-term means, and Sohl-Dickstein et al. 2015's K in bits per sample in model space (unit
     variance), with K - L_null, L_null the points' log-likelihood under N(0, I) (their Table 1)."""
@@ -161,7 +183,7 @@ def bound(model: EpsModel, sched: Schedule, cell: CellParams, ref: Dataset, para
     per_dim, terms, prior, total = [], [], [], []
     for start in range(0, len(x0), nll.batch_size):
         out = variational_bound(model, sched, x0[start:start + nll.batch_size], variance=cell.sampler_kwargs()["variance"],
-                                generator=generator, decoder=decoder, clip_x0=cell.clip_x0, output=output)
+                                generator=generator, decoder=decoder, clip_x0=cell.clip_x0)
         out = {k: v.cpu() for k, v in out.items()}
         per_dim.append(bound_per_dim(out["total"], dims, decoder, ref.scale))
         terms.append(out["terms"].sum(1) / dims)  # (S,) nats/dim, model space, summed over the batch
@@ -241,73 +263,106 @@ def as_samples(x: torch.Tensor, ref: Dataset) -> np.ndarray:
     return to_uint8(x_data).numpy() if ref.x.dtype == np.uint8 else x_data
 
 
-def run_cell(stage: str, cell_name: str, cell: CellParams, model: EpsModel | Generator, full: Schedule,
-             shape: tuple[int, ...], ref: Dataset, params: Params, files: CellFiles,
-             classifier: Classifier | None = None, n_classes: int | None = None, output: str = "eps") -> None:
-    """Sample the cell, score it, compute its bound if it has one, time it; write each output, log to MLflow.
+@dataclass(frozen=True)
+class CellRun:
+    """One table row to draw: the stage, the cell, and what samples it on the model's full schedule."""
 
-    A cell with a guidance scale needs `classifier` (logits over `n_classes`) and draws its targets; a cell
-    with a condition multiplies its factor in. `output` says how an ancestral sampler reads the model
-    (`diffusion.reverse_kernel`): eps, or Sohl-Dickstein et al. 2015's kernel. Networks run on params runtime's
-    device; the samples' bytes are the same from run to run on one device.
-    """
-    p, e, rt = params.sample, params.evaluate, stage_runtime(params)
-    reference = load_reference_stats(files.stats, e.features, e.k)  # a bad file fails here, before any compute
-    extractor = reference.extractor(rt.device)
-    sched = respace(full, make_trajectory(cell.trajectory, len(full), cell.steps))
-    condition = cell.condition
-    model = on_device(model, rt)
-    if isinstance(classifier, torch.nn.Module):  # not the exact p(y | x_t), a plain function
-        classifier = classifier.to(rt.device)
-    sampler, kwargs = CELL_SAMPLERS[cell.sampler], {**cell.sampler_kwargs(), **factor(condition, ref, shape, rt.device)}
-    if output != "eps":
-        kwargs["output"] = output
-    guided, n = cell.scale is not None, cell.n or p.n
-    y = target_labels(n, n_classes, params.guidance.label_seed) if guided else None
-    x = draw(sampler, model, sched, n, p.batch_size, shape, generator(rt, p.seed), kwargs,
-             progress_enabled(), guide_for(classifier, y, cell.scale, rt.device) if guided else None)
+    stage: str  # e.g. sample@ddpm-100, for logs and MLflow
+    name: str
+    cell: CellParams
+    model: ReverseModel | GANGenerator
+    full: Schedule  # the model's training chain; the cell respaces it
+    shape: tuple[int, ...]  # one sample's
+    classifier: Classifier | None = None  # guided cells: p(y | x_t, t) over n_classes
+    n_classes: int | None = None
+
+    @property
+    def guided(self) -> bool:
+        return self.cell.scale is not None
+
+
+def cell_sampler(run: CellRun, sched: Schedule, ref: Dataset, rt: Runtime):
+    """The cell's sampler as draw_cell(n, batch_size, seed, label_seed, progress) -> (samples (n, ...) on the CPU,
+    targets (n,) or None): noise from `seed`, a guided cell's targets from `label_seed`, the condition's factor in."""
+    sampler = CELL_SAMPLERS[run.cell.sampler]
+    kwargs = {**run.cell.sampler_kwargs(), **factor(run.cell.condition, ref, run.shape, rt.device)}
+
+    def draw_cell(n: int, batch_size: int, seed: int, label_seed: int | None, progress: bool):
+        y = target_labels(n, run.n_classes, label_seed) if run.guided else None
+        guide = guide_for(run.classifier, y, run.cell.scale, rt.device) if run.guided else None
+        return draw(sampler, run.model, sched, n, batch_size, run.shape, generator(rt, seed), kwargs, progress,
+                    guide), y
+
+    return draw_cell
+
+
+def check_finite(stage: str, x: torch.Tensor) -> None:
+    """NonFiniteError where any sample has a NaN or inf: the sampler diverged, and nothing is written."""
     bad = int((~torch.isfinite(x)).any(dim=tuple(range(1, x.dim()))).sum())
     if bad:
-        raise NonFiniteError(f"{stage}: {bad} of {n} samples are non-finite: the sampler diverged; nothing written")
-    likelihood = bound(model, sched, cell, ref, params, output) if cell.has_likelihood else {}
+        raise NonFiniteError(f"{stage}: {bad} of {len(x)} samples are non-finite: the sampler diverged; nothing written")
 
-    x_data = as_samples(x, ref)  # metrics live in data units
-    nfe = len(sched)  # one network evaluation per step
-    y_np = None if y is None else y.numpy()
-    targets = {"y": y_np, "scale": np.float64(cell.scale)} if guided else {}
-    named = {} if extractor.name == "identity" else {"extractor": extractor.name}  # points: the table says identity
-    row = {"nfe": nfe, **named, **score(x_data, ref, reference, params, y_np, condition, extractor),
-           **{k: float(likelihood[k]) for k in ("nll", "nll_se", "k_bits", "k_minus_null_bits") if k in likelihood}}
 
-    def timed_draw(n: int, draw_seed: int) -> torch.Tensor:  # the cell's sampler on one batch, its own noise
-        guide = (guide_for(classifier, target_labels(n, n_classes, draw_seed), cell.scale, rt.device) if guided
-                 else None)
-        return draw(sampler, model, sched, n, n, shape, generator(rt, draw_seed), kwargs, False, guide)
-
-    t = params.timing
-    timing = time_draws(timed_draw, n=t.n, repeats=t.repeats, warmup=t.warmup, threads=t.threads, device=rt.device)
-    timing["runtime"] = describe(rt)
-
+def write_cell(run: CellRun, files: CellFiles, x_data: np.ndarray, y: np.ndarray | None, nfe: int,
+               likelihood: dict, row: dict, timing: dict) -> None:
+    """The cell's samples (with NFE, bound and targets), scatter plot, row and timing, each written atomically."""
+    targets = {"y": y, "scale": np.float64(run.cell.scale)} if run.guided else {}
     atomic_save_npz(files.samples, x=x_data, nfe=np.int64(nfe), **likelihood, **targets)
-    title = (f"{cell_name}: NFE {nfe}" + (f", guidance s = {cell.scale:g} (colour: target)" if guided else "")
+    condition = run.cell.condition
+    title = (f"{run.name}: NFE {nfe}" + (f", guidance s = {run.cell.scale:g} (colour: target)" if run.guided else "")
              + (f", times r: {condition.describe()}" if condition else ""))
-    atomic_save_figure(files.scatter, samples_figure(x_data, title, labels=y_np))
+    atomic_save_figure(files.scatter, samples_figure(x_data, title, labels=y))
     atomic_write_json(files.metrics, row)
     atomic_write_json(files.timing, timing)
-    print(f"{stage}: {n} samples, " + ", ".join(f"{k} {v:.4g}" if not isinstance(v, str) else f"{k} {v}"
-                                                for k, v in row.items())
+
+
+def log_cell(run: CellRun, params: Params, n: int, row: dict, timing: dict, files: CellFiles, extractor: str) -> None:
+    """One line to stdout, and the cell's params, row, timing and scatter plot to MLflow."""
+    t, condition = params.timing, run.cell.condition
+    print(f"{run.stage}: {n} samples, " + ", ".join(f"{k} {v:.4g}" if not isinstance(v, str) else f"{k} {v}"
+                                                    for k, v in row.items())
           + f"; {timing['wall_s_per_1k']:.4f} s per 1k (IQR {timing['wall_s_per_1k_iqr']:.4f}, "
           f"{t.repeats} x {t.n} samples, {timing['threads']} threads, {timing['runtime']})")
     numbers = {k: v for k, v in timing.items() if isinstance(v, (int, float))}
     log_stage_run(StageRun(
-        stage, params={"cell": dataclasses.asdict(cell), "sample": dataclasses.asdict(p), "timing": dataclasses.asdict(t),
-                       **({"guidance": dataclasses.asdict(params.guidance)} if guided else {}),
-                       **({"condition": dataclasses.asdict(condition)} if condition else {})},
+        run.stage, params={"cell": dataclasses.asdict(run.cell), "sample": dataclasses.asdict(params.sample),
+                           "timing": dataclasses.asdict(t),
+                           **({"guidance": dataclasses.asdict(params.guidance)} if run.guided else {}),
+                           **({"condition": dataclasses.asdict(condition)} if condition else {})},
         metrics={**{k: v for k, v in row.items() if not isinstance(v, str)},
                  **{f"timing.{k}": v for k, v in numbers.items()}}, artifacts=[Path(files.scatter)],
-        tags={"cell": cell_name, "timing.device": timing["device"], "extractor": extractor.name,
+        tags={"cell": run.name, "timing.device": timing["device"], "extractor": extractor,
               "runtime": timing["runtime"]},
     ))
+
+
+def run_cell(run: CellRun, ref: Dataset, params: Params, files: CellFiles) -> None:
+    """Sample the cell, score it, compute its bound if it has one, time it; write each output, log to MLflow.
+
+    A guided cell needs the run's classifier (logits over n_classes) and draws its targets; a cell with a
+    condition multiplies its factor in. Networks run on params runtime's device; the samples' bytes are the
+    same from run to run on one device.
+    """
+    p, e, t, rt = params.sample, params.evaluate, params.timing, stage_runtime(params)
+    reference = load_reference_stats(files.stats, e.features, e.k)  # a bad file fails here, before any compute
+    extractor = reference.extractor(rt.device)
+    sched = respace(run.full, make_trajectory(run.cell.trajectory, len(run.full), run.cell.steps))
+    run = dataclasses.replace(run, model=on_device(run.model, rt), classifier=classifier_on_device(run.classifier, rt))
+    draw_cell, n = cell_sampler(run, sched, ref, rt), run.cell.n or p.n
+    label_seed = params.guidance.label_seed if run.guided else None  # read only where used (dvc.yaml's params)
+    x, y = draw_cell(n, p.batch_size, p.seed, label_seed, progress_enabled())
+    check_finite(run.stage, x)
+    likelihood = bound(run.model, sched, run.cell, ref, params) if run.cell.has_likelihood else {}
+
+    x_data, y_np, nfe = as_samples(x, ref), None if y is None else y.numpy(), len(sched)  # one network call a step
+    named = {} if extractor.name == "identity" else {"extractor": extractor.name}  # points: the table says identity
+    row = {"nfe": nfe, **named, **score(x_data, ref, reference, params, y_np, run.cell.condition, extractor),
+           **{k: float(likelihood[k]) for k in ("nll", "nll_se", "k_bits", "k_minus_null_bits") if k in likelihood}}
+    timing = time_draws(lambda n, seed: draw_cell(n, n, seed, seed, False)[0], n=t.n, repeats=t.repeats,
+                        warmup=t.warmup, threads=t.threads, device=rt.device)
+    timing["runtime"] = describe(rt)
+    write_cell(run, files, x_data, y_np, nfe, likelihood, row, timing)
+    log_cell(run, params, n, row, timing, files, extractor.name)
 
 
 def main(argv: list[str]) -> None:
@@ -321,8 +376,8 @@ def main(argv: list[str]) -> None:
     ref = load_dataset(files.reference, params.data.name)
     check_cell_model(f"sweep.{cell_name}", cell, ckpt_path, cfg, files.reference, ref)
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
-    run_cell(f"{stage}@{item}", cell_name, cell, model, full, tuple(cfg["data_shape"]),
-             ref, params, files, output=cfg.get("output", "eps"))
+    run_cell(CellRun(stage if item is None else f"{stage}@{item}", cell_name, cell, model, full,
+                     tuple(cfg["data_shape"])), ref, params, files)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
         <timing/>     # DVC_STAGE=sample_ddgan@<T>; the generator models/ddgan-<T>.pt, the outputs <folder>/ddgan-<T>.*
 
 DDGAN's sampler (`components.samplers.sample_ddgan`): from x_T ~ N(0, I), x_{t-1} ~ q(x_{t-1} | x_t,
-G(x_t, z, t)) with fresh z at each step, NFE = T. Timing, outputs and logging are `sample@<cell>`'s.
+G(x_t, z, t)) with fresh z at each step, NFE = T, G through the params runtime's forward wrapper like every
+network. Timing, outputs and logging are `sample@<cell>`'s.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pipelines.errors import InputError
 from pipelines.loading import load_dataset
 from pipelines.params import load_params
 from pipelines.params.cells import DDGANParams
-from pipelines.sample import CellFiles, load_ema_generator, run_cell
+from pipelines.sample import CellFiles, CellRun, load_ema_generator, run_cell
 
 
 def main(argv: list[str]) -> None:
@@ -32,7 +33,7 @@ def main(argv: list[str]) -> None:
     if (ref.shift, ref.scale) != (cfg["data"]["shift"], cfg["data"]["scale"]):
         raise InputError(f"{ref_path}: its model-space map differs from the one {ckpt_path} was trained with")
     full = make_schedule(cfg["diffusion"]["schedule"], T)
-    run_cell(f"sample_ddgan@{T}", cell_name, cell, G, full, tuple(cfg["data_shape"]), ref, params, files)
+    run_cell(CellRun(f"sample_ddgan@{T}", cell_name, cell, G, full, tuple(cfg["data_shape"])), ref, params, files)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from pipelines.entry import dvc_stage, entry_point, stage_args
 from pipelines.errors import InputError
 from pipelines.loading import load_dataset
 from pipelines.params import load_params
-from pipelines.sample import CellFiles, run_cell
+from components.diffusion import ReverseModel
+from pipelines.sample import CellFiles, CellRun, run_cell
 
 
 def main(argv: list[str]) -> None:
@@ -33,9 +34,8 @@ def main(argv: list[str]) -> None:
         raise InputError(f"{ref_path}: exact_sweep needs a data set with mixture modes")
     full = make_schedule(params.diffusion.schedule, params.diffusion.T)
     means, std = ref.to_model(ref.modes), ref.mode_std * ref.scale
-    run_cell(f"{stage}@{cell_name}", cell_name, cell, mixture_eps_model(full, means, std), full,
-             tuple(ref.x.shape[1:]), ref, params, files,
-             classifier=mixture_classifier(full, means, std), n_classes=len(means))
+    run_cell(CellRun(f"{stage}@{cell_name}", cell_name, cell, ReverseModel(mixture_eps_model(full, means, std)), full,
+                     tuple(ref.x.shape[1:]), mixture_classifier(full, means, std), len(means)), ref, params, files)
 
 
 if __name__ == "__main__":

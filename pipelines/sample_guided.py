@@ -16,7 +16,7 @@ from pipelines.entry import checkpoint_path, dvc_stage, entry_point, stage_args
 from pipelines.errors import InputError
 from pipelines.loading import load_dataset
 from pipelines.params import load_params
-from pipelines.sample import CellFiles, check_cell_model, load_ema_classifier, load_ema_model, run_cell
+from pipelines.sample import CellFiles, CellRun, check_cell_model, load_ema_classifier, load_ema_model, run_cell
 
 
 def main(argv: list[str]) -> None:
@@ -37,8 +37,8 @@ def main(argv: list[str]) -> None:
     if clf_cfg["data"] != cfg["data"]:
         raise InputError(f"{clf_path}: trained on other data than {ckpt_path} (data fingerprint or model-space map differ)")
     full = make_schedule(cfg["diffusion"]["schedule"], cfg["diffusion"]["T"])
-    run_cell(f"{stage}@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), ref, params, files,
-             classifier=classifier, n_classes=clf_cfg["n_classes"], output=cfg.get("output", "eps"))
+    run_cell(CellRun(f"{stage}@{cell_name}", cell_name, cell, model, full, tuple(cfg["data_shape"]), classifier,
+                     clf_cfg["n_classes"]), ref, params, files)
 
 
 if __name__ == "__main__":

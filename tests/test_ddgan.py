@@ -10,14 +10,15 @@ import torch
 from torch import nn
 
 from components.ddgan import (
-    GAN_CHECKPOINT_KEYS, GANState, ddgan_train_step, gan_checkpoint, gan_restore, mean_by_t, q_sample_pair, r1_penalty, sample_posterior,
+    GAN_CHECKPOINT_KEYS, GANState, ddgan_train_step, gan_checkpoint, gan_restore, mean_by_t, q_sample_pair, r1_penalty,
 )
 from components.gaussians25 import gaussians25_means
+from components.diffusion import sample_posterior
 from components.gaussian_mixture import mixture_posterior_sample
 from components.metrics import mode_metrics
 from components.networks import make_discriminator, make_generator
 from components.posterior_match import posterior_match
-from components.samplers import sample_ddgan
+from components.samplers import GANGenerator, sample_ddgan
 from components.schedules import make_schedule
 from conftest import ROOT, run
 from pipelines.params import load_params
@@ -120,7 +121,8 @@ def test_sampler_with_the_exact_posterior_generator_recovers_the_data(T):
     x0 ~ N(0, s^2 I) for any T, the premise of DDGAN's parametrisation (§3.3)."""
     sched, s, n = make_schedule("ddgan_vp", T), 0.5, 200_000
     g = torch.Generator().manual_seed(T)
-    x = sample_ddgan(_ExactPosteriorG(sched, s), sched, torch.randn(n, 2, generator=g, dtype=torch.float64), generator=g)
+    G = _ExactPosteriorG(sched, s)
+    x = sample_ddgan(GANGenerator(G, G.nz), sched, torch.randn(n, 2, generator=g, dtype=torch.float64), generator=g)
     assert x.mean(0).abs().max() < 0.01
     assert x.var(0).numpy() == pytest.approx([s**2, s**2], rel=0.02)
 
@@ -240,6 +242,6 @@ def test_default_recipe_covers_every_mode_of_a_9_mode_grid():
         recipe_step(state, sched, x0, p)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        x = sample_ddgan(state.ema.eval(), sched, torch.randn(2000, 2, generator=g), generator=g)
+        x = sample_ddgan(GANGenerator(state.ema.eval(), state.ema.nz), sched, torch.randn(2000, 2, generator=g), generator=g)
     m = mode_metrics(x.numpy(), means, std, min_count=20)
     assert m["modes"] == 9 and m["kl_uniform"] < 0.1 and m["hq_fraction"] > 0.6, m

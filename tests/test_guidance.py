@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from components.gaussians25 import gaussians25_means
+from components.diffusion import ReverseModel
 from components.gaussian_mixture import mixture_classifier, mixture_eps_model, mixture_log_posterior_grad
 from components.guidance import classifier_grad
 from components.metrics import nearest_mode, target_hit_rate
@@ -62,7 +63,7 @@ def _exact_guided(sampler, steps: int, scale: float, n: int = 2000, **kw):
     y = torch.randint(25, (n,), generator=torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(0)
     guide = guide_for(mixture_classifier(full, means, std), y, scale)
-    x = sampler(mixture_eps_model(full, means, std), sched, torch.randn(n, 2, generator=g), generator=g,
+    x = sampler(ReverseModel(mixture_eps_model(full, means, std)), sched, torch.randn(n, 2, generator=g), generator=g,
                 guidance=None if guide is None else guide(slice(0, n)), **kw)
     return x.numpy() / SCALE, y.numpy()
 
@@ -106,7 +107,8 @@ def test_zero_gradient_leaves_the_samples_bit_identical(sampler, kw, zero):
     runs = []
     for conditioning in ({}, factor):
         g = torch.Generator().manual_seed(3)
-        runs.append(sampler(model, sched, torch.randn(300, 2, generator=g), generator=g, **conditioning, **kw))
+        x_T = torch.randn(300, 2, generator=g)
+        runs.append(sampler(ReverseModel(model), sched, x_T, generator=g, **conditioning, **kw))
     assert torch.equal(runs[0], runs[1])
     assert guide_for(classifier, y, 0.0) is None  # and the stage skips the classifier pass at s = 0 altogether
 
@@ -123,7 +125,7 @@ def test_guidance_moves_samples_and_costs_a_classifier_pass():
     out = {}
     for s in (0.0, 5.0):
         g = torch.Generator().manual_seed(3)
-        out[s] = sample_ddim(model, sched, torch.randn(100, 2, generator=g), generator=g,
+        out[s] = sample_ddim(ReverseModel(model), sched, torch.randn(100, 2, generator=g), generator=g,
                              guidance=classifier_grad(counted, y, s))
     assert len(calls) == 2 * len(sched)
     assert sorted({int(t[0]) for t in calls}) == sorted(sched.timesteps.tolist())  # original timesteps, as the model

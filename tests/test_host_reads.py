@@ -20,7 +20,8 @@ from torch.overrides import TorchFunctionMode
 from components.ddgan import GANState, ddgan_train_step
 from components.evaluator import LeNet, evaluator_train_step
 from components.networks import make_classifier, make_discriminator, make_generator, make_network
-from components.samplers import sample_ddgan, sample_ddim, sample_ddpm
+from components.diffusion import ReverseModel
+from components.samplers import GANGenerator, sample_ddgan, sample_ddim, sample_ddpm
 from components.schedules import make_schedule, make_trajectory, respace
 from components.training import (
     TrainState, UniformTimesteps, bound_train_step, classifier_train_step, hybrid_train_step, train_step,
@@ -142,9 +143,10 @@ def test_a_sampler_loop_reads_nothing_back(sampler):
     if sampler == "ddgan":
         torch.manual_seed(0)
         G = make_generator("mlp", (2,), nz=4, width=16, depth=1, temb_dim=8, zemb_dim=8, mapping_depth=1)
-        assert reads_of(sample_ddgan, G, make_schedule("ddgan_vp", 4), x_T, generator=g) == []
+        assert reads_of(sample_ddgan, GANGenerator(G, G.nz), make_schedule("ddgan_vp", 4), x_T, generator=g) == []
         return
-    net = make_network("mlp", (2,), width=16, depth=1, temb_dim=8, out_mult=2 if sampler.endswith("learned") else 1)
+    net = ReverseModel(make_network("mlp", (2,), width=16, depth=1, temb_dim=8,
+                                    out_mult=2 if sampler.endswith("learned") else 1))
     if sampler.startswith("ddpm"):
         call = lambda: sample_ddpm(net, sched, x_T, generator=g, variance=sampler.split("-")[1])  # noqa: E731
     else:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from components.gaussian_mixture import mixture_eps_model, mixture_log_prob
-from components.diffusion import q_sample, reverse_log_variance
+from components.diffusion import ReverseModel, q_sample, reverse_log_variance
 from components.likelihood import (
     bound_per_dim, decoder_log_variance, discretized_gaussian_log_likelihood, gaussian_log_likelihood, normal_kl,
     prior_kl, variational_bound, vlb_term,
@@ -71,7 +71,7 @@ def _gaussian_bound_gap(T: int, variance: str, steps: int | None = None, n: int 
     sched = full if steps is None else respace(full, make_trajectory("uniform", T, steps))
     g = torch.Generator().manual_seed(1)
     x0 = S * torch.randn(n, D, generator=g, dtype=DT)
-    out = variational_bound(mixture_eps_model(full, np.zeros((1, D)), S), sched, x0, variance=variance, generator=g)
+    out = variational_bound(ReverseModel(mixture_eps_model(full, np.zeros((1, D)), S)), sched, x0, variance=variance, generator=g)
     true_nll = -torch.from_numpy(mixture_log_prob(x0.numpy(), np.zeros((1, D)), S)) / D
     return bound_per_dim(out["total"], D, "continuous") - true_nll
 

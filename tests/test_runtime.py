@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from components import diffusion
-from components.diffusion import device_table, extract, model_timesteps
+from components.diffusion import ReverseModel, device_table, extract, model_timesteps
 from components.networks import MLP
 from components.runtime import Runtime, describe, forward_fn, generator, resolve_device
 from components.samplers import sample_ddpm
@@ -53,7 +53,7 @@ def run(rt: Runtime, seed: int) -> tuple[list[float], torch.Tensor]:
     chain = respace(SCHED, make_trajectory("uniform", len(SCHED), 10))
     g = generator(rt, seed)
     x_T = torch.randn((4, *SHAPE), generator=g, device=rt.device)
-    return losses, sample_ddpm(forward_fn(state.ema.eval(), rt), chain, x_T, generator=g)
+    return losses, sample_ddpm(ReverseModel(forward_fn(state.ema.eval(), rt)), chain, x_T, generator=g)
 
 
 def test_a_seeded_cpu_run_repeats_exactly_and_the_seed_matters():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from components.gaussians25 import gaussians25_means
+from components.diffusion import ReverseModel
 from components.gaussian_mixture import mixture_eps_model
 from components.metrics import mode_metrics
 from components.samplers import sample_ddim, sample_ddpm
@@ -19,7 +20,7 @@ STD = 0.05
 SCALE = 1 / np.sqrt(8 + STD**2)
 MEANS = gaussians25_means()
 FULL = make_schedule("linear", 1000)
-EPS_STAR = mixture_eps_model(FULL, MEANS * SCALE, STD * SCALE)
+EPS_STAR = ReverseModel(mixture_eps_model(FULL, MEANS * SCALE, STD * SCALE))
 N = 2500  # min_count 5 of 2,500 is the protocol's 20 of 10,000
 
 
@@ -100,7 +101,7 @@ def test_small_variance_narrows_the_modes_large_keeps_them():
 
 def _with_v(v: float):
     """eps* plus a constant variance output: a learned-variance model whose Sigma is pinned to one end."""
-    return lambda x, t: torch.cat([EPS_STAR(x, t), torch.full_like(x, v)], dim=1)
+    return ReverseModel(lambda x, t: torch.cat([EPS_STAR.net(x, t), torch.full_like(x, v)], dim=1))
 
 
 @pytest.mark.parametrize("v,fixed", [(-1.0, "small"), (1.0, "large")])

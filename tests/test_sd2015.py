@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from components.gaussians25 import gaussians25_means
-from components.diffusion import reverse_kernel, sd2015_mean_variance
+from components.diffusion import ModelOutput, ReverseModel, reverse_kernel, sd2015_mean_variance
 from components.gaussian_mixture import bump_conditional, delta_conditional, mixture_eps_model
 from components.guidance import Known, gaussian_factor
 from components.likelihood import null_log_likelihood_bits, variational_bound
@@ -51,9 +51,9 @@ def test_the_2015_kernel_at_zero_and_at_its_extremes_is_the_forward_kernel_and_i
         _, log_var = sd2015_mean_variance(sched, x, t, z_mu, torch.full_like(x, z))
         assert torch.allclose(log_var[1:].exp(), torch.full_like(x[1:], var), atol=1e-12)
     out = torch.cat([z_mu, torch.ones_like(x)], 1)
-    assert torch.equal(reverse_kernel(sched, x, t, out, output="sd2015", variance="learned")[0], mean)
+    assert torch.equal(reverse_kernel(sched, x, t, ModelOutput(out, "sd2015"), variance="learned")[0], mean)
     with pytest.raises(ValueError, match="variance 'learned'"):
-        reverse_kernel(sched, x, t, out, output="sd2015", variance="small")
+        reverse_kernel(sched, x, t, ModelOutput(out, "sd2015"), variance="small")
 
 
 def test_the_2015_bound_of_the_exact_model_on_gaussian_data_is_its_closed_form():
@@ -64,8 +64,8 @@ def test_the_2015_bound_of_the_exact_model_on_gaussian_data_is_its_closed_form()
     sched = make_schedule("sd2015", T)
     x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     zero = lambda x, t: torch.zeros(len(x), 4, dtype=x.dtype)  # noqa: E731  (z_mu, z_Sigma) = 0
-    out = variational_bound(zero, sched, x0, variance="learned", generator=torch.Generator().manual_seed(1),
-                            output="sd2015")
+    out = variational_bound(ReverseModel(zero, "sd2015"), sched, x0, variance="learned",
+                            generator=torch.Generator().manual_seed(1))
     nll = out["total"]  # nats per point
     exact = -(-0.5 * (x0**2).sum(1) - math.log(2 * math.pi))
     se = float((nll - exact).std()) / math.sqrt(n)
@@ -87,8 +87,8 @@ def test_training_on_the_bound_lowers_it():
     x0 = data[:500]
 
     def bound() -> float:
-        out = variational_bound(state.model, sched, x0, variance="learned", generator=torch.Generator().manual_seed(0),
-                                output="sd2015")
+        out = variational_bound(ReverseModel(state.model, "sd2015"), sched, x0, variance="learned",
+                                generator=torch.Generator().manual_seed(0))
         return float(out["total"].mean())
 
     before = bound()
@@ -105,7 +105,7 @@ def _exact_sampler(n=4000, steps=100, factor=None):
     full = make_schedule("linear", 1000)
     sched = respace(full, make_trajectory("uniform", 1000, steps))
     g = torch.Generator().manual_seed(0)
-    x = sample_ddpm(mixture_eps_model(full, MEANS * SCALE, STD * SCALE), sched, torch.randn(n, 2, generator=g),
+    x = sample_ddpm(ReverseModel(mixture_eps_model(full, MEANS * SCALE, STD * SCALE)), sched, torch.randn(n, 2, generator=g),
                     generator=g, variance="small", **(factor or {}))
     return x.numpy() / SCALE
 
