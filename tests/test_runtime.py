@@ -15,7 +15,8 @@ from components.networks import MLP
 from components.runtime import Runtime, describe, forward_fn, generator, resolve_device
 from components.samplers import sample_ddpm
 from components.schedules import make_schedule, make_trajectory, respace
-from components.training import TrainState, checkpoint, l_simple, minibatch, restore, to_cpu, train_step
+from components.train_state import TrainState, checkpoint, restore, to_cpu
+from components.training import l_simple, minibatch, train_step
 from components.unet import UNet
 from pipelines.timing import torch_threads
 
