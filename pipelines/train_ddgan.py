@@ -7,7 +7,8 @@ T is the stage's matrix item, read from DVC_STAGE (never from the command line);
 
 G(x_t, z, t) -> x0-hat and D(x_{t-1}, x_t, t) trained on T steps of params `train_ddgan.schedule`
 (DDGAN's discretised VP): the non-saturating loss, lazy R1 on real pairs, Adam with separate
-learning rates, the EMA of G (`components.ddgan.ddgan_train_step`). The checkpoint holds G, D,
+learning rates, the EMA of G (`components.ddgan.ddgan_train_step`), G and D run through params `runtime`
+(precision, channels_last, compile) like every trainer's networks. The checkpoint holds G, D,
 the EMA, both optimisers, the step and the RNG state; a `.partial` is written every
 `checkpoint_every` steps and after the last; a killed run resumes from it, byte for byte.
 
