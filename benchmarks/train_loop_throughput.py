@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from components.networks import make_network  # noqa: E402
 from components.runtime import resolve_device, synchronize  # noqa: E402
 from components.schedules import make_schedule  # noqa: E402
-from components.training import TrainState, train_step  # noqa: E402
+from components.train_state import TrainState  # noqa: E402
+from components.training import train_step  # noqa: E402
 from pipelines.params.training import OptimParams  # noqa: E402
 from pipelines.trainer import train_loop  # noqa: E402
 

@@ -12,24 +12,24 @@ x_{-1} is the data x0 (abar_{-1} = 1). The pair at t = 0 is (x0, x_0), so q's po
 has zero variance and the last denoising step returns x0-hat itself.
 
 Models: G(x_t, t, z) -> x0-hat and D(x_{t-1}, x_t, t) -> logit (B,) (`components.networks`).
-`ddgan_train_step(state, ...) -> metrics` is one D step and one G step, as in DDGAN's loop.
+`ddgan_train_step(state, ...) -> metrics` is one D step and one G step, as in DDGAN's loop, over a
+`components.train_state.TrainState` of networks "G" and "D" (the EMA follows G), each called through
+its forward (the runtime's precision, channels_last and compile).
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn.functional import softplus
 
 from components.diffusion import extract, sample_posterior
 from components.schedules import Schedule
-from components.training import adam, ema_update, minibatch, series_tensor, set_rng_state, to_cpu
+from components.train_state import TrainState, end_step, network_step
+from components.training import minibatch
 
 Discriminator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_{t-1}, x_t, t) -> (B,)
 
@@ -80,45 +80,8 @@ def mean_by_t(values: torch.Tensor, t: torch.Tensor, T: int) -> torch.Tensor:
     return sums / counts  # 0/0 = NaN
 
 
-@dataclass
-class GANState:
-    """Everything a DDGAN run needs to resume exactly: G, D, the EMA of G, both optimisers, step and RNG."""
-
-    G: nn.Module
-    D: nn.Module
-    ema: nn.Module
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    generator: torch.Generator
-    step: int = 0
-
-    @classmethod
-    def create(cls, G: nn.Module, D: nn.Module, *, lr_g: float, lr_d: float, betas: tuple[float, float],
-               seed: int, device: torch.device | str = "cpu") -> "GANState":
-        """Adam for each network with its own learning rate (DDGAN: betas (0.5, 0.9); fused on CUDA); G and D
-        moved to `device` (in place) and the generator seeded there."""
-        G.to(device), D.to(device)
-        return cls(G, D, copy.deepcopy(G).requires_grad_(False), adam(G.parameters(), lr_g, device, betas=betas),
-                   adam(D.parameters(), lr_d, device, betas=betas), torch.Generator(device=device).manual_seed(seed))
-
-    def networks(self) -> dict[str, nn.Module]:
-        """The networks whose weights a checkpoint holds, by name."""
-        return {"G": self.G, "D": self.D, "ema": self.ema}
-
-
-def _optimizer_step(opt: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, lr: float, grad_clip: float) -> None:
-    """Backward, optional global-norm clip, one Adam step at `lr`."""
-    for group in opt.param_groups:
-        group["lr"] = lr
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-    opt.step()
-
-
 def ddgan_train_step(
-    state: GANState, sched: Schedule, data: torch.Tensor, *, batch_size: int, lr_g: float, lr_d: float,
+    state: TrainState, sched: Schedule, data: torch.Tensor, *, batch_size: int, lr_g: float, lr_d: float,
     r1_gamma: float, r1_every: int, ema_decay: float, grad_clip: float = 0.0,
 ) -> dict[str, torch.Tensor | float]:
     """One DDGAN iteration: a D step, then a G step on fresh pairs, then the EMA of G (DDGAN's training loop).
@@ -130,7 +93,8 @@ def ddgan_train_step(
     Metrics: each loss's mean over the batch and at each t (`d_loss_t0`, ...), 0-dim tensors left on the
     device (the loop reads them in batches); R1 is NaN on the steps that skip it.
     """
-    G, D, g, T = state.G, state.D, state.generator, len(sched)
+    G, D, g, T = state.forwards["G"], state.forwards["D"], state.generator, len(sched)
+    nz = state.nets["G"].nz
 
     def pairs():
         x0, _ = minibatch(data, batch_size, g)
@@ -140,7 +104,7 @@ def ddgan_train_step(
         return x_prev, x_t, t
 
     def fake(x_t, t):
-        x0_hat = G(x_t, t, torch.randn((len(x_t), G.nz), generator=g, device=g.device))
+        x0_hat = G(x_t, t, torch.randn((len(x_t), nz), generator=g, device=g.device))
         return sample_posterior(sched, x0_hat, x_t, t, torch.randn(x_t.shape, generator=g, device=g.device))
 
     # Discriminator step: real pairs against the generator's, G frozen.
@@ -153,46 +117,21 @@ def ddgan_train_step(
     if state.step % r1_every == 0:
         r1 = r1_penalty(D, real_prev, x_t, t)
         loss_d = loss_d + r1_gamma / 2 * r1.mean()
-    _optimizer_step(state.opt_d, D, loss_d, lr_d, grad_clip)
+    network_step(state, "D", loss_d, lr=lr_d, grad_clip=grad_clip)
     d_per_t = mean_by_t(loss_real + loss_fake, t, T)
     r1_per_t = mean_by_t(r1, t, T) if r1 is not None else [math.nan] * T
     r1_mean = r1.detach().mean() if r1 is not None else math.nan
 
     # Generator step on fresh pairs, D frozen.
     _, x_t, t = pairs()
-    D.requires_grad_(False)
+    state.nets["D"].requires_grad_(False)
     loss_g = g_loss(D, fake(x_t, t), x_t, t)
-    _optimizer_step(state.opt_g, G, loss_g.mean(), lr_g, grad_clip)
-    D.requires_grad_(True)
-    ema_update(state.ema, G, ema_decay)
-    state.step += 1
+    network_step(state, "G", loss_g.mean(), lr=lr_g, grad_clip=grad_clip)
+    state.nets["D"].requires_grad_(True)
+    end_step(state, ema_decay)  # the EMA of G
 
     metrics = {"d_loss": (loss_real + loss_fake).detach().mean(), "g_loss": loss_g.detach().mean(), "r1": r1_mean}
     g_per_t = mean_by_t(loss_g, t, T)
     for i in range(T):
         metrics |= {f"d_loss_t{i}": d_per_t[i], f"g_loss_t{i}": g_per_t[i], f"r1_t{i}": r1_per_t[i]}
     return metrics
-
-
-GAN_CHECKPOINT_KEYS = ("G", "D", "ema", "opt_g", "opt_d", "step", "rng", "config", "history")
-
-
-def gan_checkpoint(state: GANState, config: dict, history: dict[str, list]) -> dict:
-    """A weights_only-loadable dict of CPU tensors: G, D, EMA of G, both optimisers, step, RNG state, config and loss
-    history (written on a GPU, it loads on a CPU machine)."""
-    return {"G": to_cpu(state.G.state_dict()), "D": to_cpu(state.D.state_dict()), "ema": to_cpu(state.ema.state_dict()),
-            "opt_g": to_cpu(state.opt_g.state_dict()), "opt_d": to_cpu(state.opt_d.state_dict()), "step": state.step,
-            "rng": state.generator.get_state(), "config": config,
-            "history": {k: series_tensor(v) for k, v in history.items()}}
-
-
-def gan_restore(state: GANState, ckpt: dict) -> dict[str, list]:
-    """Load a `gan_checkpoint()` dict into state in place; return the loss history."""
-    state.G.load_state_dict(ckpt["G"])
-    state.D.load_state_dict(ckpt["D"])
-    state.ema.load_state_dict(ckpt["ema"])
-    state.opt_g.load_state_dict(ckpt["opt_g"])
-    state.opt_d.load_state_dict(ckpt["opt_d"])
-    set_rng_state(state.generator, ckpt["rng"])
-    state.step = int(ckpt["step"])
-    return {k: v.tolist() for k, v in ckpt["history"].items()}

@@ -33,7 +33,7 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from components.dataset import IMAGE_SCALE, IMAGE_SHIFT
-from components.training import TrainState, optimizer_step
+from components.train_state import TrainState, optimizer_step
 
 MAX_SHIFT = 2  # augmentation: random translations of up to 2 pixels each way
 

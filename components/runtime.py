@@ -16,7 +16,7 @@ from torch import nn
 
 from components.registry import DEVICES, PRECISIONS
 
-Forward = Callable[..., torch.Tensor]  # (x_t, t, *more inputs: DDGAN's latent z) -> network output
+Forward = Callable[..., torch.Tensor]  # (x_t, t) -> network output; DDGAN's G (x_t, t, z), D (x_{t-1}, x_t, t)
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,14 @@ def configure_backends(rt: Runtime) -> None:
 
 
 def forward_fn(net: nn.Module, rt: Runtime, *, sampling: bool = False) -> Forward:
-    """The callable losses and samplers call instead of `net`: (x_t, t, *more) -> output in x_t's dtype (float32).
+    """The callable losses and samplers call instead of `net`: (x_t, t, ...) -> output in x_t's dtype (float32).
 
-    Every network runs through it: denoisers, classifiers and DDGAN's generator (whose latent z is a third input).
-    Moves nothing: the caller puts `net` on rt.device. channels_last converts `net`'s 4-D weights in
-    place and each 4-D input; compile wraps the forward with torch.compile while `net` itself stays the
-    module whose state_dict is saved (no `_orig_mod.` keys); bf16 runs the forward under bfloat16
-    autocast (matmuls and convs in bf16, reductions as autocast decides) and casts the output back.
+    The inputs are `net`'s own, in its order (DDGAN's G takes (x_t, t, z), its D (x_{t-1}, x_t, t)); the
+    output has the first input's dtype. Moves nothing: the caller puts `net` on rt.device. channels_last
+    converts `net`'s 4-D weights in place and each 4-D input; compile wraps the forward with
+    torch.compile while `net` itself stays the module whose state_dict is saved (no `_orig_mod.` keys); bf16
+    runs the forward under bfloat16 autocast (matmuls and convs in bf16, reductions as autocast decides) and
+    casts the output back.
 
     sampling: the caller is a sampler, under no_grad, calling with one shape a batch. With compile on CUDA the
     network then also runs as a CUDA graph (mode "reduce-overhead"): one launch replays a whole evaluation's
@@ -100,17 +101,17 @@ def forward_fn(net: nn.Module, rt: Runtime, *, sampling: bool = False) -> Forwar
     call = torch.compile(net, mode="reduce-overhead" if graphs else None) if rt.compile else net
     autocast = rt.precision == "bf16"
 
-    def forward(x: torch.Tensor, t: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
-        if rt.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)  # (B, C, H, W), NHWC strides
+    def forward(*inputs: torch.Tensor) -> torch.Tensor:
+        if rt.channels_last:  # each (B, C, H, W) input with NHWC strides
+            inputs = tuple(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x for x in inputs)
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the previous replay's output is no longer read
         if not autocast:
-            out = call(x, t, *more)
+            out = call(*inputs)
         else:
             with torch.autocast(rt.device.type, dtype=torch.bfloat16):
-                out = call(x, t, *more)
-        return out.to(x.dtype, copy=graphs)
+                out = call(*inputs)
+        return out.to(inputs[0].dtype, copy=graphs)
 
     return forward
 

@@ -1,11 +1,11 @@
 """Training steps and their parts: L_simple (DDPM), L_hybrid (iDDPM), the full bound (Sohl-Dickstein et al. 2015),
-the noise-aware classifier's cross-entropy (ADM), timestep samplers, LR, EMA, checkpoints.
+the noise-aware classifier's cross-entropy (ADM), timestep samplers, minibatches, the LR schedule.
 
-The loop itself lives in the stage; here are `train_step` / `hybrid_train_step` / `bound_train_step` /
-`classifier_train_step(state, ...) -> metrics` and the pure pieces they are made of. Metrics are 0-dim tensors
-left on the device (plus the float lr): nothing in a step waits for the device, and the loop
-(`pipelines.trainer.train_loop`) reads them in one copy every `log_every` steps. A checkpoint is a dict of
-CPU tensors and plain values, loadable with `torch.load(..., weights_only=True)` on any machine.
+The loop lives in `pipelines.trainer`; here are `train_step` / `hybrid_train_step` / `bound_train_step` /
+`classifier_train_step(state, ...) -> metrics` and the pure pieces they are made of, each step a loss over a
+`components.train_state.TrainState` followed by its `optimizer_step`. Metrics are 0-dim tensors left on the
+device (plus the float lr): nothing in a step waits for the device, and the loop
+(`pipelines.trainer.train_loop`) reads them in one copy every `log_every` steps.
 
 Devices: every random draw (minibatch, t, noise) comes from `state.generator` and lands on its device, so
 a run is reproducible per device type (a CUDA generator's stream differs from the CPU's). The data may live
@@ -16,21 +16,16 @@ index there and no batch crosses the bus. Losses call the network through `state
 
 from __future__ import annotations
 
-import copy
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from components.diffusion import ReverseModel, model_timesteps, p_mean_variance, q_sample, reverse_kernel, split_output
 from components.likelihood import vlb_term
-from components.runtime import CPU, Forward, Runtime, forward_fn  # Forward: (x_t, t) -> output
+from components.runtime import Forward  # (x_t, t) -> output
 from components.schedules import Schedule
-
-
+from components.train_state import TrainState, optimizer_step
 
 
 def l_simple(model: Forward, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -179,87 +174,6 @@ def minibatch(data: torch.Tensor, batch_size: int, generator: torch.Generator, *
     return x0, y
 
 
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """theta_ema <- decay * theta_ema + (1 - decay) * theta, every parameter in one foreach call.
-
-    On a GPU the foreach lerp is a few fused kernels instead of one launch per tensor (328 in DDPM's CIFAR-10
-    UNet); on the CPU it is the same per-tensor lerp_, bit for bit.
-    """
-    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
-
-
-@dataclass
-class TrainState:
-    """Everything a run needs to resume exactly: weights, EMA, optimiser, step and RNG.
-
-    `forward` is what the losses call, (x_t, t) -> output: the model itself unless the stage sets
-    `runtime.forward_fn(state.model, rt)`; it is not saved, and `model` stays the module checkpointed.
-    """
-
-    model: nn.Module
-    ema: nn.Module
-    optimizer: torch.optim.Optimizer
-    generator: torch.Generator
-    step: int = 0
-    forward: Forward | None = None
-
-    def __post_init__(self) -> None:
-        if self.forward is None:
-            self.forward = self.model
-
-    @classmethod
-    def create(cls, model: nn.Module, lr: float, seed: int, *, weight_decay: float | None = None,
-               rt: Runtime | torch.device | str = CPU) -> "TrainState":
-        """Adam; AdamW with decoupled weight decay when `weight_decay` is given (ADM's classifier).
-
-        Moves `model` (in place) to rt.device and sets `forward` to `forward_fn(model, rt)` (which gives its
-        weights rt's memory format) before the EMA copy is made, so the EMA has the model's memory format and
-        the foreach EMA update pairs like with like; the optimiser is fused on CUDA, and the generator is
-        seeded on rt.device. A bare device stands for fp32 eager contiguous there.
-        """
-        rt = rt if isinstance(rt, Runtime) else Runtime(torch.device(rt))
-        model.to(rt.device)
-        forward = forward_fn(model, rt)
-        ema = copy.deepcopy(model).requires_grad_(False)
-        generator = torch.Generator(device=rt.device).manual_seed(seed)
-        return cls(model, ema, adam(model.parameters(), lr, rt.device, weight_decay=weight_decay), generator,
-                   forward=forward)
-
-    def networks(self) -> dict[str, nn.Module]:
-        """The networks whose weights a checkpoint holds, by name."""
-        return {"model": self.model, "ema": self.ema}
-
-
-def adam(params, lr: float, device: torch.device | str, *, weight_decay: float | None = None,
-         betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
-    """Adam (AdamW with decoupled `weight_decay` when given), fused into one kernel per step on CUDA.
-
-    On the CPU it is torch's default implementation, so CPU runs keep their bytes.
-    """
-    fused = {"fused": True} if torch.device(device).type == "cuda" else {}
-    if weight_decay is None:
-        return torch.optim.Adam(params, lr=lr, betas=betas, **fused)
-    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, **fused)
-
-
-def optimizer_step(state: TrainState, loss: torch.Tensor, *, lr: float, grad_clip: float,
-                   ema_decay: float) -> dict[str, torch.Tensor | float]:
-    """Backward, global-norm clip (0 disables), Adam step at `lr`, EMA update; advances state.step.
-
-    Returns the loss and the pre-clip gradient norm as 0-dim device tensors (no host sync) and the lr.
-    """
-    for group in state.optimizer.param_groups:
-        group["lr"] = lr
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip if grad_clip > 0 else math.inf)
-    state.optimizer.step()
-    ema_update(state.ema, state.model, ema_decay)
-    state.step += 1
-    return {"loss": loss.detach(), "grad_norm": grad_norm, "lr": lr}
-
-
 def train_step(
     state: TrainState, sched: Schedule, data: torch.Tensor, *, batch_size: int, lr: float, grad_clip: float,
     ema_decay: float, hflip: bool = False,
@@ -357,69 +271,3 @@ def accuracy_by_t(classifier, sched: Schedule, x0: torch.Tensor, y: torch.Tensor
             correct += int(classifier_losses(classifier, sched, xb, yb, t, noise)[1].sum())
         acc[b] = correct / len(x0)
     return edges, acc
-
-
-def to_cpu(obj: Any) -> Any:
-    """obj with every tensor in its nested dicts, lists and tuples on the CPU; the very same object where all already
-    are, so a CPU run's checkpoint pickles to the same bytes (state dicts keep their type and `_metadata`)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.cpu()
-    if isinstance(obj, dict):
-        moved = {k: to_cpu(v) for k, v in obj.items()}
-        if all(moved[k] is v for k, v in obj.items()):
-            return obj
-        out = copy.copy(obj)  # same class and attributes (an OrderedDict state dict keeps `_metadata`)
-        out.update(moved)
-        return out
-    if isinstance(obj, (list, tuple)):
-        moved = [to_cpu(v) for v in obj]
-        if all(m is v for m, v in zip(moved, obj)):
-            return obj
-        return type(obj)(moved)
-    return obj
-
-
-def checkpoint(state: TrainState, config: dict, history: dict[str, list[float]], **extra: dict) -> dict:
-    """A weights_only-loadable dict of CPU tensors: weights, EMA, optimiser, step, RNG state, config, loss history and
-    `extra` state. Written on a GPU, it loads on a CPU machine (`restore` moves it to the state's device)."""
-    return {
-        **to_cpu(extra),
-        "model": to_cpu(state.model.state_dict()),
-        "ema": to_cpu(state.ema.state_dict()),
-        "optimizer": to_cpu(state.optimizer.state_dict()),
-        "step": state.step,
-        "rng": state.generator.get_state(),
-        "config": config,
-        "history": {k: series_tensor(v) for k, v in history.items()},
-    }
-
-
-def series_tensor(values: list) -> torch.Tensor:
-    """Integer series (steps) stay int64, so a resumed history is identical to an unbroken one."""
-    is_int = all(isinstance(v, int) for v in values)
-    return torch.tensor(values, dtype=torch.int64 if is_int else torch.float64, device="cpu")
-
-
-def set_rng_state(generator: torch.Generator, rng: torch.Tensor) -> None:
-    """generator.set_state(rng), with a clear error when the state was written by a generator of another device type."""
-    try:
-        generator.set_state(rng)
-    except RuntimeError as err:
-        raise ValueError(f"the checkpoint's RNG state ({rng.numel()} bytes) does not fit this run's {generator.device} "
-                         "generator: a run resumes only on the device type it was started on (cpu or cuda)") from err
-
-
-CHECKPOINT_KEYS = ("model", "ema", "optimizer", "step", "rng", "config", "history")
-
-
-def restore(state: TrainState, ckpt: dict) -> dict[str, list[float]]:
-    """Load a `checkpoint()` dict into state in place, onto the state's device; return the loss history.
-
-    The RNG state is a CPU generator's or a CUDA generator's, so a run resumes on the device type it started on.
-    """
-    state.model.load_state_dict(ckpt["model"])
-    state.ema.load_state_dict(ckpt["ema"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    set_rng_state(state.generator, ckpt["rng"])
-    state.step = int(ckpt["step"])
-    return {k: v.tolist() for k, v in ckpt["history"].items()}

@@ -25,7 +25,7 @@ from pipelines.columns import METRICS, SETTINGS
 from pipelines.atomic import atomic_write_json, atomic_write_text
 from pipelines.entry import entry_point, stage_args
 from pipelines.errors import first_line, InputError
-from pipelines.tracking_spool import log_stage_run, StageRun
+from pipelines.tracking_spool import StageRun, log_stage_run
 
 
 def _cell(text: str) -> str | float | None:

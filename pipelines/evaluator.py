@@ -18,13 +18,13 @@ split's statistics, so every sample stage scores with exactly these weights.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from components.dataset import Dataset
-from components.training import CHECKPOINT_KEYS, TrainState, checkpoint, restore
+from components.digits import decode_stacked_label
+from components.train_state import TrainState
 from pipelines.atomic import atomic_torch_save, atomic_write_json
 from pipelines.entry import entry_point, stage_args
 from pipelines.errors import InputError
@@ -33,13 +33,11 @@ from pipelines.params import load_params
 from pipelines.params.sections import EvaluateParams
 from pipelines.runtime import stage_runtime
 from pipelines.tracking_spool import StageRun, log_stage_run
-from pipelines.trainer import resume, train_loop
+from pipelines.trainer import TrainRun
 
 
 def digit_rows(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Every channel of the split as a digit of its own: x (N C, 1, H, W) in model space and its label (N C,)."""
-    from components.digits import decode_stacked_label
-
     x = torch.from_numpy(ds.to_model(ds.x))  # (N, C, H, W)
     c = x.shape[1]
     digits = np.stack(decode_stacked_label(ds.y), axis=1) if c == 3 else ds.y[:, None]  # (N, C)
@@ -48,6 +46,8 @@ def digit_rows(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_lenet(e: EvaluateParams, train: Dataset, ref: Dataset, ckpt_path: str) -> tuple[dict, dict]:
     """Train the digit classifier; (its weights and config, metrics: held-out accuracy, size, time)."""
+    # lazily: components.evaluator imports torch-fidelity (about a second, more on a loaded machine), which the toy
+    # data's `identity` extractor never needs
     from components.evaluator import LeNet, accuracy, evaluator_train_step
 
     p = e.train
@@ -59,24 +59,15 @@ def train_lenet(e: EvaluateParams, train: Dataset, ref: Dataset, ckpt_path: str)
     torch.manual_seed(p.seed)  # network initialisation
     net = LeNet(**config).to(rt.device)
     state = TrainState.create(net, p.lr, p.seed, rt=rt)
-    history: dict[str, list] = {"step": [], "loss": [], "accuracy": [], "lr": []}
-
-    def save(path) -> None:
-        atomic_torch_save(path, checkpoint(state, run_config, history))
-
-    partial = Path(f"{ckpt_path}.partial")
-    if resume("evaluator", partial, run_config, CHECKPOINT_KEYS, lambda ckpt: history.update(restore(state, ckpt))):
-        print(f"evaluator: resuming from {partial} at step {state.step}")
-    train_s, steps_per_s = train_loop(
-        "evaluator", p, state,
-        lambda lr: evaluator_train_step(state, x, y, batch_size=p.batch_size, lr=lr, grad_clip=p.grad_clip,
-                                        ema_decay=p.ema_decay, augment=p.augment),
-        history, save, partial)
+    run = TrainRun("evaluator", state, run_config, ckpt_path, logged=("loss", "accuracy"))
+    train_s, steps_per_s = run.train(
+        p, lambda lr: evaluator_train_step(state, x, y, batch_size=p.batch_size, lr=lr, grad_clip=p.grad_clip,
+                                           ema_decay=p.ema_decay, augment=p.augment))
     weights = {k: v.detach().cpu() for k, v in state.ema.state_dict().items()}
     metrics = {"accuracy": accuracy(state.ema, x_ref, y_ref), "train_accuracy": accuracy(state.ema, x, y),
                "n_params": sum(t.numel() for t in net.parameters()), "train_s": train_s, "steps_per_s": steps_per_s,
-               "final_loss": history["loss"][-1]}
-    partial.unlink(missing_ok=True)
+               "final_loss": run.history["loss"][-1]}
+    run.finish()
     return {"weights": weights, "config": config}, metrics
 
 
@@ -90,7 +81,7 @@ def main(argv: list[str]) -> None:
     if e.features == "identity":
         out = {"weights": {}, "config": {}}
     elif e.features == "inception":
-        from components.evaluator import inception_from_state, load_weights, weights_digest
+        from components.evaluator import inception_from_state, load_weights, weights_digest  # lazily: torch-fidelity
 
         try:
             weights = load_weights(e.weights)

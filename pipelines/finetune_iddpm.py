@@ -22,17 +22,15 @@ from components.data import DATASETS
 from components.diffusion import q_sample, split_output
 from components.networks import add_variance_output, make_network
 from components.schedules import make_schedule
-from components.training import (
-    CHECKPOINT_KEYS, TrainState, checkpoint, hybrid_train_step, make_timestep_sampler, restore,
-)
-from pipelines.atomic import atomic_torch_save
+from components.train_state import TrainState
+from components.training import hybrid_train_step, make_timestep_sampler
 from pipelines.entry import entry_point, stage_args
-from pipelines.errors import InputError, first_line
+from pipelines.errors import first_line, InputError
 from pipelines.loading import data_fingerprint, load_checkpoint, load_dataset
 from pipelines.params import load_params
 from pipelines.runtime import stage_runtime
 from pipelines.tracking_spool import StageRun, log_stage_run
-from pipelines.trainer import resume, train_loop, write_history
+from pipelines.trainer import TrainRun, write_history
 
 
 FRAC_TIMESTEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 700)  # and T - 1
@@ -86,27 +84,15 @@ def main(argv: list[str]) -> None:
         raise InputError(f"{ddpm_path}: EMA weights do not fit its network config ({first_line(e)})") from None
     state = TrainState.create(net, p.lr, p.seed, rt=rt)
     timesteps = make_timestep_sampler(p.timestep_sampler, len(sched), p.importance_history, p.importance_uniform)
-    history: dict[str, list] = {"step": [], "loss": [], "l_simple": [], "l_vlb": [], "lr": []}
+    run = TrainRun("finetune_iddpm", state, config, ckpt_path, logged=("loss", "l_simple", "l_vlb"),
+                   extra={"timestep_sampler": timesteps})
+    history = run.history
+    train_s, steps_per_s = run.train(
+        p, lambda lr: hybrid_train_step(state, sched, data, timesteps, batch_size=p.batch_size,
+                                        lambda_vlb=p.lambda_vlb, decoder=decoder, lr=lr, grad_clip=p.grad_clip,
+                                        ema_decay=p.ema_decay, hflip=params.data.hflip))
 
-    def restore_all(ckpt: dict) -> None:
-        history.update(restore(state, ckpt))
-        timesteps.load_state_dict(ckpt["timestep_sampler"])
-
-    partial = Path(f"{ckpt_path}.partial")
-    if resume("finetune_iddpm", partial, config, (*CHECKPOINT_KEYS, "timestep_sampler"), restore_all):
-        print(f"finetune_iddpm: resuming from {partial} at step {state.step}")
-
-    def save(path) -> None:
-        atomic_torch_save(path, checkpoint(state, config, history, timestep_sampler=timesteps.state_dict()))
-
-    train_s, steps_per_s = train_loop(
-        "finetune_iddpm", p, state,
-        lambda lr: hybrid_train_step(state, sched, data, timesteps, batch_size=p.batch_size, lambda_vlb=p.lambda_vlb,
-                                     decoder=decoder, lr=lr, grad_clip=p.grad_clip, ema_decay=p.ema_decay,
-                                     hflip=params.data.hflip),
-        history, save, partial)
-
-    save(ckpt_path)
+    run.save(ckpt_path)
     write_history(csv_path, png_path, history,
                   f"finetune_iddpm: L_hybrid = L_simple + {p.lambda_vlb:g} T L_t (L_t in bits/dim), mean per log_every steps")
     last = {k: history[k][-1] for k in ("loss", "l_simple", "l_vlb")}
@@ -122,7 +108,7 @@ def main(argv: list[str]) -> None:
                 "frac_by_t": list(frac.items())},
         artifacts=[Path(csv_path), Path(png_path)],
     ))
-    partial.unlink(missing_ok=True)
+    run.finish()
 
 
 if __name__ == "__main__":

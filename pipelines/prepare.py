@@ -13,7 +13,7 @@ from pipelines.entry import entry_point, stage_args
 from pipelines.errors import InputError
 from pipelines.loading import save_dataset
 from pipelines.params import ParamsError, load_params
-from pipelines.tracking_spool import log_stage_run, StageRun
+from pipelines.tracking_spool import StageRun, log_stage_run
 
 
 def main(argv: list[str]) -> None:

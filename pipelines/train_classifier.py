@@ -23,15 +23,16 @@ from components.data import DATASETS
 from components.gaussian_mixture import mixture_classifier
 from components.networks import make_classifier
 from components.schedules import make_schedule
-from components.training import CHECKPOINT_KEYS, TrainState, accuracy_by_t, checkpoint, classifier_train_step, restore
-from pipelines.atomic import atomic_save_figure, atomic_torch_save, atomic_write_text
+from components.train_state import TrainState
+from components.training import accuracy_by_t, classifier_train_step
+from pipelines.atomic import atomic_save_figure, atomic_write_text
 from pipelines.entry import entry_point, stage_args
 from pipelines.loading import load_dataset
 from pipelines.params import load_params
 from pipelines.plots_training import accuracy_by_t_figure
 from pipelines.runtime import stage_runtime
 from pipelines.tracking_spool import StageRun, log_stage_run
-from pipelines.trainer import resume, scratch_config, train_loop, write_history
+from pipelines.trainer import TrainRun, scratch_config, write_history
 
 
 def main(argv: list[str]) -> None:
@@ -47,19 +48,11 @@ def main(argv: list[str]) -> None:
     torch.manual_seed(p.seed)  # network initialisation
     net = make_classifier(p.network.name, tuple(data.shape[1:]), ds.n_classes, **p.network.kwargs)
     state = TrainState.create(net, p.lr, p.seed, weight_decay=p.weight_decay, rt=rt)
-    history: dict[str, list] = {"step": [], "loss": [], "accuracy": [], "lr": []}
-
-    def save(path) -> None:
-        atomic_torch_save(path, checkpoint(state, config, history))
-
-    partial = Path(f"{ckpt_path}.partial")
-    if resume("train_classifier", partial, config, CHECKPOINT_KEYS, lambda ckpt: history.update(restore(state, ckpt))):
-        print(f"train_classifier: resuming from {partial} at step {state.step}")
-    train_s, steps_per_s = train_loop(
-        "train_classifier", p, state,
-        lambda lr: classifier_train_step(state, sched, data, labels, batch_size=p.batch_size, lr=lr,
-                                         grad_clip=p.grad_clip, ema_decay=p.ema_decay),
-        history, save, partial)
+    run = TrainRun("train_classifier", state, config, ckpt_path, logged=("loss", "accuracy"))
+    history = run.history
+    train_s, steps_per_s = run.train(
+        p, lambda lr: classifier_train_step(state, sched, data, labels, batch_size=p.batch_size, lr=lr,
+                                            grad_clip=p.grad_clip, ema_decay=p.ema_decay))
 
     # Held-out accuracy by t-range, the EMA classifier against the Bayes-optimal one (same x0, t and noise).
     x_ref, y_ref = torch.from_numpy(ref.to_model(ref.x)).to(rt.device), torch.from_numpy(ref.y).to(rt.device)
@@ -72,7 +65,7 @@ def main(argv: list[str]) -> None:
                                                  torch.Generator(rt.device).manual_seed(p.seed))[1]
     mid = (edges[:-1] + edges[1:] - 1) / 2
 
-    save(ckpt_path)
+    run.save(ckpt_path)
     write_history(csv_path, png_path, history, "train_classifier: cross-entropy and accuracy over t ~ U[0, T), "
                                                "mean per log_every steps")
     rows = [f"{lo},{hi},{m:g}," + ",".join(f"{c[i]:.6f}" for c in curves.values())
@@ -93,7 +86,7 @@ def main(argv: list[str]) -> None:
                 **{f"{k}_by_t": list(zip(mid.astype(int).tolist(), v.tolist())) for k, v in curves.items()}},
         artifacts=[Path(csv_path), Path(png_path), Path(acc_csv), Path(acc_png)],
     ))
-    partial.unlink(missing_ok=True)
+    run.finish()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ T is the stage's matrix item, read from DVC_STAGE (never from the command line);
 
 G(x_t, z, t) -> x0-hat and D(x_{t-1}, x_t, t) trained on T steps of params `train_ddgan.schedule`
 (DDGAN's discretised VP): the non-saturating loss, lazy R1 on real pairs, Adam with separate
-learning rates, the EMA of G (`components.ddgan.ddgan_train_step`). The checkpoint holds G, D,
+learning rates, the EMA of G (`components.ddgan.ddgan_train_step`), G and D run through params `runtime`
+(precision, channels_last, compile) like every trainer's networks. The checkpoint holds G, D,
 the EMA, both optimisers, the step and the RNG state; a `.partial` is written every
 `checkpoint_every` steps and after the last; a killed run resumes from it, byte for byte.
 
@@ -24,19 +25,21 @@ from pathlib import Path
 
 import torch
 
-from components.ddgan import GAN_CHECKPOINT_KEYS, GANState, ddgan_train_step, gan_checkpoint, gan_restore
+from components.ddgan import ddgan_train_step
 from components.networks import make_discriminator, make_generator
+from components.runtime import CPU, Runtime
 from components.schedules import Schedule, make_schedule
+from components.train_state import TrainState
 from components.training import lr_at
-from pipelines.atomic import atomic_save_figure, atomic_torch_save, atomic_write_text
+from pipelines.atomic import atomic_save_figure, atomic_write_text
 from pipelines.entry import checkpoint_path, dvc_stage, entry_point, parse_T, stage_args
 from pipelines.loading import load_dataset
 from pipelines.params import load_params
 from pipelines.params.training import DDGANTrainParams
-from pipelines.plots_training import losses_by_t_figure
 from pipelines.runtime import stage_runtime
+from pipelines.plots_training import losses_by_t_figure
 from pipelines.tracking_spool import StageRun, log_stage_run
-from pipelines.trainer import resume, scratch_config, train_loop
+from pipelines.trainer import TrainRun, scratch_config
 
 TERMS = ("d_loss", "g_loss", "r1")
 
@@ -58,17 +61,16 @@ def loss_paths(plots_dir: str, T: int) -> tuple[str, str]:
     return str(Path(plots_dir, str(T), "losses.csv")), str(Path(plots_dir, str(T), "losses.png"))
 
 
-def new_state(p: DDGANTrainParams, data_shape: tuple[int, ...], seed: int,
-              device: torch.device | str = "cpu") -> GANState:
-    """G, D (initialised from `seed`), their EMA and optimisers, as recipe `p` (params.yaml's train_ddgan) has them,
-    on `device`."""
+def new_state(p: DDGANTrainParams, data_shape: tuple[int, ...], seed: int, rt: Runtime = CPU) -> TrainState:
+    """G and D (initialised from `seed`), the EMA of G and their optimisers (Adam with each network's own learning
+    rate; DDGAN's betas (0.5, 0.9)), as recipe `p` (params.yaml's train_ddgan) has them, on runtime `rt`."""
     torch.manual_seed(seed)  # network initialisation
     G = make_generator(p.generator.name, data_shape, **p.generator.kwargs)
     D = make_discriminator(p.discriminator.name, data_shape, **p.discriminator.kwargs)
-    return GANState.create(G, D, lr_g=p.lr, lr_d=p.lr_d, betas=tuple(p.adam_betas), seed=seed, device=device)
+    return TrainState.create({"G": G, "D": D}, {"G": p.lr, "D": p.lr_d}, seed, rt=rt, betas=tuple(p.adam_betas))
 
 
-def recipe_step(state: GANState, sched: Schedule, data: torch.Tensor, p: DDGANTrainParams) -> dict[str, float]:
+def recipe_step(state: TrainState, sched: Schedule, data: torch.Tensor, p: DDGANTrainParams) -> dict[str, float]:
     """One DDGAN iteration of recipe `p` at state.step: both learning rates on p's schedule over p.steps."""
     lr_g, lr_d = (lr_at(state.step, lr=lr, warmup_steps=p.warmup_steps, total_steps=p.steps, schedule=p.lr_schedule)
                   for lr in (p.lr, p.lr_d))
@@ -87,29 +89,23 @@ def main(argv: list[str]) -> None:
     data = torch.from_numpy(ds.to_model(ds.x)).to(rt.device)  # (N, ...) model space; minibatches are drawn there
     config = scratch_config(p, {"schedule": p.schedule, "T": T}, ds, device=rt.device.type)
     sched = make_schedule(p.schedule, T)
-    state = new_state(p, tuple(data.shape[1:]), p.seed, rt.device)
-    history: dict[str, list] = {"step": [], **{k: [] for k in TERMS},
-                                **{f"{k}_t{i}": [] for k in TERMS for i in range(T)}, "lr": []}
-
+    state = new_state(p, tuple(data.shape[1:]), p.seed, rt)
     stage = f"train_ddgan@{T}"
-    partial = Path(f"{ckpt_path}.partial")
-    if resume(stage, partial, config, GAN_CHECKPOINT_KEYS, lambda ckpt: history.update(gan_restore(state, ckpt))):
-        print(f"{stage}: resuming from {partial} at step {state.step}")
+    run = TrainRun(stage, state, config, ckpt_path,
+                   logged=(*TERMS, *(f"{k}_t{i}" for k in TERMS for i in range(T))))
+    history = run.history
 
     def step(lr_g: float) -> dict[str, float]:  # train_loop's lr_g is the one recipe_step computes
         return recipe_step(state, sched, data, p)
 
-    def save(path) -> None:
-        atomic_torch_save(path, gan_checkpoint(state, config, history))
+    train_s, steps_per_s = run.train(p, step, finite=("d_loss", "g_loss"))
 
-    train_s, steps_per_s = train_loop(stage, p, state, step, history, save, partial, finite=("d_loss", "g_loss"))
-
-    save(ckpt_path)
+    run.save(ckpt_path)
     by_t = losses_by_t(history, T)
     atomic_write_text(csv_path, losses_csv(history["step"], by_t))
     atomic_save_figure(png_path, losses_by_t_figure(history["step"], by_t, f"{stage}: DDGAN losses per t, "
                                                     f"mean per log_every steps"))
-    n_g, n_d = (sum(x.numel() for x in net.parameters()) for net in (state.G, state.D))
+    n_g, n_d = (sum(x.numel() for x in state.nets[name].parameters()) for name in ("G", "D"))
     final = {k: history[k][-1] for k in TERMS}
     print(f"{stage}: {p.steps} steps, final D loss {final['d_loss']:.4f}, G loss {final['g_loss']:.4f}, "
           f"R1 {final['r1']:.4g}; G {n_g} and D {n_d} parameters, {train_s:.1f} s in this run ({steps_per_s:.1f} steps/s)")
@@ -121,7 +117,7 @@ def main(argv: list[str]) -> None:
                 if k != "step"},
         artifacts=[Path(csv_path), Path(png_path)], tags={"T": str(T)},
     ))
-    partial.unlink(missing_ok=True)
+    run.finish()
 
 
 if __name__ == "__main__":

@@ -17,14 +17,14 @@ import torch
 from components.networks import make_network
 from components.runtime import describe
 from components.schedules import make_schedule
-from components.training import CHECKPOINT_KEYS, TrainState, checkpoint, restore, train_step
-from pipelines.atomic import atomic_torch_save
+from components.train_state import TrainState
+from components.training import train_step
 from pipelines.entry import entry_point, stage_args
 from pipelines.loading import load_dataset
 from pipelines.params import load_params
 from pipelines.runtime import stage_runtime
 from pipelines.tracking_spool import StageRun, log_stage_run
-from pipelines.trainer import resume, scratch_config, train_loop, write_history
+from pipelines.trainer import TrainRun, scratch_config, write_history
 
 
 def main(argv: list[str]) -> None:
@@ -39,21 +39,13 @@ def main(argv: list[str]) -> None:
     torch.manual_seed(p.seed)  # network initialisation
     net = make_network(p.network.name, tuple(data.shape[1:]), **p.network.kwargs)
     state = TrainState.create(net, p.lr, p.seed, rt=rt)
-    history: dict[str, list] = {"step": [], "loss": [], "lr": []}
+    run = TrainRun("train_ddpm", state, config, ckpt_path)
+    history = run.history
+    train_s, steps_per_s = run.train(
+        p, lambda lr: train_step(state, sched, data, batch_size=p.batch_size, lr=lr, grad_clip=p.grad_clip,
+                                 ema_decay=p.ema_decay, hflip=params.data.hflip))
 
-    def save(path) -> None:
-        atomic_torch_save(path, checkpoint(state, config, history))
-
-    partial = Path(f"{ckpt_path}.partial")
-    if resume("train_ddpm", partial, config, CHECKPOINT_KEYS, lambda ckpt: history.update(restore(state, ckpt))):
-        print(f"train_ddpm: resuming from {partial} at step {state.step}")
-    train_s, steps_per_s = train_loop(
-        "train_ddpm", p, state,
-        lambda lr: train_step(state, sched, data, batch_size=p.batch_size, lr=lr, grad_clip=p.grad_clip,
-                              ema_decay=p.ema_decay, hflip=params.data.hflip),
-        history, save, partial)
-
-    save(ckpt_path)
+    run.save(ckpt_path)
     write_history(csv_path, png_path, history, "train_ddpm: L_simple, mean per log_every steps")
     n_params = sum(x.numel() for x in net.parameters())
     print(f"train_ddpm: {p.steps} steps, final loss {history['loss'][-1]:.4f}, {n_params} parameters, "
@@ -67,7 +59,7 @@ def main(argv: list[str]) -> None:
         series={"loss": list(zip(history["step"], history["loss"])), "lr": list(zip(history["step"], history["lr"]))},
         artifacts=[Path(csv_path), Path(png_path)],
     ))
-    partial.unlink(missing_ok=True)
+    run.finish()
 
 
 if __name__ == "__main__":

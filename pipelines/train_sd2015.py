@@ -21,10 +21,8 @@ import torch
 from components.data import DATASETS
 from components.networks import make_network
 from components.schedules import make_schedule
-from components.training import (
-    CHECKPOINT_KEYS, TrainState, UniformTimesteps, bound_train_step, checkpoint, make_timestep_sampler, restore,
-)
-from pipelines.atomic import atomic_torch_save
+from components.train_state import TrainState
+from components.training import UniformTimesteps, bound_train_step, make_timestep_sampler
 from pipelines.entry import entry_point, stage_args
 from pipelines.loading import load_dataset
 from components.runtime import CPU, Runtime
@@ -32,7 +30,7 @@ from pipelines.params import load_params
 from pipelines.params.training import SD2015Params
 from pipelines.runtime import stage_runtime
 from pipelines.tracking_spool import StageRun, log_stage_run
-from pipelines.trainer import resume, scratch_config, train_loop, write_history
+from pipelines.trainer import TrainRun, scratch_config, write_history
 
 OUTPUT = "sd2015"  # how the network's output is read (diffusion.reverse_kernel)
 
@@ -63,25 +61,13 @@ def main(argv: list[str]) -> None:
     sched = make_schedule(diff.schedule, diff.T)
     state, timesteps = new_state(p, tuple(data.shape[1:]), len(sched), rt)
     net = state.model
-    history: dict[str, list] = {"step": [], "loss": [], "lr": []}
+    run = TrainRun(stage, state, config, ckpt_path, extra={"timestep_sampler": timesteps})
+    history = run.history
+    train_s, steps_per_s = run.train(
+        p, lambda lr: bound_train_step(state, sched, data, timesteps, batch_size=p.batch_size, output=OUTPUT,
+                                       decoder=decoder, lr=lr, grad_clip=p.grad_clip, ema_decay=p.ema_decay))
 
-    def restore_all(ckpt: dict) -> None:
-        history.update(restore(state, ckpt))
-        timesteps.load_state_dict(ckpt["timestep_sampler"])
-
-    def save(path) -> None:
-        atomic_torch_save(path, checkpoint(state, config, history, timestep_sampler=timesteps.state_dict()))
-
-    partial = Path(f"{ckpt_path}.partial")
-    if resume(stage, partial, config, (*CHECKPOINT_KEYS, "timestep_sampler"), restore_all):
-        print(f"{stage}: resuming from {partial} at step {state.step}")
-    train_s, steps_per_s = train_loop(
-        stage, p, state,
-        lambda lr: bound_train_step(state, sched, data, timesteps, batch_size=p.batch_size, output=OUTPUT,
-                                    decoder=decoder, lr=lr, grad_clip=p.grad_clip, ema_decay=p.ema_decay),
-        history, save, partial)
-
-    save(ckpt_path)
+    run.save(ckpt_path)
     write_history(csv_path, png_path, history,
                   f"{stage}: T L_t (bits/dim), the bound's estimate, mean per log_every steps")
     n_params = sum(x.numel() for x in net.parameters())
@@ -97,7 +83,7 @@ def main(argv: list[str]) -> None:
         series={"loss": list(zip(history["step"], history["loss"])), "lr": list(zip(history["step"], history["lr"]))},
         artifacts=[Path(csv_path), Path(png_path)],
     ))
-    partial.unlink(missing_ok=True)
+    run.finish()
 
 
 if __name__ == "__main__":

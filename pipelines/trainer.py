@@ -1,9 +1,11 @@
 """The loop every trainer stage shares: LR schedule, loss history, resume checkpoints, divergence guard, progress bar.
 
-A stage builds its state and a `step_fn(lr) -> metrics` from components.training, then calls
-`resume` and `train_loop`; what is trained and how stays in the stage. After the loop the stage
-writes its outputs, logs them, and only then removes the resume checkpoint: a run killed at any
-point after the last step resumes there and redoes no training.
+A stage builds its `components.train_state.TrainState` and a `step_fn(lr) -> metrics` (components.training,
+components.ddgan, components.evaluator), wraps them in a `TrainRun` with its config and checkpoint path, and
+calls `TrainRun.train`: resume from `<checkpoint>.partial` if it matches, then `train_loop`. What is trained
+and how stays in the stage. After the loop the stage writes its outputs (`TrainRun.save` for the final
+checkpoint), logs them, and only then calls `TrainRun.finish`, which removes the resume checkpoint: a run
+killed at any point after the last step resumes there and redoes no training.
 """
 
 from __future__ import annotations
@@ -12,24 +14,21 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from typing import TYPE_CHECKING
-
+from components.dataset import Dataset
+from components.train_state import TrainState, checkpoint, checkpoint_keys, restore
 from components.training import lr_at
-from pipelines.atomic import atomic_save_figure, atomic_write_text
+from pipelines.atomic import atomic_save_figure, atomic_torch_save, atomic_write_text
 from pipelines.entry import progress_enabled
 from pipelines.errors import InputError, NonFiniteError
 from pipelines.loading import data_config, first_nonfinite, load_checkpoint
 from pipelines.params.training import NetworkParams, OptimParams
 from pipelines.plots_training import loss_curve_figure
-
-if TYPE_CHECKING:
-    from components.dataset import Dataset
 
 
 def scratch_config(p: OptimParams, diffusion: dict, ds: Dataset, **extra) -> dict:
@@ -46,26 +45,68 @@ def scratch_config(p: OptimParams, diffusion: dict, ds: Dataset, **extra) -> dic
     }
 
 
-def resume(stage: str, partial: Path, config: dict, required: tuple[str, ...],
-           restore: Callable[[dict], None]) -> bool:
-    """Restore from `partial` if it exists and was made with this config; True if restored."""
-    if not partial.exists():
-        return False
-    try:
-        ckpt = load_checkpoint(partial, required)
-    except InputError as e:
-        raise InputError(f"{e}; delete it to start {stage} afresh") from None
-    if ckpt["config"] != config:
-        print(f"{stage}: {partial} was made with other params or data; starting afresh")
-        return False
-    restore(ckpt)
-    return True
-
-
 Metrics = dict[str, "torch.Tensor | float"]  # 0-dim device tensors (or floats), as the steps return them
 
 
-def train_loop(stage: str, p: OptimParams, state, step_fn: Callable[[float], Metrics],
+@dataclasses.dataclass
+class TrainRun:
+    """One trainer stage's run of `state`: what its checkpoints hold and where they go.
+
+    Every checkpoint is `components.train_state.checkpoint(state, config, history, **extra state)`, the
+    extra state being each of `extra`'s `state_dict()` (the iDDPM importance sampler's loss history); the
+    resume checkpoint is `<path>.partial`. `history` logs step, each of `logged` and lr.
+    """
+
+    stage: str
+    state: TrainState
+    config: dict
+    path: str | Path  # the final checkpoint
+    logged: tuple[str, ...] = ("loss",)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> object with (load_)state_dict
+    history: dict[str, list] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.history = {"step": [], **{k: [] for k in self.logged}, "lr": []}
+
+    @property
+    def partial(self) -> Path:
+        return Path(f"{self.path}.partial")
+
+    def save(self, path: str | Path) -> None:
+        """The run's checkpoint now, written atomically to `path`."""
+        extra = {name: obj.state_dict() for name, obj in self.extra.items()}
+        atomic_torch_save(path, checkpoint(self.state, self.config, self.history, **extra))
+
+    def resume(self) -> bool:
+        """Restore state, history and extra state from the resume checkpoint if it exists and was made with this
+        config; True if restored."""
+        if not self.partial.exists():
+            return False
+        try:
+            ckpt = load_checkpoint(self.partial, (*checkpoint_keys(self.state), *self.extra))
+        except InputError as e:
+            raise InputError(f"{e}; delete it to start {self.stage} afresh") from None
+        if ckpt["config"] != self.config:
+            print(f"{self.stage}: {self.partial} was made with other params or data; starting afresh")
+            return False
+        self.history.update(restore(self.state, ckpt))
+        for name, obj in self.extra.items():
+            obj.load_state_dict(ckpt[name])
+        print(f"{self.stage}: resuming from {self.partial} at step {self.state.step}")
+        return True
+
+    def train(self, p: OptimParams, step_fn: Callable[[float], Metrics],
+              finite: tuple[str, ...] = ("loss",)) -> tuple[float, float]:
+        """Resume if possible, then `train_loop` to p.steps; (seconds, steps per second) of this run."""
+        self.resume()
+        return train_loop(self.stage, p, self.state, step_fn, self.history, self.save, self.partial, finite)
+
+    def finish(self) -> None:
+        """Remove the resume checkpoint: call once the stage's outputs are written and logged."""
+        self.partial.unlink(missing_ok=True)
+
+
+def train_loop(stage: str, p: OptimParams, state: TrainState, step_fn: Callable[[float], Metrics],
                history: dict[str, list], save: Callable[[Path], None], partial: Path,
                finite: tuple[str, ...] = ("loss",)) -> tuple[float, float]:
     """Call step_fn(lr) until state.step reaches p.steps; return (seconds, steps per second) of this run.

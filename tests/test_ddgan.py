@@ -9,17 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from components.ddgan import (
-    GAN_CHECKPOINT_KEYS, GANState, ddgan_train_step, gan_checkpoint, gan_restore, mean_by_t, q_sample_pair, r1_penalty,
-)
-from components.gaussians25 import gaussians25_means
+from components.ddgan import ddgan_train_step, mean_by_t, q_sample_pair, r1_penalty
 from components.diffusion import sample_posterior
+from components.gaussians25 import gaussians25_means
 from components.gaussian_mixture import mixture_posterior_sample
 from components.metrics import mode_metrics
 from components.networks import make_discriminator, make_generator
 from components.posterior_match import posterior_match
 from components.samplers import GANGenerator, sample_ddgan
 from components.schedules import make_schedule
+from components.train_state import TrainState, checkpoint, checkpoint_keys, restore
 from conftest import ROOT, run
 from pipelines.params import load_params
 from pipelines.train_ddgan import new_state, recipe_step
@@ -131,7 +130,7 @@ def _state(seed=0):
     torch.manual_seed(seed)
     G = make_generator("mlp", (2,), nz=4, width=16, depth=1, temb_dim=8, zemb_dim=8, mapping_depth=1)
     D = make_discriminator("mlp", (2,), width=16, depth=1, temb_dim=8, fourier_octaves=2)
-    return GANState.create(G, D, lr_g=1e-3, lr_d=1e-3, betas=(0.5, 0.9), seed=seed)
+    return TrainState.create({"G": G, "D": D}, 1e-3, seed, betas=(0.5, 0.9))
 
 
 def _run(state, sched, data, steps):
@@ -150,9 +149,9 @@ def test_seeded_training_is_deterministic_and_resumes_bit_for_bit():
     # a checkpoint taken at step 5 and restored into fresh networks continues exactly as the unbroken run
     c = _state()
     _run(c, sched, data, 5)
-    ckpt = gan_checkpoint(c, {"T": 4}, {"step": [5]})
+    ckpt = checkpoint(c, {"T": 4}, {"step": [5]})
     d = _state(seed=1)  # other initial weights and RNG: all of it must come from the checkpoint
-    assert gan_restore(d, ckpt) == {"step": [5]}
+    assert restore(d, ckpt) == {"step": [5]}
     assert _run(d, sched, data, 5) == ma[5:]
     for key, value in a.ema.state_dict().items():
         assert torch.equal(value, d.ema.state_dict()[key]), key
@@ -176,7 +175,7 @@ def test_ddgan_stages_smoke(tiny_repo):
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     assert ran == ["evaluator", "prepare", "reference", "sample_ddgan@4", "train_ddgan@4", "validate"]
     ckpt = torch.load(tiny_repo / "models/ddgan-4.pt", weights_only=True)
-    assert set(GAN_CHECKPOINT_KEYS) <= set(ckpt) and ckpt["step"] == 30
+    assert set(checkpoint_keys(_state())) <= set(ckpt) and ckpt["step"] == 30
     assert ckpt["config"]["diffusion"] == {"schedule": "logsnr_linear", "T": 4}
     assert set(ckpt["opt_g"]["state"]) and set(ckpt["opt_d"]["state"])  # both optimisers stepped
     samples = np.load(tiny_repo / "samples/ddgan-4.npz")

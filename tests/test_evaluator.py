@@ -15,7 +15,7 @@ from components.evaluator import (
     inception_from_state, kid, load_weights, to_model_space, translate, weights_digest,
 )
 from components.metrics import fid_statistics, frechet_distance, knn_radii, precision_recall
-from components.training import TrainState
+from components.train_state import TrainState
 from conftest import write_random_inception_weights
 
 BUDGET = dict(batch_size=64, lr=2e-3, grad_clip=1.0, ema_decay=0.99)

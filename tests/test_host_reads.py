@@ -17,14 +17,15 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from components.ddgan import GANState, ddgan_train_step
+from components.ddgan import ddgan_train_step
 from components.evaluator import LeNet, evaluator_train_step
 from components.networks import make_classifier, make_discriminator, make_generator, make_network
 from components.diffusion import ReverseModel
 from components.samplers import GANGenerator, sample_ddgan, sample_ddim, sample_ddpm
 from components.schedules import make_schedule, make_trajectory, respace
+from components.train_state import TrainState
 from components.training import (
-    TrainState, UniformTimesteps, bound_train_step, classifier_train_step, hybrid_train_step, train_step,
+    UniformTimesteps, bound_train_step, classifier_train_step, hybrid_train_step, train_step,
 )
 from conftest import ROOT
 from pipelines.params.training import OptimParams
@@ -105,7 +106,7 @@ def test_a_training_step_reads_nothing_back(kind):
         torch.manual_seed(0)
         G = make_generator("mlp", (2,), nz=4, width=16, depth=1, temb_dim=8, zemb_dim=8, mapping_depth=1)
         D = make_discriminator("mlp", (2,), width=16, depth=1, temb_dim=8, fourier_octaves=2)
-        state = GANState.create(G, D, lr_g=1e-3, lr_d=1e-3, betas=(0.5, 0.9), seed=0)
+        state = TrainState.create({"G": G, "D": D}, 1e-3, 0, betas=(0.5, 0.9))
         sched = make_schedule("ddgan_vp", 4)
         step = lambda: ddgan_train_step(state, sched, POINTS, batch_size=16, lr_g=1e-3, lr_d=1e-3,  # noqa: E731
                                         r1_gamma=0.05, r1_every=1, ema_decay=0.9)

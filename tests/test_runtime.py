@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from components import diffusion
+from components.ddgan import ddgan_train_step
 from components.diffusion import ReverseModel, device_table, extract, model_timesteps
-from components.networks import MLP
+from components.networks import MLP, make_discriminator, make_generator
 from components.runtime import Runtime, describe, forward_fn, generator, resolve_device
 from components.samplers import sample_ddpm
 from components.schedules import make_schedule, make_trajectory, respace
-from components.training import TrainState, checkpoint, l_simple, minibatch, restore, to_cpu, train_step
+from components.train_state import TrainState, checkpoint, restore, to_cpu
+from components.training import l_simple, minibatch, train_step
 from components.unet import UNet
 from pipelines.timing import torch_threads
 
@@ -109,6 +111,29 @@ def test_channels_last_converts_the_weights_and_keeps_the_output_and_the_checkpo
     # torch.compile wraps the forward, not the module whose state_dict is saved (compiled lazily: not called here)
     forward_fn(net, Runtime(CPU, compile=True))
     assert list(net.state_dict()) == keys
+
+
+def test_ddgan_trains_g_and_d_through_the_runtimes_forward():
+    """DDGAN's step calls G and D only through the state's forwards, so the runtime's precision reaches both: in bf16
+    its losses move off fp32's, and every call of each network went through its forward."""
+    def state(rt):
+        torch.manual_seed(0)
+        G = make_generator("mlp", (2,), nz=4, width=16, depth=1, temb_dim=8, zemb_dim=8, mapping_depth=1)
+        D = make_discriminator("mlp", (2,), width=16, depth=1, temb_dim=8, fourier_octaves=2)
+        return TrainState.create({"G": G, "D": D}, 1e-3, 0, rt=rt, betas=(0.5, 0.9))
+
+    def step(s):
+        return ddgan_train_step(s, make_schedule("ddgan_vp", 4), IMAGES.reshape(-1, 2)[:256], batch_size=16, lr_g=1e-3,
+                                lr_d=1e-3, r1_gamma=0.05, r1_every=1, ema_decay=0.9)
+
+    full, half = step(state(Runtime(CPU))), step(state(Runtime(CPU, precision="bf16")))
+    for k in ("d_loss", "g_loss"):
+        assert full[k] != half[k] and abs(full[k] - half[k]) < 0.05, k
+    s, calls = state(Runtime(CPU)), []
+    for name, fwd in list(s.forwards.items()):
+        s.forwards[name] = lambda *a, fwd=fwd, name=name: calls.append(name) or fwd(*a)
+    step(s)
+    assert calls.count("G") == 2 and calls.count("D") == 4  # fakes for D's and G's steps; real, fake, R1, G's loss
 
 
 def test_schedule_tables_are_copied_once_per_table_and_device():

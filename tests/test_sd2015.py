@@ -16,7 +16,8 @@ from components.metrics import conditional_metrics
 from components.networks import make_network
 from components.samplers import sample_ddpm
 from components.schedules import make_schedule, make_trajectory, respace, sd2015_betas
-from components.training import TrainState, bound_train_step, make_timestep_sampler
+from components.train_state import TrainState
+from components.training import bound_train_step, make_timestep_sampler
 
 STD = 0.05
 SCALE = 1 / np.sqrt(8 + STD**2)  # the toy's model-space map (components/gaussians25.py)

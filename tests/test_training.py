@@ -12,9 +12,10 @@ from components.diffusion import model_timesteps, q_sample
 from components.gaussian_mixture import mixture_classifier
 from components.networks import add_variance_output, make_classifier, make_network
 from components.schedules import make_schedule
+from components.train_state import TrainState, checkpoint, ema_update, restore
 from components.training import (
-    LossSecondMomentTimesteps, TrainState, UniformTimesteps, accuracy_by_t, checkpoint, classifier_train_step,
-    ema_update, hybrid_losses, hybrid_train_step, lr_at, restore, train_step,
+    LossSecondMomentTimesteps, UniformTimesteps, accuracy_by_t, classifier_train_step, hybrid_losses,
+    hybrid_train_step, lr_at, train_step,
 )
 from pipelines.atomic import atomic_torch_save
 from pipelines.errors import NonFiniteError
@@ -179,7 +180,7 @@ def test_noise_aware_classifier_reaches_bayes_accuracy_by_t():
     torch.manual_seed(0)
     state = TrainState.create(make_classifier("mlp", (2,), 25, width=32, depth=2, temb_dim=16), lr=3e-3, seed=0,
                               weight_decay=0.05)
-    assert isinstance(state.optimizer, torch.optim.AdamW)
+    assert isinstance(state.optimizers["model"], torch.optim.AdamW)
     x, y = torch.from_numpy(train.to_model(train.x)), torch.from_numpy(train.y)
     for i in range(800):
         m = classifier_train_step(state, sched, x, y, batch_size=256, lr=lr_at(i, lr=3e-3, warmup_steps=50,
