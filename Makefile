@@ -32,27 +32,27 @@ dvc-wrapper:
 # file that is not UTF-8 or YAML, or gives a key twice, fails inside DVC (which reads params.yaml to
 # build dvc.yaml's stages) before any stage runs, in DVC's words; this check says it in one line.
 # Stages queue their MLflow runs and a background logger writes them; the flush waits for the last ones.
-# `make repro PROFILE=mnist` runs the same DAG on profiles/mnist.yaml in runs/mnist/ (pipelines/profile.py).
+# `make repro PROFILE=mnist` runs the same DAG on profiles/mnist.yaml in runs/mnist/ (pipelines/orchestration/profile.py).
 repro: $(STAMP)
 ifdef PROFILE
-	$(BIN)/python -m pipelines.profile $(PROFILE)
+	$(BIN)/python -m pipelines.orchestration.profile $(PROFILE)
 else
 	$(BIN)/python -m pipelines.params
-	$(BIN)/dvc repro || { $(BIN)/python -m pipelines.tracking flush; exit 1; }
-	$(BIN)/python -m pipelines.tracking flush
-	$(BIN)/python -m pipelines.claims summary metrics/claims.json
+	$(BIN)/dvc repro || { $(BIN)/python -m pipelines.plumbing.tracking flush; exit 1; }
+	$(BIN)/python -m pipelines.plumbing.tracking flush
+	$(BIN)/python -m pipelines.stages.claims summary metrics/claims.json
 endif
 	@echo "MLflow: \`make ui$(if $(PROFILE), PROFILE=$(PROFILE))\` starts its UI and prints the address of these runs"
 
 # MLflow's UI on 127.0.0.1, at the address of the experiment's runs table (MLflow 3 opens a new browser on its GenAI
 # overview otherwise); `make ui PROFILE=mnist` for a profile's experiment. Ctrl-C stops it.
 ui: $(STAMP)
-	$(BIN)/python -m pipelines.ui $(if $(PROFILE),--experiment trilemma-$(PROFILE))
+	$(BIN)/python -m pipelines.orchestration.ui $(if $(PROFILE),--experiment trilemma-$(PROFILE))
 
 # The whole DAG on profiles/demo.yaml's tiny budgets in demo/ (a scratch copy; the workspace is untouched): about two
 # minutes.
 demo: $(STAMP)
-	$(BIN)/python -m pipelines.demo
+	$(BIN)/python -m pipelines.orchestration.demo
 
 # One xdist worker per logical CPU: the end-to-end tests spend their time in stage subprocesses (conftest gives each
 # worker its share of the cores); loadgroup spreads tests one by one but keeps a module with a costly module-scoped

@@ -10,7 +10,7 @@ DDGAN's paper or from this project's previous recipe, reverted), then any --set 
 itself: at the default seed its lines are the table's ddgan-<T> rows (they were, to the last digit, in the run
 docs/results.md quotes, although the stages run on two threads and these workers on one). Metrics are the table's,
 for the EMA generator, on sample.n samples drawn as sample_ddgan@<T> draws them. --diagnose adds
-`components.posterior_match`'s per-t table: whether G's x0-hat follows the exact posterior q(x0 | x_t) at each
+`components.sampling.posterior_match`'s per-t table: whether G's x0-hat follows the exact posterior q(x0 | x_t) at each
 denoising step.
 """
 
@@ -28,17 +28,17 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.dataset import to_data  # noqa: E402
-from components.metrics import reference_set, sample_metrics  # noqa: E402
-from components.posterior_match import format_rows, generator_sampler, posterior_match  # noqa: E402
-from components.samplers import GANGenerator, sample_ddgan  # noqa: E402
-from components.schedules import make_schedule, make_trajectory, respace  # noqa: E402
-from pipelines.loading import load_dataset  # noqa: E402
-from pipelines.malloc import pin_malloc_thresholds  # noqa: E402
+from components.data.dataset import to_data  # noqa: E402
+from components.scoring.metrics import reference_set, sample_metrics  # noqa: E402
+from components.sampling.posterior_match import format_rows, generator_sampler, posterior_match  # noqa: E402
+from components.sampling.samplers import GANGenerator, sample_ddgan  # noqa: E402
+from components.math.schedules import make_schedule, make_trajectory, respace  # noqa: E402
+from pipelines.plumbing.loading import load_dataset  # noqa: E402
+from pipelines.plumbing.malloc import pin_malloc_thresholds  # noqa: E402
 from pipelines.params import parse_params  # noqa: E402
 from pipelines.params.loader import PARAMS_FILE  # noqa: E402
 from pipelines.params.reader import read_yaml  # noqa: E402
-from pipelines.train_ddgan import new_state, recipe_step  # noqa: E402
+from pipelines.stages.train_ddgan import new_state, recipe_step  # noqa: E402
 
 # name -> edits of params.yaml's train_ddgan section (key path -> value): each reverts one choice of the recipe.
 PREVIOUS_NETWORKS = {

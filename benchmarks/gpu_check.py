@@ -10,7 +10,7 @@ The check (the default) runs, in order, each part under a time limit and all of 
    part;
 3. the mnist profile (`--profile`) end to end on cuda, every stage `dvc repro claims` runs, twice at once: fp32,
    and bf16 with channels_last. It is shrunk as the suite shrinks it (profiles/overlays/tiny-images.yaml): `python -m
-   pipelines.profile NAME --overlay FILE`, with test-sized image budgets, in a
+   pipelines.orchestration.profile NAME --overlay FILE`, with test-sized image budgets, in a
    temporary workspace with its own DVC cache and MLflow store; each run's table is printed;
 4. benchmarks/sampling_throughput.py: DDPM-1000, DDIM-50 and a DDGAN-style 4-step chain, images/s at batch 256;
 5. benchmarks/unet_throughput.py: training images/s, fp32 | bf16 x channels_last x torch.compile. It runs last
@@ -47,15 +47,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.profile import ProfileError, load_profile, profile_params  # noqa: E402
+from pipelines.orchestration.profile import ProfileError, load_profile, profile_params  # noqa: E402
 
 CHECK_DEADLINE_S = 470.0  # under 8 minutes in all
 DIGITS_DEADLINE_S = 570.0  # under the 10 minutes one command may hold a lent GPU machine
 POLL_S = 0.5
 
-# tests/test_images.py's test size for an image profile (its mnist test's overlay): a tiny UNet, a few steps, a few
+# tests/pipelines/stages/test_images.py's test size for an image profile (its mnist test's overlay): a tiny UNet, a few steps, a few
 # samples, three cells.
-TINY = ROOT / "profiles/overlays/tiny-images.yaml"  # the suite's test size for an image profile (tests/test_images.py)
+TINY = ROOT / "profiles/overlays/tiny-images.yaml"  # the suite's test size for an image profile (tests/pipelines/stages/test_images.py)
 PRECISIONS = {"fp32": False, "bf16": True}  # precision -> channels_last in the check's two profile runs
 
 
@@ -124,7 +124,7 @@ def check_parts(work: Path, profile: str) -> list[Part]:
     runs = []
     for precision, channels_last in PRECISIONS.items():
         ws = work / f"{profile}-{precision}"
-        runs.append(python("-m", "pipelines.profile", profile, "--dir", str(ws), "--overlay",
+        runs.append(python("-m", "pipelines.orchestration.profile", profile, "--dir", str(ws), "--overlay",
                            str(work / f"tiny-{precision}.yaml"), "--cache", str(work / f"cache-{precision}"),
                            "--external", str(work / "external"),
                            env={"MLFLOW_TRACKING_URI": f"sqlite:///{work / f'mlflow-{precision}.db'}"},
@@ -138,7 +138,7 @@ def check_parts(work: Path, profile: str) -> list[Part]:
 
 def digits_parts(profile: str) -> list[Part]:
     """--digits: the device's name, then the GPU-sized profile in runs/<profile>/ and its table."""
-    run = python("-m", "pipelines.profile", profile, table=ROOT / "runs" / profile / "metrics/trilemma.md",
+    run = python("-m", "pipelines.orchestration.profile", profile, table=ROOT / "runs" / profile / "metrics/trilemma.md",
                  executables=("git",))
     return [device_part(), Part(f"{profile} profile", (run,), DIGITS_DEADLINE_S)]
 
@@ -171,8 +171,8 @@ def missing_piece(cmd: Command) -> str | None:
 def check_profile(name: str, overlay: Path | None) -> str | None:
     """Why profile `name` (with `overlay`) does not load and pass the one params loader, in its words, or None.
 
-    What the run needs from its machine (a GPU, files in data/external) pipelines.profile checks when it runs."""
-    from pipelines.errors import ParamsError
+    What the run needs from its machine (a GPU, files in data/external) pipelines.orchestration.profile checks when it runs."""
+    from pipelines.plumbing.errors import ParamsError
     from pipelines.params import parse_params
 
     try:

@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from components.diffusion import ReverseModel
-from components.guidance import classifier_grad
-from components.networks import make_classifier, make_network
-from components.samplers import sample_ddim, sample_ddpm
-from components.schedules import make_schedule, make_trajectory, respace
-from pipelines.malloc import pin_malloc_thresholds
+from components.math.diffusion import ReverseModel
+from components.sampling.guidance import classifier_grad
+from components.networks.mlp import make_classifier, make_network
+from components.sampling.samplers import sample_ddim, sample_ddpm
+from components.math.schedules import make_schedule, make_trajectory, respace
+from pipelines.plumbing.malloc import pin_malloc_thresholds
 from pipelines.params import load_params
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    pin_malloc_thresholds()  # as every stage does (pipelines/entry.py)
+    pin_malloc_thresholds()  # as every stage does (pipelines/plumbing/entry.py)
     p = load_params()
     torch.manual_seed(0)
     net = ReverseModel(make_network(p.train_ddpm.network.name, (2,), **p.train_ddpm.network.kwargs).eval()

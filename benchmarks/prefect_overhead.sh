@@ -4,7 +4,7 @@
 #   bash benchmarks/prefect_overhead.sh [flow|dvc|both]      (default both; about 40 minutes on 2 cores)
 #
 # Each part works in a fresh clone of this repository's HEAD, with this checkout's .venv, default params:
-# - flow: a Prefect server on 127.0.0.1:4301 (its own PREFECT_HOME), `python -m pipelines.flow serve`, then
+# - flow: a Prefect server on 127.0.0.1:4301 (its own PREFECT_HOME), `python -m pipelines.orchestration.flow serve`, then
 #   `prefect deployment run diffusion/full-sweep --watch` cold and three times with nothing changed;
 # - dvc: `dvc repro` cold and three times with nothing changed.
 # The two parts run one after the other, never at once: they would share the two cores.
@@ -21,7 +21,7 @@ if [[ $part == flow || $part == both ]]; then
   export PREFECT_HOME=$work/prefect-home PREFECT_API_URL=http://127.0.0.1:4301/api
   setsid prefect server start --host 127.0.0.1 --port 4301 > "$work/server.log" 2>&1 & server=$!
   until curl -sf "$PREFECT_API_URL/health" > /dev/null; do sleep 1; done
-  setsid python -m pipelines.flow serve > "$work/serve.log" 2>&1 & serve=$!
+  setsid python -m pipelines.orchestration.flow serve > "$work/serve.log" 2>&1 & serve=$!
   until prefect deployment inspect diffusion/full-sweep > /dev/null 2>&1; do sleep 1; done
   t=$(now)
   prefect deployment run diffusion/full-sweep --watch --watch-timeout 7200 > "$work/cold-run.log" 2>&1

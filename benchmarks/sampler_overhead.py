@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from components.networks import make_network
-from components.diffusion import ReverseModel
-from components.samplers import sample_ddim, sample_ddpm
-from components.schedules import make_schedule, make_trajectory, respace
-from pipelines.malloc import pin_malloc_thresholds
+from components.networks.mlp import make_network
+from components.math.diffusion import ReverseModel
+from components.sampling.samplers import sample_ddim, sample_ddpm
+from components.math.schedules import make_schedule, make_trajectory, respace
+from pipelines.plumbing.malloc import pin_malloc_thresholds
 from pipelines.params import load_params
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    pin_malloc_thresholds()  # as every stage does (pipelines/entry.py)
+    pin_malloc_thresholds()  # as every stage does (pipelines/plumbing/entry.py)
     p = load_params()
     net = make_network(p.train_ddpm.network.name, (2,), **p.train_ddpm.network.kwargs).eval().requires_grad_(False)
     sched = respace(make_schedule(p.diffusion.schedule, p.diffusion.T),

@@ -5,7 +5,7 @@
 
 The network is the cifar10 profile's UNet (profiles/cifar10.yaml, train_ddpm.network: DDPM's 35.7M-parameter
 CIFAR-10 UNet, Ho et al. 2020, appendix B) with random weights: throughput does not depend on them. One row per
-chain and precision (`components/runtime.py`: eager, NCHW; benchmarks/unet_throughput.py covers channels_last and
+chain and precision (`components/networks/runtime.py`: eager, NCHW; benchmarks/unet_throughput.py covers channels_last and
 torch.compile):
 
 - ddpm-1000: DDPM's ancestral sampler (Ho et al. 2020, Algorithm 2; `samplers.sample_ddpm`), all 1000 steps of
@@ -37,13 +37,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.networks import make_network  # noqa: E402
+from components.networks.mlp import make_network  # noqa: E402
 from benchmarks.unet_throughput import parse_sized  # noqa: E402
-from components.runtime import Forward, Runtime, describe, forward_fn, generator, synchronize  # noqa: E402
-from components.diffusion import ReverseModel  # noqa: E402
-from components.samplers import GANGenerator, sample_ddgan, sample_ddim, sample_ddpm  # noqa: E402
-from components.schedules import Schedule, make_schedule, make_trajectory, respace  # noqa: E402
-from pipelines.profile import load_profile, profile_params  # noqa: E402
+from components.networks.runtime import Forward, Runtime, describe, forward_fn, generator, synchronize  # noqa: E402
+from components.math.diffusion import ReverseModel  # noqa: E402
+from components.sampling.samplers import GANGenerator, sample_ddgan, sample_ddim, sample_ddpm  # noqa: E402
+from components.math.schedules import Schedule, make_schedule, make_trajectory, respace  # noqa: E402
+from pipelines.orchestration.profile import load_profile, profile_params  # noqa: E402
 
 SMALL = {"batch": 4, "size": 16, "ch": 16, "precision": ["fp32"], "threads": 1}
 DDGAN_NZ = 100  # DDGAN's latent size on CIFAR-10 (its z is drawn, not read, by the stand-in generator)

@@ -24,17 +24,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.data import DATASETS  # noqa: E402
-from components.diffusion import ReverseModel  # noqa: E402
-from components.likelihood import bound_per_dim, variational_bound  # noqa: E402
-from components.schedules import make_schedule  # noqa: E402
-from components.training import bound_train_step, lr_at  # noqa: E402
-from pipelines.loading import load_dataset  # noqa: E402
-from pipelines.malloc import pin_malloc_thresholds  # noqa: E402
+from components.data.datasets import DATASETS  # noqa: E402
+from components.math.diffusion import ReverseModel  # noqa: E402
+from components.math.likelihood import bound_per_dim, variational_bound  # noqa: E402
+from components.math.schedules import make_schedule  # noqa: E402
+from components.training.steps import bound_train_step, lr_at  # noqa: E402
+from pipelines.plumbing.loading import load_dataset  # noqa: E402
+from pipelines.plumbing.malloc import pin_malloc_thresholds  # noqa: E402
 from pipelines.params import parse_params  # noqa: E402
 from pipelines.params.loader import PARAMS_FILE  # noqa: E402
 from pipelines.params.reader import read_yaml  # noqa: E402
-from pipelines.train_sd2015 import OUTPUT, new_state  # noqa: E402
+from pipelines.stages.train_sd2015 import OUTPUT, new_state  # noqa: E402
 
 # name -> edits of params.yaml's train_sd2015 section
 VARIANTS: dict[str, dict[str, object]] = {

@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNING = re.compile(r"Running stage '([^']+)'")
-LOG_PROBE = ("from pipelines.tracking import StageRun, log_stage_run; "
+LOG_PROBE = ("from pipelines.plumbing.tracking import StageRun, log_stage_run; "
              "log_stage_run(StageRun('probe', params={'a': 1}, metrics={'x': 1.0}))")
 
 
@@ -58,7 +58,7 @@ def probe_fixed_cost(repo: Path, env: dict[str, str]) -> dict:
         tracking_env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
         timed([python, "-c", LOG_PROBE], repo, tracking_env, repeats=1)  # creates the store: not a stage's cost
         log = timed([python, "-c", LOG_PROBE], repo, tracking_env) - timed(
-            [python, "-c", "import pipelines.tracking"], repo, tracking_env)
+            [python, "-c", "import pipelines.plumbing.tracking"], repo, tracking_env)
     return {"python_s": bare, "import_s": imports, "log_run_s": log}
 
 

@@ -25,14 +25,14 @@ import time
 
 import torch
 
-from components.data import DATASETS
-from components.diffusion import ReverseModel
-from components.gaussian_mixture import mixture_eps_model
-from components.registry import SAMPLERS
-from components.schedules import make_schedule, make_trajectory, respace
+from components.data.datasets import DATASETS
+from components.math.diffusion import ReverseModel
+from components.data.gaussian_mixture import mixture_eps_model
+from components.networks.registry import SAMPLERS
+from components.math.schedules import make_schedule, make_trajectory, respace
 from pipelines.params import load_params
-from pipelines.sample import draw
-from pipelines.timing import time_draws
+from pipelines.stages.sample import draw
+from pipelines.stages.timing import time_draws
 
 
 def busy(stop: mp.Event, seed: int) -> None:

@@ -1,4 +1,4 @@
-"""Benchmark: the trainer's loop (`pipelines.trainer.train_loop` over `components.training.train_step`), images/s.
+"""Benchmark: the trainer's loop (`pipelines.stages.trainer.train_loop` over `components.training.steps.train_step`), images/s.
 
     .venv/bin/python benchmarks/train_loop_throughput.py [--net mnist | toy] [--device cpu] [--steps 60]
         [--warmup 10] [--batch 64] [--threads 0] [--repeats 3]
@@ -26,13 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.networks import make_network  # noqa: E402
-from components.runtime import resolve_device, synchronize  # noqa: E402
-from components.schedules import make_schedule  # noqa: E402
-from components.train_state import TrainState  # noqa: E402
-from components.training import train_step  # noqa: E402
+from components.networks.mlp import make_network  # noqa: E402
+from components.networks.runtime import resolve_device, synchronize  # noqa: E402
+from components.math.schedules import make_schedule  # noqa: E402
+from components.training.state import TrainState  # noqa: E402
+from components.training.steps import train_step  # noqa: E402
 from pipelines.params.training import OptimParams  # noqa: E402
-from pipelines.trainer import train_loop  # noqa: E402
+from pipelines.stages.trainer import train_loop  # noqa: E402
 
 LOG_EVERY = 50  # the mnist profile's
 NETS = {  # name -> (network, its kwargs, one datum's shape)

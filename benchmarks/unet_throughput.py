@@ -6,7 +6,7 @@
 The network is DDPM's CIFAR-10 UNet (Ho et al. 2020, appendix B: ch_mult (1, 2, 2, 2), two residual
 blocks a level, attention at half the image size (16 for 32x32), dropout 0.1; 35.7M parameters at ch 128)
 on stand-in images: throughput does not depend on pixel values. One row per setting of
-`components/runtime.py`: fp32 | bf16 x channels_last off | on x torch.compile off | on, eight in all.
+`components/networks/runtime.py`: fp32 | bf16 x channels_last off | on x torch.compile off | on, eight in all.
 
 - train img/s: images per second of one Adam step on L_simple (forward, backward, step; DDPM
   Algorithm 1 without the EMA), `iters` steps after `warmup`.
@@ -34,12 +34,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.diffusion import ReverseModel  # noqa: E402
-from components.runtime import Runtime, describe, forward_fn, generator, resolve_device, synchronize  # noqa: E402
-from components.samplers import sample_ddpm  # noqa: E402
-from components.schedules import make_schedule, make_trajectory, respace  # noqa: E402
-from components.training import l_simple  # noqa: E402
-from components.unet import UNet  # noqa: E402
+from components.math.diffusion import ReverseModel  # noqa: E402
+from components.networks.runtime import Runtime, describe, forward_fn, generator, resolve_device, synchronize  # noqa: E402
+from components.sampling.samplers import sample_ddpm  # noqa: E402
+from components.math.schedules import make_schedule, make_trajectory, respace  # noqa: E402
+from components.training.steps import l_simple  # noqa: E402
+from components.networks.unet import UNet  # noqa: E402
 
 SETTINGS = [(precision, channels_last, compile_) for compile_ in (False, True) for precision in ("fp32", "bf16")
             for channels_last in (False, True)]

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
-from pipelines import profile
-from pipelines.demo import budgets
+from pipelines.orchestration import profile
+from pipelines.orchestration.demo import budgets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def small_run(tiny_template, tmp_path_factory) -> Path:
         write_params(repo, TINY, SMALL_SWEEPS)
         (repo / "dvc.lock").unlink()  # the full-size run's: its lock entries would name cells this DAG does not have
         run(["dvc", "repro"], repo)
-        run([sys.executable, "-m", "pipelines.tracking", "flush"], repo)  # every stage's MLflow run written
+        run([sys.executable, "-m", "pipelines.plumbing.tracking", "flush"], repo)  # every stage's MLflow run written
 
     return built_once(tmp_path_factory, "small_run", build)
 
@@ -160,7 +160,7 @@ def write_cifar10_batches(folder: Path, n: int = 20, seed: int = 0) -> dict[str,
     version (protocol-2 pickles of bytes-keyed dicts: uint8 data (n, 3072), a list of int labels, bytes names)."""
     import pickle
 
-    from components.cifar10 import PIXELS, TEST_BATCH, TRAIN_BATCHES
+    from components.data.cifar10 import PIXELS, TEST_BATCH, TRAIN_BATCHES
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

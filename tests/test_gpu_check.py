@@ -41,10 +41,10 @@ def test_the_check_lists_the_cuda_tests_both_profile_runs_and_both_benchmarks():
     lines = commands(proc.stdout)
     assert len(lines) == 6 and "get_device_name" in lines[0]
     tests = lines[1].split()
-    assert tests[1:3] == ["-m", "pytest"] and any(t.startswith("tests/test_runtime.py::") for t in tests)
+    assert tests[1:3] == ["-m", "pytest"] and any(t.startswith("tests/components/networks/test_runtime.py::") for t in tests)
     for precision in ("fp32", "bf16"):
         run = next(line for line in lines if f"tiny-{precision}.yaml" in line)
-        assert " -m pipelines.profile mnist --dir " in run and "--cache " in run and "MLFLOW_TRACKING_URI=" in run
+        assert " -m pipelines.orchestration.profile mnist --dir " in run and "--cache " in run and "MLFLOW_TRACKING_URI=" in run
     assert lines[4].endswith("benchmarks/sampling_throughput.py --device cuda")
     assert lines[5].endswith("benchmarks/unet_throughput.py --device cuda")
     assert proc.stdout.splitlines()[-1].startswith("# dry run: 6 commands")
@@ -54,7 +54,7 @@ def test_the_digits_mode_lists_the_gpu_profile():
     proc = gpu_check("--dry-run", "--digits")
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     lines = commands(proc.stdout)
-    assert len(lines) == 2 and lines[1].endswith("-m pipelines.profile mnist-gpu")
+    assert len(lines) == 2 and lines[1].endswith("-m pipelines.orchestration.profile mnist-gpu")
 
 
 def test_a_missing_profile_is_one_line_naming_it():
@@ -71,7 +71,7 @@ def test_a_missing_script_module_or_executable_is_named(module):
     assert module.missing_piece(module.Command(("no-such-exe-xyz",))) == "executable no-such-exe-xyz"
     assert module.missing_piece(module.Command((python, "-m", "pytest", "tests/test_nope.py::test_x"))) == \
         "file tests/test_nope.py"
-    part = module.Part("x", (module.Command((python, "-m", "pipelines.profile"), executables=("no-such-git",)),), 1)
+    part = module.Part("x", (module.Command((python, "-m", "pipelines.orchestration.profile"), executables=("no-such-git",)),), 1)
     assert module.first_problem([part], []).startswith("missing: executable no-such-git (on PATH), for: ")
 
 
@@ -86,7 +86,7 @@ def test_a_profile_the_loader_rejects_is_reported_in_its_words(module, tmp_path)
 def test_the_cuda_tests_are_the_ones_marked_cuda(module):
     """Every test that skips without a GPU carries the `cuda` marker, so the check runs it on one."""
     ids = module.cuda_test_ids(ROOT / "tests")
-    assert "tests/test_runtime.py::test_a_gpu_run_resumes_exactly_from_a_cpu_loaded_checkpoint_in_bf16_and_channels_last" in ids
+    assert "tests/components/networks/test_runtime.py::test_a_gpu_run_resumes_exactly_from_a_cpu_loaded_checkpoint_in_bf16_and_channels_last" in ids
     for path in sorted((ROOT / "tests").glob("test_*.py")):
         src = path.read_text()
         for match in re.finditer(r'((?:@pytest\.mark\.\w+.*\n)*)def (test_\w+)', src):

@@ -17,19 +17,19 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from components.ddgan import ddgan_train_step
-from components.evaluator import LeNet, evaluator_train_step
-from components.networks import make_classifier, make_discriminator, make_generator, make_network
-from components.diffusion import ReverseModel
-from components.samplers import GANGenerator, sample_ddgan, sample_ddim, sample_ddpm
-from components.schedules import make_schedule, make_trajectory, respace
-from components.train_state import TrainState
-from components.training import (
+from components.training.ddgan import ddgan_train_step
+from components.scoring.evaluator import LeNet, evaluator_train_step
+from components.networks.mlp import make_classifier, make_discriminator, make_generator, make_network
+from components.math.diffusion import ReverseModel
+from components.sampling.samplers import GANGenerator, sample_ddgan, sample_ddim, sample_ddpm
+from components.math.schedules import make_schedule, make_trajectory, respace
+from components.training.state import TrainState
+from components.training.steps import (
     UniformTimesteps, bound_train_step, classifier_train_step, hybrid_train_step, train_step,
 )
 from conftest import ROOT
 from pipelines.params.training import OptimParams
-from pipelines.trainer import train_loop
+from pipelines.stages.trainer import train_loop
 
 HOST_READS = {"item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"}
 OURS = (str(ROOT / "components"), str(ROOT / "pipelines"))
@@ -79,7 +79,7 @@ def test_the_recorder_sees_a_read_made_in_the_project():
     exec(code, space)
     reads = reads_of(space["read"], torch.tensor(1.0))
     assert [r.split()[-1] for r in reads] == ["item", "__float__", "__bool__"]
-    assert all(r.startswith("components/training.py:") for r in reads)
+    assert all(r.startswith("components/training/steps.py:") for r in reads)
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "hybrid", "bound", "classifier", "ddgan", "evaluator"])
@@ -128,9 +128,9 @@ def test_the_loop_reads_the_device_once_per_log_interval(tmp_path):
     with HostReads() as mode:
         train_loop("t", p, state, lambda lr: train_step(state, SCHED, POINTS, **{**STEP, "lr": lr}), history,
                    save=lambda path: None, partial=tmp_path / "x.partial")
-    loop_reads = [r for r in mode.reads if r.startswith("pipelines/trainer.py")]
+    loop_reads = [r for r in mode.reads if r.startswith("pipelines/stages/trainer.py")]
     assert len(loop_reads) == 2 and all(r.endswith(" tolist") for r in loop_reads), mode.reads
-    assert {r.split(":")[0] for r in mode.reads} <= {"pipelines/trainer.py", "pipelines/loading.py"}, mode.reads
+    assert {r.split(":")[0] for r in mode.reads} <= {"pipelines/stages/trainer.py", "pipelines/plumbing/loading.py"}, mode.reads
     assert history["step"] == [5, 10] and len(history["grad_norm"]) == 2
 
 

@@ -30,9 +30,9 @@ CHROMIUM = shutil.which("chromium")
 # A block is known by a command in it; the blocks not run here, and why.
 NOT_RUN = {
     "make demo": "the whole DAG at demo, full and mnist budgets (2 to 80 minutes) and the suite itself; the suite's "
-                 "end-to-end tests run the same DAG at tiny budgets (conftest.small_run, tests/test_images.py)",
+                 "end-to-end tests run the same DAG at tiny budgets (conftest.small_run, tests/pipelines/stages/test_images.py)",
 }
-RUN = ("dvc repro sample@", "make ui", "prefect server start", "python -m pipelines.flow serve")
+RUN = ("dvc repro sample@", "make ui", "prefect server start", "python -m pipelines.orchestration.flow serve")
 
 
 def shell_blocks(text: str) -> list[str]:
@@ -158,7 +158,7 @@ def test_the_prefect_blocks_run_as_written(checkout, tmp_path):
     try:
         server = run_block(block("prefect server start"), checkout, env)
         assert server.returncode == 0, server.stdout + server.stderr
-        sweep = run_block(block("python -m pipelines.flow serve"), checkout, env, timeout=600)
+        sweep = run_block(block("python -m pipelines.orchestration.flow serve"), checkout, env, timeout=600)
         pid_file = checkout / ".flow-serve.pid"
         serving = int(pid_file.read_text()) if pid_file.is_file() else None
         assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]

@@ -2,7 +2,7 @@
 renders the CSV (Vega-Lite) plots without reaching a CDN.
 
 Usage: edit VERSIONS, then `python .dvc/plots/build_offline_html.py` (needs npm and the npm registry, nothing else),
-then `pytest tests/test_plots_offline.py`.
+then `pytest tests/pipelines/plots/test_plots_offline.py`.
 
 The majors are those of the CDN scripts of dvc_render's VegaRenderer (vega 5.20.2, vega-lite 5.2.0, vega-embed 6.18.2
 in dvc-render 1.0.2), at their latest releases: the specs DVC 3.x emits declare Vega-Lite v5 (vega-embed warns when

@@ -17,11 +17,11 @@ One idea per module:
 - validate.py (`python -m pipelines.params`): the DAG's `validate` stage, which also checks claims.yaml.
 
 This package re-exports its public entry points only: `load_params`, `parse_params`, `Params` and `ParamsError`.
-Everything else is imported from its module. Nothing here imports pipelines.claims, pipelines.restore or
+Everything else is imported from its module. Nothing here imports pipelines.stages.claims, pipelines.plumbing.restore or
 pipelines.io, except validate.py, which no other module of the package imports.
 """
 
-from pipelines.errors import ParamsError
+from pipelines.plumbing.errors import ParamsError
 from pipelines.params.loader import load_params, parse_params
 from pipelines.params.schema import Params
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 
-from components.data import DATASETS
-from components.schedules import TRAJECTORIES, make_schedule
+from components.data.datasets import DATASETS
+from components.math.schedules import TRAJECTORIES, make_schedule
 from pipelines.params.cells import FULL_CHAIN_MODELS, LEARNED_VARIANCE_MODELS, CellParams
-from pipelines.errors import ParamsError
+from pipelines.plumbing.errors import ParamsError
 from pipelines.params.schema import Params
 
 CELL_SECTIONS = ("sweep", "guided_sweep", "exact_sweep")

@@ -15,8 +15,8 @@ import types
 import typing
 from typing import Any
 
-from components.registry import NO_DEFAULT
-from pipelines.errors import ParamsError
+from components.networks.registry import NO_DEFAULT
+from pipelines.plumbing.errors import ParamsError
 from pipelines.params.errors import show_key, show_value
 from pipelines.params.fields import INT64, MAX_WIDTH, NAME, between, require
 from pipelines.params.training import NetworkParams

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.errors import ParamsError
+from pipelines.plumbing.errors import ParamsError
 from pipelines.params.fields import EXTERNAL_DIR
 from pipelines.params.schema import Params
 

@@ -1,7 +1,7 @@
 """How an error message shows a key and a value: on one line, short, whatever the file holds.
 
 The params loader, the strict YAML reader, the claims loader and the profile reader all name the culprit this way
-and raise ParamsError, which lives with the other one-line errors in pipelines/errors.py (the entry point catches
+and raise ParamsError, which lives with the other one-line errors in pipelines/plumbing/errors.py (the entry point catches
 it without importing any params code).
 """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipelines.errors import ParamsError
+from pipelines.plumbing.errors import ParamsError
 
 # A name that reaches a stage name, a path or a command line (sweep cells).
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")

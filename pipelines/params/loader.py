@@ -9,7 +9,7 @@ from typing import Any
 
 from pipelines.params.checks import check_params
 from pipelines.params.convert import build
-from pipelines.errors import ParamsError
+from pipelines.plumbing.errors import ParamsError
 from pipelines.params.reader import read_yaml
 from pipelines.params.schema import Params
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.errors import ParamsError
+from pipelines.plumbing.errors import ParamsError
 from pipelines.params.errors import show_value
 
 

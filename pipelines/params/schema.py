@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipelines.params.cells import CellParams, DDGANParams, GuidedCellParams, SweepCellParams
-from pipelines.errors import ParamsError
+from pipelines.plumbing.errors import ParamsError
 from pipelines.params.sections import (
     DataParams, DiffusionParams, EvaluateParams, GuidanceParams, NllParams, RuntimeParams, SampleParams,
     TimingParams,

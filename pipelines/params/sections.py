@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from components.data import DATASETS
-from components.registry import DEVICES, FEATURE_EXTRACTORS, PRECISIONS
-from components.schedules import SCHEDULES
+from components.data.datasets import DATASETS
+from components.networks.registry import DEVICES, FEATURE_EXTRACTORS, PRECISIONS
+from components.math.schedules import SCHEDULES
 from pipelines.params.fields import (
     MAX_BATCH, MAX_POINTS, MAX_T, between, choice, external, require, seed_in_range,
 )
@@ -19,7 +19,7 @@ from pipelines.params.training import EvaluatorTrainParams
 class DataParams:
     """A data set by name and the options its registry entry reads (`DataSpec.options`)."""
 
-    name: str  # data set, from components.data.DATASETS
+    name: str  # data set, from components.data.datasets.DATASETS
     seed: int  # the train and reference splits are deterministic in this seed
     n_train: int
     n_reference: int
@@ -66,7 +66,7 @@ class RuntimeParams:
 
 @dataclass(frozen=True)
 class DiffusionParams:
-    schedule: str  # beta schedule, from components.schedules.SCHEDULES
+    schedule: str  # beta schedule, from components.math.schedules.SCHEDULES
     T: int  # number of diffusion steps the model is trained on
 
     def __post_init__(self):

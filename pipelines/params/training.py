@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from components.registry import CLASSIFIERS, DISCRIMINATORS, GENERATORS, LR_SCHEDULES, NETWORKS, TIMESTEP_SAMPLERS
-from components.schedules import SCHEDULES
+from components.networks.registry import CLASSIFIERS, DISCRIMINATORS, GENERATORS, LR_SCHEDULES, NETWORKS, TIMESTEP_SAMPLERS
+from components.math.schedules import SCHEDULES
 from pipelines.params.fields import MAX_BATCH, MAX_STEPS, between, choice, require, seed_in_range
 
 
@@ -27,21 +27,21 @@ class NetworkParams:
 
 @dataclass(frozen=True)
 class ClassifierNetworkParams(NetworkParams):
-    """A noise-aware classifier by name (components.networks.CLASSIFIERS) plus its keyword arguments."""
+    """A noise-aware classifier by name (components.networks.mlp.CLASSIFIERS) plus its keyword arguments."""
 
     registry: ClassVar[dict] = CLASSIFIERS
 
 
 @dataclass(frozen=True)
 class GeneratorNetworkParams(NetworkParams):
-    """A DDGAN generator by name (components.networks.GENERATORS) plus its keyword arguments."""
+    """A DDGAN generator by name (components.networks.mlp.GENERATORS) plus its keyword arguments."""
 
     registry: ClassVar[dict] = GENERATORS
 
 
 @dataclass(frozen=True)
 class DiscriminatorNetworkParams(NetworkParams):
-    """A DDGAN discriminator by name (components.networks.DISCRIMINATORS) plus its keyword arguments."""
+    """A DDGAN discriminator by name (components.networks.mlp.DISCRIMINATORS) plus its keyword arguments."""
 
     registry: ClassVar[dict] = DISCRIMINATORS
 
@@ -138,7 +138,7 @@ class DDGANTrainParams(OptimParams):
     G's (sampling uses it); grad_clip (0: off) applies to both networks.
     """
 
-    schedule: str  # beta schedule over T steps, from components.schedules.SCHEDULES (DDGAN: ddgan_vp)
+    schedule: str  # beta schedule over T steps, from components.math.schedules.SCHEDULES (DDGAN: ddgan_vp)
     lr_d: float
     adam_betas: list[float]  # Adam's (beta1, beta2) for both networks (DDGAN: 0.5, 0.9)
     r1_gamma: float  # R1 weight: D's loss adds r1_gamma / 2 * E||grad D(real)||^2

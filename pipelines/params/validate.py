@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipelines.claims_spec import load_claims
+from pipelines.claims.spec import load_claims
 from pipelines.params.environment import check_environment
-from pipelines.errors import ParamsError
+from pipelines.plumbing.errors import ParamsError
 from pipelines.params.loader import PARAMS_FILE, load_params
-from pipelines.restore import restore_after_failure
+from pipelines.plumbing.restore import restore_after_failure
 
 USAGE = "usage: python -m pipelines.params [params.yaml [stamp]] [--claims claims.yaml]"
 # The `validate` stage's output: constant, so it orders the DAG after validation without invalidating any stage.

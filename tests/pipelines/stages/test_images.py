@@ -1,0 +1,124 @@
+"""The image tier end to end: the mnist and cifar10 profiles through `dvc repro` in temporary workspaces, at tiny
+sizes (a tiny UNet, a few steps, a few samples), with a real DVC cache and a real MLflow store.
+
+What these check: every stage of the image DAG runs and writes its row (FID, KID, precision/recall, classifier
+score, bits/dim, the extractor's name and hash), profiles share DVC's cache (a second workspace restores every
+stage from the run cache instead of rerunning it), and MLflow keeps the profiles' runs in experiments of their own.
+The cifar10 profile reads fake CIFAR-10 batches written in the exact format and an Inception weights file of the
+right architecture with random weights (nothing can be downloaded here).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT, stage_env, write_cifar10_batches, write_random_inception_weights
+
+pytestmark = pytest.mark.e2e
+
+# The profile's own params at test size (profiles/overlays/tiny-images.yaml, which benchmarks/gpu_check.py runs
+# too).
+TINY = yaml.safe_load((ROOT / "profiles/overlays/tiny-images.yaml").read_text())
+TINY_IMAGES, SWEEP = TINY["merge"], TINY["replace"]["sweep"]
+
+
+def overlay(path: Path, merge: dict, replace: dict | None = None) -> Path:
+    """A profile overlay file: `merge` and `replace` (the tiny sweep unless `replace` names another)."""
+    doc = {"merge": merge,
+           "replace": {"sweep": SWEEP, **(replace or {})}}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def profile(name: str, tmp: Path, over: Path, ws: str = "ws", **env: str) -> subprocess.CompletedProcess:
+    """`python -m pipelines.orchestration.profile <name>` into tmp/<ws>, with its own DVC cache and MLflow store under tmp."""
+    cmd = [sys.executable, "-m", "pipelines.orchestration.profile", name, "--dir", str(tmp / ws), "--overlay", str(over),
+           "--cache", str(tmp / "cache"), "--external", str(tmp / "external")]
+    (tmp / "external").mkdir(exist_ok=True)
+    return subprocess.run(cmd, cwd=ROOT, env=stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}", **env),
+                          capture_output=True, text=True, timeout=1200)
+
+
+def table(ws: Path) -> pd.DataFrame:
+    return pd.read_csv(ws / "metrics/trilemma.csv").set_index("cell")
+
+
+def experiments(db: Path) -> dict[str, int]:
+    """MLflow experiment name -> its number of runs, read from the sqlite store."""
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT e.name, COUNT(r.run_uuid) FROM experiments e LEFT JOIN runs r "
+                           "ON r.experiment_id = e.experiment_id GROUP BY e.name").fetchall()
+    return dict(rows)
+
+
+def test_mnist_profile_runs_the_image_dag_and_a_second_workspace_restores_it_from_the_cache(tmp_path):
+    over = overlay(tmp_path / "tiny.yaml", TINY_IMAGES)
+    proc = profile("mnist", tmp_path, over)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ws = tmp_path / "ws"
+    df = table(ws)
+    cells = ["data", *SWEEP]
+    rows = df.loc[cells]
+    extractor = rows["extractor"].unique()
+    assert len(extractor) == 1 and extractor[0].startswith("lenet-")  # one extractor, named with its weights' hash
+    for col in ("fid", "kid", "kid_std", "precision", "recall", "classifier_score"):
+        assert rows[col].notna().all(), col
+    assert (rows["classifier_score"] >= 1).all() and (rows["classifier_score"] <= 10 + 1e-9).all()
+    assert df.loc["ddpm-50", "n"] == 12 and df.loc["iddpm-10", "n"] == 24  # a cell's own sample count
+    assert df.loc["ddim-quad-5", "trajectory"] == "quadratic"
+    assert df.loc[["ddpm-50", "iddpm-10"], "nll"].notna().all() and pd.isna(df.loc["ddim-quad-5", "nll"])
+    samples = dict(__import__("numpy").load(ws / "samples/iddpm-10.npz"))
+    assert samples["x"].dtype.name == "uint8" and samples["x"].shape == (24, 1, 28, 28)
+    assert (ws / "plots/samples/ddpm-50.png").stat().st_size > 1000  # the sample grid
+    # The digit classifier's held-out accuracy: 0.23 in this tiny run (23 of its 100 reference digits after 20 steps,
+    # measured on a 2-core CPU); chance, an evaluator that learned nothing, is 0.10 +- 0.03.
+    assert json.loads((ws / "metrics/evaluator.json").read_text())["accuracy"] >= 0.18
+    assert f"extractor {extractor[0]}" in (ws / "metrics/trilemma.md").read_text()  # the header names it too
+    runs = experiments(tmp_path / "mlflow.db")
+    assert runs.get("trilemma-mnist", 0) >= len(SWEEP) + 5 and "trilemma" not in runs  # kept apart by profile
+
+    # A second workspace of the same profile shares the cache: DVC restores every stage instead of running it.
+    again = profile("mnist", tmp_path, over, ws="ws2")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "Running stage" not in again.stdout, again.stdout
+    assert again.stdout.count("is cached - skipping run") >= len(SWEEP) + 6
+    assert table(tmp_path / "ws2").drop(columns=["wall_s_per_1k", "wall_s_per_1k_iqr"]).equals(
+        df.drop(columns=["wall_s_per_1k", "wall_s_per_1k_iqr"]))
+
+
+def test_cifar10_profile_runs_on_fake_batches_with_a_local_inception_file(tmp_path):
+    (tmp_path / "external").mkdir()
+    write_cifar10_batches(tmp_path / "external/cifar-10-batches-py", 20)
+    write_random_inception_weights(tmp_path / "external/weights-inception-2015-12-05-6726825d.pth")
+    over = overlay(tmp_path / "tiny.yaml", {
+        **TINY_IMAGES, "train_ddpm": {**TINY_IMAGES["train_ddpm"], "batch_size": 8},
+        "data": {"n_train": 60, "n_reference": 20},
+        "evaluate": {"kid_subsets": 5, "kid_subset_size": 10}, "sample": {"n": 12, "batch_size": 12},
+        "runtime": {"channels_last": False}},
+        replace={"sweep": {"ddim-5": {"model": "ddpm", "sampler": "ddim", "steps": 5, "eta": 0.0, "clip_x0": True},
+                           "iddpm-5": {"model": "iddpm", "sampler": "ddpm", "steps": 5, "variance": "learned",
+                                       "clip_x0": True}}})
+    proc = profile("cifar10", tmp_path, over)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = table(tmp_path / "ws").loc[["data", "ddim-5", "iddpm-5"]]
+    assert df["extractor"].str.startswith("inception-").all() and df["extractor"].nunique() == 1
+    assert df[["fid", "kid", "precision", "recall", "classifier_score"]].notna().all().all()
+    assert experiments(tmp_path / "mlflow.db").get("trilemma-cifar10", 0) > 0
+
+
+def test_an_image_profile_without_its_local_files_stops_in_one_line_before_any_stage(tmp_path):
+    over = tmp_path / "none.yaml"
+    over.write_text("merge: {}\n")  # the profile as it is
+    proc = profile("cifar10", tmp_path, over)
+    assert proc.returncode == 2 and not (tmp_path / "ws").exists()
+    assert proc.stderr.strip().splitlines() == [
+        "error: data.path: no folder data/external/cifar-10-batches-py: nothing is downloaded; put CIFAR-10's python "
+        "batches (cifar-10-batches-py) there, or link it (data/external/README.md)"]
