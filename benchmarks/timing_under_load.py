@@ -28,7 +28,7 @@ import torch
 from components.data.datasets import DATASETS
 from components.math.diffusion import ReverseModel
 from components.data.gaussian_mixture import mixture_eps_model
-from components.networks.registry import SAMPLERS
+from components.sampling.registry import SAMPLERS
 from components.math.schedules import make_schedule, make_trajectory, respace
 from pipelines.params import load_params
 from pipelines.stages.sample import draw

@@ -18,7 +18,7 @@ module is imported, and every Params it returns records its reads:
 
 Imports: `builtins.__import__` and `importlib.import_module` are wrapped to record, for each
 import statement that runs in a project module (`components.*`, `pipelines.*`, the stage's
-`__main__`), the edge importer -> imported project module. A lookup through components.networks.registry
+`__main__`), the edge importer -> imported project module. A lookup through components.registry
 (which imports by name) is an import of the code that asked the registry. The record also lists
 every project module in sys.modules at the end, so the test can count any it cannot explain.
 
@@ -40,7 +40,7 @@ import warnings
 
 PROJECT_PACKAGES = ("components", "pipelines")
 # Modules that import on behalf of their caller: an import they make is charged to the code that called them.
-ON_BEHALF = ("components.networks.registry", "importlib", "importlib._bootstrap")
+ON_BEHALF = ("components.registry", "importlib", "importlib._bootstrap")
 
 keys: set[str] = set()  # params keys read
 edges: set[tuple[str, str]] = set()  # (importer, imported) module names; "__main__" is the stage's module

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from components.networks.registry import VARIANCES  # DDPM's two fixed variances (§3.2), iDDPM's learned one (eq. 15)
+from components.math.variances import VARIANCES  # DDPM's two fixed variances (§3.2), iDDPM's learned one (eq. 15)
 from components.math.schedules import Schedule
 
 

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from components.networks.registry import DEVICES, PRECISIONS
+from components.networks.options import DEVICES, PRECISIONS
 
 Forward = Callable[..., torch.Tensor]  # (x_t, t) -> network output; DDGAN's G (x_t, t, z), D (x_{t-1}, x_t, t)
 

@@ -18,7 +18,7 @@ Without either the samplers are unchanged.
 
 DDGAN's sampler (`sample_ddgan`) walks the same schedules, but its model is a generator
 G(x_t, t, z) -> x0-hat with latent size nz (`GANGenerator`, the same kind of adapter), so it is kept
-out of `SAMPLERS` (components/networks/registry.py), the registry of eps-model samplers that sweep cells choose from.
+out of `SAMPLERS` (components/sampling/registry.py), the registry of eps-model samplers that sweep cells choose from.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ torch-fidelity's Inception for CIFAR-10.
 
 An `Extractor` maps samples in data units to (features (N, F), logits (N, G, K) or None): FID, KID and
 precision/recall compare the features, the classifier score reads the logits. It is built by name through
-components/networks/registry.py's FEATURE_EXTRACTORS from its weights (a state dict: none for the identity) and their
+components/scoring/registry.py's FEATURE_EXTRACTORS from its weights (a state dict: none for the identity) and their
 config, which stage `reference` saves beside the reference split's statistics, so every row is scored by exactly
 the same network. Its `name` carries a short hash of the weights: numbers from different extractors are never
 compared.

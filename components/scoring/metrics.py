@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from components.scoring.features import Extractor
-from components.networks.registry import FEATURE_EXTRACTORS
+from components.scoring.registry import FEATURE_EXTRACTORS
 
 
 def fid_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -44,7 +44,7 @@ def lr_at(step: int, *, lr: float, warmup_steps: int, total_steps: int, schedule
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-from components.networks.registry import TIMESTEP_SAMPLERS  # noqa: E402  (names the two classes below)
+from components.training.registry import TIMESTEP_SAMPLERS  # noqa: E402  (names the two classes below)
 
 
 def hybrid_losses(model: Forward, sched: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,

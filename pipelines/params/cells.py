@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.networks.registry import SAMPLERS, VARIANCES
 from components.math.schedules import TRAJECTORIES
+from components.math.variances import VARIANCES
+from components.sampling.registry import SAMPLERS
 from pipelines.params.fields import MAX_POINTS, MAX_T, MAX_WIDTH, between, choice, require
 
 # Trained models a sweep cell can sample from: the EMA weights of models/<name>.pt (dvc.yaml), written

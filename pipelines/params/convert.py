@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any
 
-from components.networks.registry import NO_DEFAULT
+from components.registry import NO_DEFAULT
 from pipelines.plumbing.errors import ParamsError
 from pipelines.params.errors import show_key, show_value
 from pipelines.params.fields import INT64, MAX_WIDTH, NAME, between, require
@@ -88,7 +88,7 @@ def build(cls: type, raw: Any, key: str) -> Any:
 
 
 def _build_network(cls: type[NetworkParams], raw: Any, key: str) -> NetworkParams:
-    """A network section: `name` from cls.registry, other keys typed by the constructor's signature."""
+    """A network section: `name` from cls.registry, other keys typed by the constructor's declared options."""
     registry = cls.registry
     if not isinstance(raw, dict) or "name" not in raw:
         raise ParamsError(f"{key}.name: missing key; allowed networks: {', '.join(registry)}")
@@ -96,7 +96,7 @@ def _build_network(cls: type[NetworkParams], raw: Any, key: str) -> NetworkParam
     name = raw.pop("name")
     if not isinstance(name, str) or name not in registry:
         raise ParamsError(f"{key}.name: unknown network {show_value(name)}; allowed: {', '.join(registry)}")
-    options = registry.parameters(name)  # read from the network's source: no torch import
+    options = registry.parameters(name)  # declared beside the registry entry: no torch import
     # set by the stage, not by params: the data's shape, the variance head, the data's classes
     allowed = [p for p in options if p not in ("data_shape", "out_mult", "n_classes")]
     kwargs = {}

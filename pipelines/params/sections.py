@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.data.datasets import DATASETS
-from components.networks.registry import DEVICES, FEATURE_EXTRACTORS, PRECISIONS
+from components.networks.options import DEVICES, PRECISIONS
+from components.scoring.registry import FEATURE_EXTRACTORS
 from components.math.schedules import SCHEDULES
 from pipelines.params.fields import (
     MAX_BATCH, MAX_POINTS, MAX_T, between, choice, external, require, seed_in_range,

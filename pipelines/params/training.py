@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from components.networks.registry import CLASSIFIERS, DISCRIMINATORS, GENERATORS, LR_SCHEDULES, NETWORKS, TIMESTEP_SAMPLERS
+from components.networks.registry import CLASSIFIERS, DISCRIMINATORS, GENERATORS, NETWORKS
+from components.training.registry import LR_SCHEDULES, TIMESTEP_SAMPLERS
 from components.math.schedules import SCHEDULES
 from pipelines.params.fields import MAX_BATCH, MAX_STEPS, between, choice, require, seed_in_range
 

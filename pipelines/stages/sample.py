@@ -40,7 +40,7 @@ from components.math.likelihood import bound_per_dim, null_log_likelihood_bits, 
 from components.scoring.features import Extractor, to_uint8
 from components.scoring.metrics import ReferenceSet, conditional_metrics, sample_metrics, target_hit_rate
 from components.networks.mlp import make_classifier, make_generator, make_network
-from components.networks.registry import SAMPLERS
+from components.sampling.registry import SAMPLERS
 from components.networks.runtime import Runtime, describe, forward_fn, generator
 from components.sampling.samplers import GANGenerator, sample_ddgan
 from components.math.schedules import Schedule, make_schedule, make_trajectory, respace

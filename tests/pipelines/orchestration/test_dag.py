@@ -182,7 +182,7 @@ def test_tracer_records_reads_and_imports(small_run, tmp_path):
     (repo / "pipelines" / "dag_probe.py").write_text(
         "import dataclasses, sys\n"
         "from pipelines.params import load_params\n"
-        "from components.networks.registry import FEATURE_EXTRACTORS\n"
+        "from components.scoring.registry import FEATURE_EXTRACTORS\n"
         "p = load_params()\n"
         "name = next(iter(p.exact_sweep))\n"  # the whole exact_sweep
         "assert 'no-such-cell' not in p.sweep\n"  # nothing

@@ -273,11 +273,13 @@ def test_validating_params_imports_neither_torch_nor_mlflow():
     assert proc.stdout.strip() == "[]"
 
 
-def test_registries_read_each_network_constructor_as_python_does():
-    """Registry.parameters parses the source; it must agree with the imported class's own signature."""
+def test_declared_network_options_match_each_constructor():
+    """Registry.parameters gives the options declared in components/networks/options.py; they must agree with the
+    imported class's own signature."""
     import inspect
 
-    from components.networks.registry import CLASSIFIERS, DISCRIMINATORS, GENERATORS, NETWORKS, NO_DEFAULT
+    from components.networks.registry import CLASSIFIERS, DISCRIMINATORS, GENERATORS, NETWORKS
+    from components.registry import NO_DEFAULT
 
     for registry in (NETWORKS, CLASSIFIERS, GENERATORS, DISCRIMINATORS):
         for name in registry:
