@@ -89,7 +89,7 @@ class Part:
 def cuda_test_ids(tests: Path) -> list[str]:
     """pytest node ids of the tests marked `cuda` (pyproject.toml's marker: they need a GPU and skip without one), as
     pytest collects them from the test files that use the marker."""
-    files = [str(p) for p in sorted(tests.glob("test_*.py")) if "mark.cuda" in p.read_text()]
+    files = [str(p) for p in sorted(tests.rglob("test_*.py")) if "mark.cuda" in p.read_text()]
     if not files:
         return []
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda", "-p", "no:cacheprovider",

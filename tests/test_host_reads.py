@@ -74,7 +74,7 @@ def test_the_recorder_sees_a_read_made_in_the_project():
     """The check can fail: the pre-issue optimizer_step's `loss.item()` and the trainer's `math.isfinite`, as written
     in components/ (this test file's reads are not the project's, so it fakes the caller's file)."""
     src = "def read(loss):\n    import math\n    return loss.item(), math.isfinite(loss), bool(loss > 0)\n"
-    code = compile(src, str(ROOT / "components" / "training.py"), "exec")
+    code = compile(src, str(ROOT / "components" / "training" / "steps.py"), "exec")
     space: dict = {}
     exec(code, space)
     reads = reads_of(space["read"], torch.tensor(1.0))
