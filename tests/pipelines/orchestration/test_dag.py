@@ -118,6 +118,11 @@ def modules_read(record: dict) -> dict[str, str]:
     return via
 
 
+def empty_init(path: str) -> bool:
+    """A package's empty __init__.py: it runs no code, so, as in pipelines/orchestration/stage_deps.py, no dep."""
+    return Path(path).name == "__init__.py" and not (ROOT / path).read_text().strip()
+
+
 def problems(address: str, stage: dict, record: dict) -> list[str]:
     """What the stage reads that dvc.yaml does not declare, as sentences naming the stage."""
     out = []
@@ -135,7 +140,7 @@ def problems(address: str, stage: dict, record: dict) -> list[str]:
             out.append(f"{address} reads {', '.join(keys)} but dvc.yaml lists only {', '.join(listed) or 'no params'}")
     via = modules_read(record)
     missing = [f"{m} (imported by {via[m]})" for m in sorted(via)
-               if m != own and not plumbing(m) and not in_deps(m, deps)]
+               if m != own and not plumbing(m) and not in_deps(m, deps) and not empty_init(m)]
     if missing:
         out.append(f"{address} imports {', '.join(missing)} but dvc.yaml's deps do not list "
                    f"{'it' if len(missing) == 1 else 'them'}")
@@ -205,7 +210,9 @@ def test_tracer_records_reads_and_imports(small_run, tmp_path):
     declared = {"deps": ["pipelines/dag_probe.py"], "params": ["sweep", "timing", "exact_sweep", "guided_sweep",
                                                                "sample.n", "train_ddpm.network"]}
     assert problems("probe", declared, record) == [
-        "probe imports components/scoring/features.py (imported by pipelines/dag_probe.py) but dvc.yaml's deps do not list it"]
+        "probe imports components/registry.py (imported by components/scoring/registry.py), "
+        "components/scoring/features.py (imported by pipelines/dag_probe.py), "
+        "components/scoring/registry.py (imported by pipelines/dag_probe.py) but dvc.yaml's deps do not list them"]
 
 
 def test_comparison_names_what_is_missing():
