@@ -1,13 +1,13 @@
 """dvc.yaml's code dependencies, derived from the import graph so that they cannot drift.
 
-    python -m pipelines.orchestration.stage_deps            # rewrite the code entries of every stage's deps in dvc.yaml
-    python -m pipelines.orchestration.stage_deps --check    # exit 1, naming each stage that differs, when dvc.yaml is stale
+    python -m pipelines.orchestration.stage_deps          # rewrite every stage's code deps in dvc.yaml
+    python -m pipelines.orchestration.stage_deps --check  # exit 1, naming each stage that differs
 
 A stage's code is the module its cmd runs (`python -m <module> ...`) and every project module that module imports,
 at any depth, read from the source (every `import` and `from ... import` in the file, a function body's too), so a
 change to a module reruns exactly the stages that import it. Modules under PLUMBING are left out and not followed:
-they write, log and parse, and change no number a stage computes (tests/pipelines/orchestration/test_dag.py runs one stage of each kind
-under a tracer and fails on a module it loads that this derivation misses). A package's `__init__.py` counts when
+they write, log and parse, and change no number a stage computes (tests/pipelines/orchestration/test_dag.py runs one
+stage of each kind under a tracer and fails on a module it loads that this derivation misses). A package's `__init__.py` counts when
 it holds code. The other deps (data, models, folders) are kept in their order after the code.
 """
 
@@ -88,8 +88,7 @@ def code_deps(module: str, root: Path = ROOT) -> list[str]:
             if dep not in seen:
                 seen.add(dep)
                 todo.append(dep)
-    rest = sorted(relative(p, root) for p in seen - {own}
-                  if (not plumbing(relative(p, root)) or (home and relative(p, root).startswith(home))) and not (p.name == "__init__.py" and not p.read_text().strip()))
+    rest = sorted(relative(p, root) for p in seen - {own} if counted(p, root, home))
     return [relative(own, root), *rest]
 
 
@@ -97,6 +96,14 @@ def stage_bodies(stages: dict):
     """(name, the mapping holding cmd and deps) for each stage; a foreach stage's body is its `do`."""
     for name, stage in stages.items():
         yield name, stage["do"] if "do" in stage else stage
+
+
+def counted(path: Path, root: Path, home: str | None) -> bool:
+    """Whether `path` is a dep: not plumbing (unless in the stage's own package `home`), not an empty __init__.py."""
+    rel = relative(path, root)
+    if plumbing(rel) and not (home and rel.startswith(home)):
+        return False
+    return not (path.name == "__init__.py" and not path.read_text().strip())
 
 
 def derive(doc: dict, root: Path = ROOT) -> dict[str, list[str]]:
@@ -112,7 +119,8 @@ def derive(doc: dict, root: Path = ROOT) -> dict[str, list[str]]:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.orchestration.stage_deps", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pipelines.orchestration.stage_deps",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 when dvc.yaml is stale")
     ap.add_argument("--dvc-yaml", type=Path, default=ROOT / "dvc.yaml")
     args = ap.parse_args(argv)
@@ -122,10 +130,12 @@ def main(argv: list[str]) -> int:
     yaml.indent(mapping=2, sequence=4, offset=2)
     doc = yaml.load(args.dvc_yaml.read_text())
     wanted = derive(doc, args.dvc_yaml.parent)
-    stale = [name for name, body in stage_bodies(doc["stages"]) if [str(d) for d in body.get("deps", [])] != wanted[name]]
+    stale = [name for name, body in stage_bodies(doc["stages"])
+             if [str(d) for d in body.get("deps", [])] != wanted[name]]
     if args.check:
         for name in stale:
-            print(f"dvc.yaml: stage {name}'s deps are not its imports; run `python -m pipelines.orchestration.stage_deps`")
+            print(f"dvc.yaml: stage {name}'s deps are not its imports; "
+                  "run `python -m pipelines.orchestration.stage_deps`")
         return 1 if stale else 0
     for name, body in stage_bodies(doc["stages"]):
         if name in stale:
