@@ -132,6 +132,7 @@ def test_guidance_moves_samples_and_costs_a_classifier_pass():
     assert not torch.equal(out[0.0], out[5.0])
 
 
+@pytest.mark.slow  # 1000-step chains on many points: about 25 s
 def test_exact_guidance_at_scale_one_keeps_the_ddpm_modes_and_narrows_the_ddim_ones():
     """With uniform targets, s = 1 with exact parts should give back p(x): each mode as wide as unguided.
 

@@ -18,6 +18,9 @@ from components.scoring.metrics import fid_statistics, frechet_distance, knn_rad
 from components.training.state import TrainState
 from conftest import write_random_inception_weights
 
+# Its module fixtures train the digit classifier and run Inception on fake batches: about 50 s before any test.
+pytestmark = pytest.mark.slow
+
 BUDGET = dict(batch_size=64, lr=2e-3, grad_clip=1.0, ema_decay=0.99)
 STEPS = 1000  # with BUDGET: held-out accuracy >= 97% in about 12 s of one core
 

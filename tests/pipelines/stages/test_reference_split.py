@@ -92,6 +92,7 @@ def test_the_reference_stage_fits_the_split_params_name_and_scores_the_other(tmp
     assert row["fid"] == pytest.approx(fid, rel=1e-9)
 
 
+@pytest.mark.slow  # a whole prepare, evaluator and reference on fake CIFAR-10 batches: about 30 s
 def test_the_cifar10_profile_fits_the_statistics_on_the_training_images(tmp_path, monkeypatch, quiet):
     """The profile's reference on CIFAR-10 batches in the real format: the 8 train images, not the 4 test ones (an
     Inception of random weights maps every image to nearly one feature vector, so the count tells them apart)."""
