@@ -248,8 +248,20 @@ def nearest_mode(x: np.ndarray, modes: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def target_hit_rate(x: np.ndarray, y: np.ndarray, modes: np.ndarray) -> float:
-    """Classifier guidance's target-hit rate: the share of samples whose nearest mode is their target label y."""
+    """Classifier guidance's target-hit rate on a mixture: the share of samples whose nearest mode is their target y."""
     return float((nearest_mode(x, modes)[0] == np.asarray(y)).mean())
+
+
+def judged_hit_rate(logits: torch.Tensor | np.ndarray, y: np.ndarray) -> float:
+    """Classifier guidance's target-hit rate on images: the share of samples whose class under the evaluator's
+    logits (N, K) or (N, 1, K) is their target y. The evaluator is the extractor's classifier (stage evaluator),
+    which the guided sampler never sees: the guidance classifier grading its own samples measures nothing."""
+    lg = torch.as_tensor(logits, device="cpu")
+    if lg.ndim == 3:
+        if lg.shape[1] != 1:
+            raise ValueError(f"one target per sample needs one digit per sample; the logits hold {lg.shape[1]}")
+        lg = lg[:, 0]
+    return float((lg.argmax(-1).numpy() == np.asarray(y)).mean())
 
 
 def mode_metrics(
@@ -281,10 +293,13 @@ def sample_metrics(
     min_count: int = 20,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    targets: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All trilemma quality/diversity metrics of samples x against the reference split (data units): FID and
     precision/recall on the extractor's features; with a classifier's logits (images) also KID (Binkowski et al.
-    2018) and the classifier score (the Inception Score's formula); with a mixture's modes, their coverage."""
+    2018) and the classifier score (the Inception Score's formula); with a mixture's modes, their coverage. With
+    guidance `targets` (N,), the target-hit rate: judged by the extractor's classifier where it has one, else by
+    the nearest mode."""
     f, logits = (extractor or ref.extractor()).embed(x)
     precision, recall = precision_recall(f, ref.features, ref.k, ref.radii)
     fid = frechet_distance_from_statistics(*fid_statistics(f), ref.mu, ref.sigma)
@@ -296,6 +311,8 @@ def sample_metrics(
         out["classifier_score"] = classifier_score(logits)
     if modes is not None:
         out |= mode_metrics(x, modes, mode_std, n_std, min_count)
+    if targets is not None and (logits is not None or modes is not None):
+        out["target_hit"] = judged_hit_rate(logits, targets) if logits is not None else target_hit_rate(x, targets, modes)
     return out
 
 

@@ -38,7 +38,7 @@ from components.data.gaussian_mixture import bump_conditional, delta_conditional
 from components.sampling.guidance import Classifier, Known, classifier_grad, gaussian_factor
 from components.math.likelihood import bound_per_dim, null_log_likelihood_bits, variational_bound
 from components.scoring.features import Extractor, to_uint8
-from components.scoring.metrics import ReferenceSet, conditional_metrics, sample_metrics, target_hit_rate
+from components.scoring.metrics import ReferenceSet, conditional_metrics, sample_metrics
 from components.networks.mlp import make_classifier, make_generator, make_network
 from components.sampling.registry import SAMPLERS
 from components.networks.runtime import Runtime, describe, forward_fn, generator
@@ -223,16 +223,16 @@ class CellFiles:
 def score(x: np.ndarray, ref: Dataset, reference: ReferenceSet, params: Params, y: np.ndarray | None,
           condition: ConditionParams | None = None, extractor: Extractor | None = None) -> dict[str, float]:
     """The cell's quality and coverage against the reference split, in data units, with the data set's own measures
-    (a mixture's modes, the swiss roll's curve); guided cells add the target-hit rate, conditioned cells on a mixture
+    (a mixture's modes, the swiss roll's curve); guided cells add the target-hit rate (judged by the
+    evaluator on images, by the nearest mode on a mixture), conditioned cells on a mixture
     the share at the exact conditional's modes and the distance of their weights from its."""
     e = params.evaluate
     out = sample_metrics(x, reference, extractor=extractor, modes=ref.modes, mode_std=ref.mode_std, n_std=e.n_std,
-                         min_count=e.min_mode_count, kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size)
+                         min_count=e.min_mode_count, kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size,
+                         targets=y)
     measures = DATASETS[params.data.name].measures
     if measures is not None:
         out |= measures(x, params.data.std, e.n_std, e.min_mode_count)
-    if y is not None and ref.modes is not None:
-        out["target_hit"] = target_hit_rate(x, y, ref.modes)
     if condition is not None and ref.modes is not None:
         exact = (delta_conditional(ref.modes, ref.mode_std, condition.coordinate, condition.value)
                  if condition.factor == "delta" else
