@@ -281,11 +281,13 @@ def sample_metrics(
     min_count: int = 20,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    embedded: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> dict[str, float]:
     """All trilemma quality/diversity metrics of samples x against the reference split (data units): FID and
     precision/recall on the extractor's features; with a classifier's logits (images) also KID (Binkowski et al.
-    2018) and the classifier score (the Inception Score's formula); with a mixture's modes, their coverage."""
-    f, logits = (extractor or ref.extractor()).embed(x)
+    2018) and the classifier score (the Inception Score's formula); with a mixture's modes, their coverage.
+    `embedded`: the extractor's (features, logits) of x if the caller has them already (it reads the logits too)."""
+    f, logits = embedded if embedded is not None else (extractor or ref.extractor()).embed(x)
     precision, recall = precision_recall(f, ref.features, ref.k, ref.radii)
     fid = frechet_distance_from_statistics(*fid_statistics(f), ref.mu, ref.sigma)
     out = {"fid": fid, "precision": precision, "recall": recall}
