@@ -110,13 +110,17 @@ TINY_CONDITIONAL = {
 GUIDED = {f"ddim-5-s{s}": {"model": "ddpm", "sampler": "ddim", "steps": 5, "eta": 0.0, "clip_x0": True, "scale": s}
           for s in (0, 2)}
 CONDITIONAL_SWEEP = {"ddim-5": {"model": "ddpm", "sampler": "ddim", "steps": 5, "eta": 0.0, "clip_x0": True},
-                     "sd2015-50": {"model": "sd2015", "sampler": "ddpm", "steps": 50, "variance": "learned", "n": 8}}
+                     "sd2015-50": {"model": "sd2015", "sampler": "ddpm", "steps": 50, "variance": "learned", "n": 8},
+                     **{f"ddpm-10-bottom-{rule}": {"model": "ddpm", "sampler": "ddpm", "steps": 10, "clip_x0": True, "n": 8,
+                                                   "condition": {"factor": "inpaint", "mask": "bottom", "rule": rule}}
+                        for rule in ("clamp", "noised")}}
 
 
 def test_mnist_conditional_profile_guides_judged_by_the_evaluator_and_trains_the_2015_model(tmp_path):
     """The profile mnist-conditional at test size: s = 0 is the unguided cell bit for bit, a guided cell's target-hit
     rate is the evaluator's judgement (recomputed here from models/evaluator.pt, a LeNet the sampler never saw), the
-    classifier's accuracy by t is written, and the 2015 model's row has its bound."""
+    classifier's accuracy by t is written, the 2015 model's row has its bound, and both inpainting rules keep the
+    source's known pixels and are scored against it."""
     over = overlay(tmp_path / "tiny.yaml", TINY_CONDITIONAL, replace={"sweep": CONDITIONAL_SWEEP, "guided_sweep": GUIDED})
     proc = profile("mnist-conditional", tmp_path, over)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -136,6 +140,14 @@ def test_mnist_conditional_profile_guides_judged_by_the_evaluator_and_trains_the
     accuracy = pd.read_csv(ws / "plots/train_classifier/accuracy.csv")
     assert len(accuracy) == 5 and accuracy["accuracy"].between(0, 1).all()
     assert df.loc["sd2015-50", "nll"] > 0 and df.loc["sd2015-50", "n"] == 8
+    ref, ref_y = (np.load(ws / "data/reference.npz")[k] for k in ("x", "y"))
+    for rule in ("clamp", "noised"):
+        out = np.load(ws / f"samples/ddpm-10-bottom-{rule}.npz")
+        hidden = out["mask"]
+        assert np.array_equal(out["x"][:, ~hidden], ref[:8][:, ~hidden]) and np.array_equal(out["source_y"], ref_y[:8])
+        assert 0 <= df.loc[f"ddpm-10-bottom-{rule}", "inpaint_accuracy"] <= 1
+        assert df.loc[f"ddpm-10-bottom-{rule}", "inpaint_mse"] > 0
+    assert "Inpainted rows" in (ws / "metrics/trilemma.md").read_text()
     assert "guidance-hits-the-target" in (ws / "metrics/claims.json").read_text()  # its own claims file was checked
 
 
