@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from components.networks.mlp import timestep_embedding
-from components.networks.unet import AttnBlock, Downsample, Level, ResBlock, group_norm
+from components.networks.unet import AttnBlock, ResBlock, down_path, group_norm, level_resolutions
 
 
 class AttentionPool(nn.Module):
@@ -61,48 +61,31 @@ class EncoderClassifier(nn.Module):
                  pool_heads: int = 1):
         super().__init__()
         self.data_shape = tuple(data_shape)
-        ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
-        if len(self.data_shape) != 3:
-            raise ValueError(f"data_shape must be (C, H, W); got {self.data_shape}")
-        c_in, height, width = self.data_shape
+        ch_mult = tuple(ch_mult)
         if n_classes < 1 or ch < 1 or num_res_blocks < 1 or pool_heads < 1 or not ch_mult or min(ch_mult) < 1:
             raise ValueError(f"n_classes ({n_classes}), ch ({ch}), num_res_blocks ({num_res_blocks}), pool_heads "
                              f"({pool_heads}) and every ch_mult entry ({ch_mult}) must be positive, and ch_mult "
                              f"non-empty")
-        factor = 2 ** (len(ch_mult) - 1)
-        if height % factor or width % factor:
-            raise ValueError(f"image size {height}x{width} is not divisible by 2^(len(ch_mult) - 1) = {factor}: "
-                             f"{len(ch_mult)} levels halve it {len(ch_mult) - 1} times")
-        resolutions = [height // 2 ** i for i in range(len(ch_mult))]
-        if not set(attn_resolutions) <= set(resolutions):
-            # an unmatched resolution would silently give a trunk without attention
-            raise ValueError(f"attn_resolutions {attn_resolutions} must be among this encoder's resolutions "
-                             f"{tuple(resolutions)} (the height at each level)")
+        resolutions = level_resolutions(self.data_shape, ch_mult, attn_resolutions, "encoder")
         cur = ch * ch_mult[-1]  # the pool's channels
         if cur % pool_heads:
             raise ValueError(f"pool_heads ({pool_heads}) must divide the last level's channels "
                              f"ch * ch_mult[-1] = {cur}")
         self.ch, self.n_classes = ch, n_classes
+        c_in, height, width = self.data_shape
         temb_dim = 4 * ch
         self.temb_mlp = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         self.conv_in = nn.Conv2d(c_in, ch, 3, padding=1)
-
-        cur = ch
-        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
-        for i, mult in enumerate(ch_mult):
-            blocks = []
-            for _ in range(num_res_blocks):
-                blocks.append(ResBlock(cur, ch * mult, temb_dim, dropout))
-                cur = ch * mult
-            self.down.append(Level(blocks, resolutions[i] in attn_resolutions))
-            self.downsample.append(Downsample(cur) if i < len(ch_mult) - 1 else nn.Identity())
+        self.down, self.downsample, _ = down_path(ch, ch_mult, num_res_blocks, temb_dim, dropout,
+                                                  [r in tuple(attn_resolutions) for r in resolutions])
 
         self.mid1 = ResBlock(cur, cur, temb_dim, dropout)
         self.mid_attn = AttnBlock(cur)
         self.mid2 = ResBlock(cur, cur, temb_dim, dropout)
 
         self.norm_out = group_norm(cur)
-        self.pool = AttentionPool(cur, (height // factor) * (width // factor), pool_heads, n_classes)
+        lowest = 2 ** (len(ch_mult) - 1)  # the last level's downsampling
+        self.pool = AttentionPool(cur, (height // lowest) * (width // lowest), pool_heads, n_classes)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Logits (B, n_classes) of p_phi(y | x_t, t) from x_t (B, C, H, W) and timesteps t (B,)."""
