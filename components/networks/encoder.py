@@ -31,7 +31,7 @@ class AttentionPool(nn.Module):
     def __init__(self, ch: int, n_tokens: int, heads: int, out_dim: int):
         super().__init__()
         self.heads = heads
-        self.pos = nn.Parameter(torch.randn(n_tokens + 1, ch) / ch ** 0.5)  # (H*W + 1, C)
+        self.pos = nn.Parameter(torch.randn(n_tokens + 1, ch, device="cpu") / ch ** 0.5)  # (H*W + 1, C)
         self.qkv = nn.Linear(ch, 3 * ch)
         self.proj = nn.Linear(ch, out_dim)
 

@@ -79,7 +79,7 @@ def inpaint_mask(region: str, shape: tuple[int, ...], size: int | None = None) -
     H // 2 rows), "left" (the first W // 2 columns) or "square" (centred, side `size`, default half the shorter
     side rounded up). Its complement is the known part: `Known(~mask, source, rule)`."""
     C, H, W = shape
-    hidden = torch.zeros(shape, dtype=torch.bool)
+    hidden = torch.zeros(shape, dtype=torch.bool, device="cpu")
     if region == "bottom":
         hidden[:, H - H // 2:, :] = True
     elif region == "left":

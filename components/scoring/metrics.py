@@ -256,7 +256,7 @@ def evaluator_labels(logits: torch.Tensor | np.ndarray) -> np.ndarray:
     """The label the evaluator reads in each image, (N,) int64, from its logits (N, G, K): the argmax of each of the
     G digits' logits, read as the digits of a base-K number, channel 0 first (G = 1: argmax of logits[:, 0];
     StackedMNIST: 100 d0 + 10 d1 + d2, components/data/digits.py)."""
-    digits = torch.as_tensor(logits).argmax(-1).cpu().numpy().astype(np.int64)  # (N, G)
+    digits = torch.as_tensor(logits, device="cpu").argmax(-1).cpu().numpy().astype(np.int64)  # (N, G)
     K = logits.shape[-1]
     return digits @ (K ** np.arange(digits.shape[1] - 1, -1, -1, dtype=np.int64))
 
@@ -326,7 +326,8 @@ def sample_metrics(
     if modes is not None:
         out |= mode_metrics(x, modes, mode_std, n_std, min_count)
     if targets is not None and (logits is not None or modes is not None):
-        out["target_hit"] = label_accuracy(logits, targets) if logits is not None else target_hit_rate(x, targets, modes)
+        out["target_hit"] = (label_accuracy(logits, targets) if logits is not None
+                             else target_hit_rate(x, targets, modes))
     return out
 
 

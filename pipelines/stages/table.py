@@ -167,7 +167,7 @@ def paper_sentence(params) -> str:
 def markdown_document(df: pd.DataFrame, params, spec, timings: dict[str, dict]) -> str:
     """trilemma.md: the main table (the unconditioned rows), then the conditioned rows, each with the columns it
     fills."""
-    inpainted = df["condition"].fillna("").str.startswith("inpaint")
+    inpainted = df["condition"].map(lambda c: isinstance(c, str) and c.startswith("inpaint")).astype(bool)
     main, conditioned, inpaint = df[df["condition"].isna()], df[df["condition"].notna() & ~inpainted], df[inpainted]
     shown = PAPER_COLUMNS.get(params.data.name, ())
     text = table_header(params, spec, main, timings)

@@ -95,7 +95,8 @@ def test_on_images_the_target_hit_is_the_evaluators_judgement_not_the_nearest_mo
     judge = Extractor("judge", lambda s: (identity_features(s), says))
     ref = reference_set(rng.standard_normal((200, 2)))
     y = np.array([3] * 30 + [4] * 10)
-    m = sample_metrics(x, ref, extractor=judge, modes=MEANS, mode_std=0.05, kid_subsets=2, kid_subset_size=20, targets=y)
+    m = sample_metrics(x, ref, extractor=judge, modes=MEANS, mode_std=0.05, kid_subsets=2, kid_subset_size=20,
+                       targets=y)
     assert m["target_hit"] == 0.75 == label_accuracy(says, y)
     assert "target_hit" not in sample_metrics(x, ref, extractor=judge, kid_subsets=2, kid_subset_size=20)
     assert sample_metrics(x, ref, modes=MEANS, mode_std=0.05, targets=y)["target_hit"] == target_hit_rate(x, y, MEANS)

@@ -111,8 +111,9 @@ GUIDED = {f"ddim-5-s{s}": {"model": "ddpm", "sampler": "ddim", "steps": 5, "eta"
           for s in (0, 2)}
 CONDITIONAL_SWEEP = {"ddim-5": {"model": "ddpm", "sampler": "ddim", "steps": 5, "eta": 0.0, "clip_x0": True},
                      "sd2015-50": {"model": "sd2015", "sampler": "ddpm", "steps": 50, "variance": "learned", "n": 8},
-                     **{f"ddpm-10-bottom-{rule}": {"model": "ddpm", "sampler": "ddpm", "steps": 10, "clip_x0": True, "n": 8,
-                                                   "condition": {"factor": "inpaint", "mask": "bottom", "rule": rule}}
+                     **{f"ddpm-10-bottom-{rule}": {"model": "ddpm", "sampler": "ddpm", "steps": 10, "clip_x0": True,
+                                                   "n": 8, "condition": {"factor": "inpaint", "mask": "bottom",
+                                                                         "rule": rule}}
                         for rule in ("clamp", "noised")}}
 
 
@@ -121,7 +122,8 @@ def test_mnist_conditional_profile_guides_judged_by_the_evaluator_and_trains_the
     rate is the evaluator's judgement (recomputed here from models/evaluator.pt, a LeNet the sampler never saw), the
     classifier's accuracy by t is written, the 2015 model's row has its bound, and both inpainting rules keep the
     source's known pixels and are scored against it."""
-    over = overlay(tmp_path / "tiny.yaml", TINY_CONDITIONAL, replace={"sweep": CONDITIONAL_SWEEP, "guided_sweep": GUIDED})
+    over = overlay(tmp_path / "tiny.yaml", TINY_CONDITIONAL,
+                   replace={"sweep": CONDITIONAL_SWEEP, "guided_sweep": GUIDED})
     proc = profile("mnist-conditional", tmp_path, over)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ws = tmp_path / "ws"
