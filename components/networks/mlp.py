@@ -1,13 +1,16 @@
 """Denoising networks (`NETWORKS`), noise-aware classifiers (`CLASSIFIERS`) and DDGAN's generators
 and discriminators (`GENERATORS`, `DISCRIMINATORS`), chosen by name. They know nothing about noise schedules.
+The registries (components/networks/registry.py) name the MLPs defined here for flat data (points), DDPM's UNet
+(unet.py) as network "unet", and ADM's image classifier, that UNet's downsampling trunk with an attention pool
+(encoder.py), as classifier "unet".
 
 Every network maps (x_t (B, C, ...), t (B,) timesteps) -> output of x_t's shape times
 `out_mult` along the channel axis: eps (out_mult 1), or eps then v (out_mult 2, iDDPM's learned
 variance; split in `diffusion.split_output`). The output layer comes last in the state dict's
 row order: its first rows produce eps, the rest v. Every classifier maps the same inputs to
 logits (B, n_classes) of p_phi(y | x_t, t) (classifier guidance, ADM §4). A DDGAN generator maps
-(x_t, t, z (B, nz)) -> x0-hat of x_t's shape and says its latent size as `nz`; a DDGAN discriminator maps (x_{t-1}, x_t, t) -> one
-logit per sample (B,). There t is the schedule index of x_t.
+(x_t, t, z (B, nz)) -> x0-hat of x_t's shape and says its latent size as `nz`; a DDGAN discriminator maps
+(x_{t-1}, x_t, t) -> one logit per sample (B,). There t is the schedule index of x_t.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ from components.registry import Registry
 
 NETWORKS = Registry("network", {"mlp": "components.networks.mlp:MLP", "unet": "components.networks.unet:UNet"},
                     {"mlp": options.MLP, "unet": options.UNET})
-CLASSIFIERS = Registry("classifier", {"mlp": "components.networks.mlp:MLPClassifier"},
-                       {"mlp": options.MLP_CLASSIFIER})
+CLASSIFIERS = Registry("classifier", {"mlp": "components.networks.mlp:MLPClassifier",
+                                      "unet": "components.networks.encoder:EncoderClassifier"},
+                       {"mlp": options.MLP_CLASSIFIER, "unet": options.ENCODER_CLASSIFIER})
 GENERATORS = Registry("generator", {"mlp": "components.networks.mlp:MLPGenerator",
                                     "plain_mlp": "components.networks.mlp:PlainMLPGenerator"},
                       {"mlp": options.MLP_GENERATOR, "plain_mlp": options.PLAIN_MLP_GENERATOR})

@@ -111,6 +111,47 @@ class Level(nn.Module):
         self.attns = nn.ModuleList(AttnBlock(b.conv2.out_channels) if attend else nn.Identity() for b in blocks)
 
 
+def level_resolutions(data_shape: tuple[int, ...], ch_mult: tuple[int, ...], attn_resolutions: tuple[int, ...],
+                      network: str) -> list[int]:
+    """The height at each level of a UNet-shaped `network` on images of data_shape (C, H, W), each level halving the
+    last; ValueError where the shape is not (C, H, W), the levels do not divide the image, or an attention
+    resolution is not a level's (it would silently give a network without attention)."""
+    if len(data_shape) != 3:
+        raise ValueError(f"data_shape must be (C, H, W); got {tuple(data_shape)}")
+    _, height, width = data_shape
+    factor = 2 ** (len(ch_mult) - 1)
+    if height % factor or width % factor:
+        raise ValueError(f"image size {height}x{width} is not divisible by 2^(len(ch_mult) - 1) = {factor}: "
+                         f"{len(ch_mult)} levels halve it {len(ch_mult) - 1} times")
+    resolutions = [height // 2 ** i for i in range(len(ch_mult))]
+    if not set(attn_resolutions) <= set(resolutions):
+        raise ValueError(f"attn_resolutions {tuple(attn_resolutions)} must be among this {network}'s resolutions "
+                         f"{tuple(resolutions)} (the height at each level)")
+    return resolutions
+
+
+def down_path(ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, temb_dim: int, dropout: float,
+              attend: list[bool]) -> tuple[nn.ModuleList, nn.ModuleList, list[int]]:
+    """DDPM's down path (shared by the UNet and ADM's encoder classifier): level i has num_res_blocks ResBlocks of
+    ch * ch_mult[i] channels, with attention where attend[i], and a stride-2 Downsample after every level but the
+    last (Identity there). Returns the levels, the downsamples and the channels of every output the path stores as a
+    skip, in order: conv_in's (ch), each block's, each Downsample's; the last is the path's output width."""
+    skips, cur = [ch], ch
+    levels, downsamples = nn.ModuleList(), nn.ModuleList()
+    for i, mult in enumerate(ch_mult):
+        blocks = []
+        for _ in range(num_res_blocks):
+            blocks.append(ResBlock(cur, ch * mult, temb_dim, dropout))
+            cur = ch * mult
+            skips.append(cur)
+        levels.append(Level(blocks, attend[i]))
+        last = i == len(ch_mult) - 1
+        downsamples.append(nn.Identity() if last else Downsample(cur))
+        if not last:
+            skips.append(cur)
+    return levels, downsamples, skips
+
+
 class UNet(nn.Module):
     """eps_theta(x_t, t) for images (B, C, H, W): DDPM's UNet (Ho et al. 2020, appendix B).
 
@@ -124,41 +165,22 @@ class UNet(nn.Module):
                  out_mult: int = 1):
         super().__init__()
         self.data_shape = tuple(data_shape)
-        ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
-        if len(self.data_shape) != 3:
-            raise ValueError(f"data_shape must be (C, H, W); got {self.data_shape}")
-        c_in, height, width = self.data_shape
+        ch_mult = tuple(ch_mult)
         if ch < 1 or num_res_blocks < 1 or out_mult < 1 or not ch_mult or min(ch_mult) < 1:
             raise ValueError(f"ch ({ch}), num_res_blocks ({num_res_blocks}), out_mult ({out_mult}) and every "
                              f"ch_mult entry ({ch_mult}) must be positive, and ch_mult non-empty")
-        factor = 2 ** (len(ch_mult) - 1)
-        if height % factor or width % factor:
-            raise ValueError(f"image size {height}x{width} is not divisible by 2^(len(ch_mult) - 1) = {factor}: "
-                             f"{len(ch_mult)} levels halve it {len(ch_mult) - 1} times")
-        resolutions = [height // 2 ** i for i in range(len(ch_mult))]
-        if not set(attn_resolutions) <= set(resolutions):
-            # an unmatched resolution would silently give a network without attention
-            raise ValueError(f"attn_resolutions {attn_resolutions} must be among this UNet's resolutions "
-                             f"{tuple(resolutions)} (the height at each level)")
+        resolutions = level_resolutions(self.data_shape, ch_mult, attn_resolutions, "UNet")
         # GroupNorm's group counts (norm_groups) divide every channel count by construction: nothing to check.
         self.ch, self.out_mult = ch, out_mult
+        c_in = self.data_shape[0]
         temb_dim = 4 * ch
         self.temb_mlp = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         self.conv_in = nn.Conv2d(c_in, ch, 3, padding=1)
 
-        skips, cur = [ch], ch  # channels of every stored skip, in the order the down path stores them
-        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
-        for i, mult in enumerate(ch_mult):
-            blocks = []
-            for _ in range(num_res_blocks):
-                blocks.append(ResBlock(cur, ch * mult, temb_dim, dropout))
-                cur = ch * mult
-                skips.append(cur)
-            self.down.append(Level(blocks, resolutions[i] in attn_resolutions))
-            last = i == len(ch_mult) - 1
-            self.downsample.append(nn.Identity() if last else Downsample(cur))
-            if not last:
-                skips.append(cur)
+        # channels of every stored skip, in the order the down path stores them
+        self.down, self.downsample, skips = down_path(ch, ch_mult, num_res_blocks, temb_dim, dropout,
+                                                      [r in tuple(attn_resolutions) for r in resolutions])
+        cur = skips[-1]
 
         self.mid1 = ResBlock(cur, cur, temb_dim, dropout)
         self.mid_attn = AttnBlock(cur)

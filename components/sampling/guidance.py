@@ -13,9 +13,16 @@ one-line rules combine it with the reverse process:
 Classifier guidance is the factor r = p_phi(y | x_t, t)^s (`classifier_grad`): s = 1 is the
 conditional p(x | y), larger s sharpens the classifier. A classifier maps (x_t, t) -> logits
 (B, K), t being the diffusion's original timesteps, exactly as eps_theta is called. The smooth
-factor `gaussian_factor` needs no network. A delta on known coordinates
-multiplies in exactly: those coordinates are clamped to their values at every step and the others
-are sampled (`Known`, `clamp_known`; inpainting, which the paper shows on a bark texture).
+factor `gaussian_factor` needs no network. A delta on known coordinates multiplies in exactly: the
+others are sampled and the known ones are imposed on every state of the chain (`Known`, `impose_known`;
+inpainting, which the paper shows on a bark texture), by one of two rules:
+
+- "clamp" (Sohl-Dickstein et al. 2015 §2.5, r(x^(t)) held constant over t, eq. 23): the known coordinates are
+  their clean values x0 at every step, x_T included;
+- "noised" (Song et al. 2021, "Score-Based Generative Modeling through SDEs", appendix I.2; RePaint, Lugmayr et
+  al. 2022, eq. 8, without its resampling): they are a fresh draw of q(x_t | x0) = N(sqrt(abar_t) x0,
+  (1 - abar_t) I) (DDPM eq. 4) at the noise level of the state being produced, so the network sees inputs at the
+  noise level it was trained for; the last state (abar = 1) is x0 exactly.
 """
 
 from __future__ import annotations
@@ -32,20 +39,60 @@ Classifier = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) ->
 GradFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> grad_x log r(x_t), as s grad log p(y | x_t)
 
 
+KNOWN_RULES = ("clamp", "noised")  # how known coordinates enter each state of the chain (module docstring)
+
+
 @dataclass(frozen=True)
 class Known:
-    """A delta factor: coordinates where `mask` (x's per-sample shape, bool) is True are known to be `values`."""
+    """A delta factor: coordinates where `mask` (bool) is True are known to be `values` (x0, model space), imposed
+    on each state by `rule`. mask and values are x's per-sample shape or broadcast against x (B, ...): per-sample
+    values (B, C, H, W) inpaint each sample from its own source."""
 
     mask: torch.Tensor
-    values: torch.Tensor  # x's per-sample shape, model space
+    values: torch.Tensor
+    rule: str = "clamp"
+
+    def __post_init__(self):
+        if self.rule not in KNOWN_RULES:
+            raise ValueError(f"unknown rule {self.rule!r}; allowed: {', '.join(KNOWN_RULES)}")
 
 
-def clamp_known(x: torch.Tensor, known: Known | None) -> torch.Tensor:
-    """x with its known coordinates set to their values (Sohl-Dickstein et al. 2015 §2.5: a delta multiplies in
-    exactly); x itself when nothing is known."""
+def impose_known(x: torch.Tensor, known: Known | None, abar: float, generator: torch.Generator) -> torch.Tensor:
+    """x, a state at noise level abar (x_t ~ q(x_t | x0), DDPM eq. 4), with its known coordinates imposed; x itself
+    when nothing is known.
+
+    Rule "clamp": set to x0 (Sohl-Dickstein et al. 2015 §2.5: a delta multiplies in exactly); draws no noise.
+    Rule "noised": set to sqrt(abar) x0 + sqrt(1 - abar) z, z ~ N(0, I) from `generator` (Song et al. 2021,
+    appendix I.2; RePaint eq. 8), one draw of x's shape; at abar = 1 that is x0 and nothing is drawn.
+    """
     if known is None:
         return x
-    return torch.where(known.mask, known.values.to(x.dtype), x)
+    values = known.values.to(x.dtype)
+    if known.rule == "noised" and abar < 1.0:
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        values = abar**0.5 * values + (1.0 - abar) ** 0.5 * z
+    return torch.where(known.mask, values, x)
+
+
+def inpaint_mask(region: str, shape: tuple[int, ...], size: int | None = None) -> torch.Tensor:
+    """The hidden (sampled) pixels of images of `shape` (C, H, W), bool, all channels alike: region "bottom" (the last
+    H // 2 rows), "left" (the first W // 2 columns) or "square" (centred, side `size`, default half the shorter
+    side rounded up). Its complement is the known part: `Known(~mask, source, rule)`."""
+    C, H, W = shape
+    hidden = torch.zeros(shape, dtype=torch.bool, device="cpu")
+    if region == "bottom":
+        hidden[:, H - H // 2:, :] = True
+    elif region == "left":
+        hidden[:, :, : W // 2] = True
+    elif region == "square":
+        side = (min(H, W) + 1) // 2 if size is None else size
+        if not 1 <= side <= min(H, W):
+            raise ValueError(f"a square of side {side} does not fit in {H} x {W} images")
+        top, left = (H - side) // 2, (W - side) // 2
+        hidden[:, top:top + side, left:left + side] = True
+    else:
+        raise ValueError(f"unknown inpaint region {region!r}; allowed: bottom, left, square")
+    return hidden
 
 
 def gaussian_factor(center: torch.Tensor, std: float) -> GradFn:

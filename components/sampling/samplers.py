@@ -13,7 +13,8 @@ Conditioning enters in two optional ways (`components/sampling/guidance.py`). A 
 `guidance(x_t, t)` = grad_x log r(x_t), called once per step and combined in one line by each
 sampler's rule: Sohl-Dickstein et al. 2015's multiplied distribution p(x) r(x) (§2.5), of which
 ADM's classifier guidance is the case r = p(y | x)^s. And `known`, a delta factor on some
-coordinates: they are clamped to their values at every step and the rest is sampled (inpainting).
+coordinates: they are imposed on every state, x_T included, and the rest is sampled (inpainting), by the
+factor's rule (`guidance.impose_known`: clamped to x0, or noised to each state's level abar on this schedule).
 Without either the samplers are unchanged.
 
 DDGAN's sampler (`sample_ddgan`) walks the same schedules, but its model is a generator
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from components.math.diffusion import (
     ReverseModel, ddim_sigma, eps_to_x0, model_timesteps, reverse_kernel, sample_posterior, x0_to_eps,
 )
-from components.sampling.guidance import GradFn, Known, clamp_known, guided_eps, guided_mean
+from components.sampling.guidance import GradFn, Known, guided_eps, impose_known, guided_mean
 from components.math.schedules import Schedule
 
 
@@ -53,7 +54,7 @@ def _model_output(model: ReverseModel, sched: Schedule, x: torch.Tensor, i: int)
 
 def _known_on(known: Known | None, device: torch.device) -> Known | None:
     """`known` on the chain's device: a mask built on the host still clamps a chain run on a GPU."""
-    return None if known is None else Known(known.mask.to(device), known.values.to(device))
+    return None if known is None else Known(known.mask.to(device), known.values.to(device), known.rule)
 
 
 def _guidance_at(guidance: GradFn, sched: Schedule, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -80,10 +81,11 @@ def sample_ddpm(
     learned (iDDPM eq. 15), all on this schedule's own betas. A model of kind "sd2015" is read as
     Sohl-Dickstein et al. 2015's kernel instead (`diffusion.reverse_kernel`): the same walk, the same
     noise. With `guidance` = grad log r, the mean shifts by Sigma grad log r (Sohl-Dickstein et al.
-    2015 eq. 61; ADM Algorithm 1 with r = p(y | x)^s); with `known`, those coordinates stay at their values.
+    2015 eq. 61; ADM Algorithm 1 with r = p(y | x)^s); with `known`, those coordinates are imposed on x_T (at
+    abar_T) and on the state each step produces (at abar_{t-1}, `alphas_cumprod_prev`).
     """
     known = _known_on(known, x_T.device)
-    x = clamp_known(x_T, known)
+    x = impose_known(x_T, known, float(sched.alphas_cumprod[-1]), generator)
     for i in tqdm(range(len(sched) - 1, -1, -1), disable=not progress, desc=f"ddpm-{len(sched)}", leave=False):
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         out = model(x, model_timesteps(sched, t))
@@ -91,9 +93,9 @@ def sample_ddpm(
         if guidance is not None:
             mean = guided_mean(mean, log_var, _guidance_at(guidance, sched, x, t))
         if i == 0:
-            return clamp_known(mean, known)
+            return impose_known(mean, known, float(sched.alphas_cumprod_prev[i]), generator)
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x = clamp_known(mean + torch.exp(0.5 * log_var) * noise, known)
+        x = impose_known(mean + torch.exp(0.5 * log_var) * noise, known, float(sched.alphas_cumprod_prev[i]), generator)
     return x
 
 
@@ -114,12 +116,12 @@ def sample_ddim(
 
     sigma_t(eta) is eq. 16: eta = 0 is deterministic DDIM, eta = 1 has DDPM's posterior variance.
     With `guidance`, eps becomes eps - sqrt(1 - abar_t) s grad log p(y | x_t) and x0-hat follows
-    from it (ADM Algorithm 2); any grad log r works the same way. With `known`, those coordinates stay at
-    their values.
+    from it (ADM Algorithm 2); any grad log r works the same way. With `known`, those coordinates are imposed on
+    x_T (at abar_T) and on each x_{t-1} (at a_{t-1}).
     """
     sigma = ddim_sigma(sched, eta)
     known = _known_on(known, x_T.device)
-    x = clamp_known(x_T, known)
+    x = impose_known(x_T, known, float(sched.alphas_cumprod[-1]), generator)
     for i in tqdm(range(len(sched) - 1, -1, -1), disable=not progress, desc=f"ddim-{len(sched)}", leave=False):
         t, eps, _ = _model_output(model, sched, x, i)
         x0 = eps_to_x0(sched, x, t, eps)
@@ -133,7 +135,7 @@ def sample_ddim(
         x = a_prev**0.5 * x0 + (1.0 - a_prev - sigma[i] ** 2) ** 0.5 * eps
         if sigma[i] > 0:
             x = x + float(sigma[i]) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x = clamp_known(x, known)
+        x = impose_known(x, known, a_prev, generator)
     return x
 
 

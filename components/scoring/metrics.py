@@ -248,8 +248,32 @@ def nearest_mode(x: np.ndarray, modes: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def target_hit_rate(x: np.ndarray, y: np.ndarray, modes: np.ndarray) -> float:
-    """Classifier guidance's target-hit rate: the share of samples whose nearest mode is their target label y."""
+    """Classifier guidance's target-hit rate on a mixture: the share of samples whose nearest mode is their target y."""
     return float((nearest_mode(x, modes)[0] == np.asarray(y)).mean())
+
+
+def evaluator_labels(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The label the evaluator reads in each image, (N,) int64, from its logits (N, G, K): the argmax of each of the
+    G digits' logits, read as the digits of a base-K number, channel 0 first (G = 1: argmax of logits[:, 0];
+    StackedMNIST: 100 d0 + 10 d1 + d2, components/data/digits.py)."""
+    digits = torch.as_tensor(logits, device="cpu").argmax(-1).cpu().numpy().astype(np.int64)  # (N, G)
+    K = logits.shape[-1]
+    return digits @ (K ** np.arange(digits.shape[1] - 1, -1, -1, dtype=np.int64))
+
+
+def label_accuracy(logits: torch.Tensor | np.ndarray, y: np.ndarray) -> float:
+    """Share of images whose evaluator label (`evaluator_labels`) is y (N,). A guided cell's target-hit rate on images
+    (y its targets) and an inpaint cell's class kept (y its sources' labels). The evaluator is the extractor's
+    classifier (stage evaluator), which no sampler sees: a guidance classifier grading its own samples measures
+    nothing."""
+    return float(np.mean(evaluator_labels(logits) == np.asarray(y)))
+
+
+def masked_mse(x: np.ndarray, source: np.ndarray, mask: np.ndarray) -> float:
+    """Mean squared error of x against source (N, C, H, W) over the pixels where mask (C, H, W) is True only (an
+    inpaint cell's sampled ones), in the arrays' units."""
+    diff = (np.asarray(x, dtype=np.float64) - np.asarray(source, dtype=np.float64))[:, np.asarray(mask, dtype=bool)]
+    return float(np.mean(diff**2))
 
 
 def mode_metrics(
@@ -281,11 +305,16 @@ def sample_metrics(
     min_count: int = 20,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    targets: np.ndarray | None = None,
+    embedded: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> dict[str, float]:
     """All trilemma quality/diversity metrics of samples x against the reference split (data units): FID and
     precision/recall on the extractor's features; with a classifier's logits (images) also KID (Binkowski et al.
-    2018) and the classifier score (the Inception Score's formula); with a mixture's modes, their coverage."""
-    f, logits = (extractor or ref.extractor()).embed(x)
+    2018) and the classifier score (the Inception Score's formula); with a mixture's modes, their coverage. With
+    guidance `targets` (N,), the target-hit rate: judged by the extractor's classifier where it has one
+    (`label_accuracy`), else by the nearest mode. `embedded`: the extractor's (features, logits) of x if the
+    caller has them already."""
+    f, logits = embedded if embedded is not None else (extractor or ref.extractor()).embed(x)
     precision, recall = precision_recall(f, ref.features, ref.k, ref.radii)
     fid = frechet_distance_from_statistics(*fid_statistics(f), ref.mu, ref.sigma)
     out = {"fid": fid, "precision": precision, "recall": recall}
@@ -296,6 +325,9 @@ def sample_metrics(
         out["classifier_score"] = classifier_score(logits)
     if modes is not None:
         out |= mode_metrics(x, modes, mode_std, n_std, min_count)
+    if targets is not None and (logits is not None or modes is not None):
+        out["target_hit"] = (label_accuracy(logits, targets) if logits is not None
+                             else target_hit_rate(x, targets, modes))
     return out
 
 

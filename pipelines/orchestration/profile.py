@@ -5,7 +5,9 @@
 
 The embedded default, the 25-Gaussians toy, runs in the repository itself (`make repro`). A profile is a file
 `profiles/<NAME>.yaml`: `merge` (merged into params.yaml key by key), `replace` (sections replaced whole) and
-optionally `claims` (the claims file its claims stage checks, in place of claims.yaml). Its run lives in
+optionally `claims` (the claims file its claims stage checks, in place of claims.yaml) and `base` (another profile
+whose params this one starts from, its claims file too unless this one names its own: `mnist-conditional` is
+`mnist`'s data, networks and training with other cells, so the stages they share run once for both). Its run lives in
 `runs/<NAME>/` (git-ignored): a copy of the checkout's files, synced at every call, with the profile's params.yaml
 and claims.yaml, its own dvc.lock and outputs, and DVC's cache shared with the repository's. So:
 
@@ -44,7 +46,7 @@ from pipelines.plumbing.tracking_store import PROFILE_TRACKING
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = "profiles"
 RUNS = "runs"
-KEYS = ("description", "merge", "replace", "claims")
+KEYS = ("description", "base", "merge", "replace", "claims")
 
 
 class ProfileError(ValueError):
@@ -61,9 +63,10 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_profile(name_or_path: str, root: Path = ROOT) -> dict:
-    """profiles/<name>.yaml (or a path to a profile file), read strictly and checked for its keys; ProfileError (or
-    the reader's ParamsError: a key given twice, YAML that does not parse) names the file."""
+def load_profile(name_or_path: str, root: Path = ROOT, _below: tuple[str, ...] = ()) -> dict:
+    """profiles/<name>.yaml (or a path to a profile file), read strictly and checked for its keys, with its `layers`:
+    the merge and replace of its base profiles, then its own. ProfileError (or the reader's ParamsError: a key given
+    twice, YAML that does not parse) names the file."""
     path = Path(name_or_path) if name_or_path.endswith(".yaml") else root / PROFILES / f"{name_or_path}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (root / PROFILES).glob("*.yaml"))
@@ -76,14 +79,25 @@ def load_profile(name_or_path: str, root: Path = ROOT) -> dict:
             raise ProfileError(f"{path}: {key}: expected a mapping of params.yaml sections")
     if "claims" in doc and not (root / doc["claims"]).is_file():
         raise ProfileError(f"{path}: claims: {doc['claims']} does not exist")
+    own = {"merge": doc.get("merge", {}), "replace": doc.get("replace", {})}
+    doc["layers"] = [own]
+    if "base" in doc:
+        base = doc["base"]
+        if not isinstance(base, str) or base.endswith(".yaml") or base in (*_below, path.stem):
+            raise ProfileError(f"{path}: base: expected the name of another profile, not itself or one based on "
+                               f"it; got {base!r}")
+        parent = load_profile(base, root, (*_below, path.stem))
+        doc["layers"] = [*parent["layers"], own]
+        if "claims" in parent:
+            doc.setdefault("claims", parent["claims"])
     return doc
 
 
 def profile_params(profile: dict, root: Path = ROOT, overlay: dict | None = None) -> dict:
-    """root's params.yaml with the profile's `merge` merged in and its `replace` sections replaced, then the same
-    for `overlay` (a profile's `merge` and `replace`: smaller budgets for a test, say)."""
+    """root's params.yaml with the profile's `merge` merged in and its `replace` sections replaced (its base
+    profiles' first), then the same for `overlay` (a profile's `merge` and `replace`: smaller budgets for a test)."""
     params = read_yaml(root / "params.yaml")
-    for layer in (profile, overlay or {}):
+    for layer in (*profile.get("layers", [profile]), *(overlay or {}).get("layers", [overlay or {}])):
         params = {**merge(params, layer.get("merge", {})), **layer.get("replace", {})}
     return params
 

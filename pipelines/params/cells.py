@@ -4,7 +4,7 @@ the trained classifier (guided_sweep), or a DDGAN row (ddgan.T); and the factors
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from components.math.schedules import TRAJECTORIES
 from components.math.variances import VARIANCES
@@ -17,36 +17,54 @@ from pipelines.params.fields import MAX_POINTS, MAX_T, MAX_WIDTH, between, choic
 TRAINED_MODELS = ("ddpm", "iddpm", "sd2015")
 LEARNED_VARIANCE_MODELS = ("iddpm", "sd2015")
 FULL_CHAIN_MODELS = ("sd2015",)
-FACTORS = ("delta", "gaussian")  # conditioning factors r(x) (Sohl-Dickstein et al. 2015 §2.5)
+FACTORS = ("delta", "gaussian", "inpaint")  # conditioning factors r(x) (Sohl-Dickstein et al. 2015 §2.5)
+MASKS = ("bottom", "left", "square")  # inpaint: the hidden region, sampled; the rest is known from a source image
+RULES = ("clamp", "noised")  # inpaint: how the known pixels enter each state (components/sampling/guidance.py)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ConditionParams:
     """A factor r(x) that cells multiply into their model, p~(x) ∝ p(x) r(x) (Sohl-Dickstein et al. 2015 §2.5), in
-    data units: a delta on one coordinate (inpainting: it is clamped, the rest sampled) or a Gaussian bump."""
+    data units: a delta on one coordinate (it is clamped, the rest sampled), a Gaussian bump, or inpainting of
+    images: sample i keeps the pixels outside `mask` of reference image i, imposed by `rule`, and samples the rest."""
 
-    factor: str  # delta | gaussian
+    factor: str  # delta | gaussian | inpaint
     coordinate: int | None = None  # delta: the known coordinate (index into the flattened sample)
     value: float | None = None  # delta: its value
     center: list[float] | None = None  # gaussian: the bump's centre, one number per coordinate
     std: float | None = None  # gaussian: its standard deviation
+    mask: str | None = None  # inpaint: the hidden region, bottom | left (half) | square (centred)
+    rule: str | None = None  # inpaint: clamp (known pixels at x0) | noised (at each state's noise level)
+    size: int | None = None  # inpaint, mask square only: its side in pixels; default half the shorter side, rounded up
+
+    OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {"delta": ("coordinate", "value"), "gaussian": ("center", "std"),
+                                                     "inpaint": ("mask", "rule")}
 
     def __post_init__(self):
         choice("factor", self.factor, FACTORS, "factor")
-        needs = {"delta": ("coordinate", "value"), "gaussian": ("center", "std")}[self.factor]
-        for key in ("coordinate", "value", "center", "std"):
+        needs = self.OPTIONS[self.factor]
+        for key in ("coordinate", "value", "center", "std", "mask", "rule"):
             given = getattr(self, key) is not None
             require(given == (key in needs), key, f"{'required' if key in needs else 'not an option'} for factor "
                     f"{self.factor!r} (it takes {' and '.join(needs)})")
         if self.factor == "delta":
             between("coordinate", self.coordinate, 0, MAX_WIDTH)
-        else:
+        elif self.factor == "gaussian":
             require(self.std > 0, "std", f"must be > 0, got {self.std}")
+        else:
+            choice("mask", self.mask, MASKS, "mask")
+            choice("rule", self.rule, RULES, "rule")
+        if self.size is not None:
+            require(self.mask == "square", "size", "applies to factor 'inpaint' with mask 'square' only")
+            between("size", self.size, 1, MAX_WIDTH)  # and at most the image side: pipelines.params.checks
 
     def describe(self) -> str:
-        """The factor in a few characters, for the table: `x[0] = 0` or `N([2, 2], 1^2)`."""
+        """The factor in a few characters, for the table: `x[0] = 0`, `N([2, 2], 1^2)` or `inpaint bottom (noised)`."""
         if self.factor == "delta":
             return f"x[{self.coordinate}] = {self.value:g}"
+        if self.factor == "inpaint":
+            size = "" if self.size is None else f" {self.size}"
+            return f"inpaint {self.mask}{size} ({self.rule})"
         return f"N([{', '.join(f'{c:g}' for c in self.center)}], {self.std:g}^2)"
 
 

@@ -106,8 +106,24 @@ def _check_factor(p: Params, key: str, section: str, cell: CellParams) -> None:
                           f"{dims} coordinates")
     if c is not None and c.center is not None and len(c.center) != dims:
         raise ParamsError(f"{key}.condition.center: {len(c.center)} numbers, expected one per coordinate ({dims})")
+    if c is not None and c.factor == "inpaint":
+        _check_inpaint(p, key, cell)
     if cell.n is not None and p.evaluate.k >= cell.n:
         raise ParamsError(f"{key}.n: {cell.n} samples; precision/recall need more than evaluate.k = {p.evaluate.k}")
+
+
+def _check_inpaint(p: Params, key: str, cell: CellParams) -> None:
+    """An inpaint condition needs images (its mask is a region of (C, H, W)), a square that fits in them, and one
+    source image of the reference split per sample."""
+    spec, c, n = DATASETS[p.data.name], cell.condition, cell.n or p.sample.n
+    if len(spec.shape) != 3:
+        raise ParamsError(f"{key}.condition.factor: 'inpaint' masks a region of an image; {p.data.name} holds "
+                          f"points of shape {spec.shape}")
+    if c.size is not None and c.size > min(spec.shape[1:]):
+        raise ParamsError(f"{key}.condition.size: {c.size} exceeds {p.data.name}'s image side {min(spec.shape[1:])}")
+    if n > p.data.n_reference:
+        raise ParamsError(f"{key}: {n} samples inpaint as many reference images; data.n_reference = "
+                          f"{p.data.n_reference}")
 
 
 def _check_model(p: Params, key: str, cell: CellParams) -> None:

@@ -28,7 +28,8 @@ class NetworkParams:
 
 @dataclass(frozen=True)
 class ClassifierNetworkParams(NetworkParams):
-    """A noise-aware classifier by name (components.networks.mlp.CLASSIFIERS) plus its keyword arguments."""
+    """A noise-aware classifier by name (components.networks.registry.CLASSIFIERS) plus its keyword arguments:
+    "mlp" for flat data (points), "unet" for images (ADM's UNet encoder with an attention pool)."""
 
     registry: ClassVar[dict] = CLASSIFIERS
 

@@ -37,6 +37,21 @@ def image_grid_figure(x: np.ndarray, title: str, n: int = 64):
     return fig
 
 
+def inpaint_figure(sources: np.ndarray, hidden: np.ndarray, completions: np.ndarray, title: str, n: int = 8):
+    """An inpaint cell's first n images (N, C, H, W, data units 0..255) in three rows: the sources, the masked
+    inputs (the sampled pixels, `hidden` (C, H, W), shown grey) and the completions."""
+    sources, completions = sources[:n], completions[:n]
+    masked = np.where(hidden, 128, sources)
+    fig, axes = plt.subplots(3, len(sources), figsize=(len(sources) * 0.7, 3 * 0.7 + 0.4), squeeze=False)
+    for row, (name, images) in enumerate((("source", sources), ("masked", masked), ("sample", completions))):
+        axes[row, 0].set_title(name, fontsize=6, loc="left")
+        for ax, img in zip(axes[row], np.clip(images, 0, 255).astype(np.uint8)):
+            ax.axis("off")
+            ax.imshow(img.transpose(1, 2, 0).squeeze(), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=255)
+    fig.suptitle(title, fontsize=8)
+    return fig
+
+
 def samples_figure(x: np.ndarray, title: str, labels: np.ndarray | None = None):
     """Points (N, 2) as a scatter (coloured by target label if given), images (N, C, H, W) as a grid."""
     return scatter_figure(x, title, labels=labels) if x.ndim == 2 and x.shape[1] == 2 else image_grid_figure(x, title)

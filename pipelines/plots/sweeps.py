@@ -11,10 +11,12 @@ import numpy as np  # noqa: E402
 
 
 def guidance_figure(series: dict[str, list[dict]]):
-    """ADM Table 4's trade-off: precision, recall, target-hit rate and high-quality fraction against the guidance
-    scale, one line per guided sampler setting (`series`: name -> its rows, each with `scale`)."""
+    """ADM Table 4's trade-off: precision, recall, target-hit rate and a quality measure against the guidance scale
+    (a mixture's high-quality fraction; on images the classifier score, the Inception Score's formula), one line per
+    guided sampler setting (`series`: name -> its rows, each with `scale`)."""
+    points = all("hq_fraction" in r for rows in series.values() for r in rows)
     metrics = [("precision", "precision (k=3)"), ("recall", "recall (k=3)"), ("target_hit", "target-hit rate"),
-               ("hq_fraction", "high-quality fraction")]
+               ("hq_fraction", "high-quality fraction") if points else ("classifier_score", "classifier score")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4))
     scales = sorted({r["scale"] for rows in series.values() for r in rows})
     for ax, (key, label) in zip(axes, metrics):
@@ -27,7 +29,8 @@ def guidance_figure(series: dict[str, list[dict]]):
         ax.set_xticks(scales, [f"{s:g}" for s in scales], fontsize=7)
         ax.set_xlabel("guidance scale s (symlog)")
         ax.set_ylabel(label)
-        ax.set_ylim(-0.03, 1.03)
+        if key != "classifier_score":  # the others are shares
+            ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7)
     fig.suptitle("Classifier guidance (ADM Alg. 1 / 2): fidelity against diversity as s grows", fontsize=10)

@@ -14,10 +14,12 @@ on the cell's own chain (the respaced one for fewer steps). Speed is timed apart
 repeats (pipelines/stages/timing.py), into `timing.json`: the samples' bytes never change between runs.
 `run_cell` is shared with `sample_exact`, `sample_guided` and `sample_ddgan`: a cell with a
 guidance `scale` draws one target label per sample (seed `guidance.label_seed`) and guides each
-batch towards its labels; the labels are saved with the samples. Every network runs through the
-params runtime's forward wrapper (`components.networks.runtime.forward_fn`); the model comes as its output
-kind's adapter (`diffusion.ReverseModel`, DDGAN's `samplers.GANGenerator`), so nothing here asks
-how to read it.
+batch towards its labels; the labels are saved with the samples. An inpaint condition completes reference image i
+in sample i (its pixels outside the mask known, imposed by the condition's rule), is scored on the source labels
+(`inpaint_accuracy`, by the evaluator) and pixels (`inpaint_mse`), and saves the labels and the mask. Every network
+runs through the params runtime's forward wrapper (`components.networks.runtime.forward_fn`); the model comes as its
+output kind's adapter (`diffusion.ReverseModel`, DDGAN's `samplers.GANGenerator`), so nothing here asks how to read
+it.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ from components.data.datasets import DATASETS
 from components.data.dataset import Dataset, to_data
 from components.math.diffusion import ReverseModel
 from components.data.gaussian_mixture import bump_conditional, delta_conditional
-from components.sampling.guidance import Classifier, Known, classifier_grad, gaussian_factor
+from components.sampling.guidance import Classifier, Known, classifier_grad, gaussian_factor, inpaint_mask
 from components.math.likelihood import bound_per_dim, null_log_likelihood_bits, variational_bound
 from components.scoring.features import Extractor, to_uint8
-from components.scoring.metrics import ReferenceSet, conditional_metrics, sample_metrics, target_hit_rate
+from components.scoring.metrics import ReferenceSet, conditional_metrics, label_accuracy, masked_mse, sample_metrics
 from components.networks.mlp import make_classifier, make_generator, make_network
 from components.sampling.registry import SAMPLERS
 from components.networks.runtime import Runtime, describe, forward_fn, generator
@@ -50,7 +52,7 @@ from pipelines.plumbing.errors import first_line, InputError, NonFiniteError
 from pipelines.plumbing.loading import load_checkpoint, load_dataset, load_reference_stats
 from pipelines.params import Params, load_params
 from pipelines.params.cells import CellParams, ConditionParams
-from pipelines.plots.samples import samples_figure
+from pipelines.plots.samples import inpaint_figure, samples_figure
 from pipelines.plumbing.runtime import stage_runtime
 from pipelines.stages.timing import time_draws
 from pipelines.plumbing.tracking_spool import StageRun, log_stage_run
@@ -123,16 +125,17 @@ def check_cell_model(cell_key: str, cell: CellParams, ckpt_path: str, cfg: dict,
 
 
 def draw(sampler, model, sched, n: int, batch_size: int, shape: tuple[int, ...], generator, kwargs, progress,
-         guide=None) -> torch.Tensor:
+         per_batch=None) -> torch.Tensor:
     """Exactly n samples (no rounding down), in batches, all noise from `generator`, on its device; returned on the CPU.
 
-    guide(batch) -> the guidance gradient function for the samples in slice `batch`, if guided.
+    per_batch(batch) -> the sampler's keyword arguments that belong to the samples in slice `batch` (a guided cell's
+    gradient function for their targets, an inpaint cell's known pixels of their sources), if any.
     """
     out = []
     for start in range(0, n, batch_size):
         batch = slice(start, min(start + batch_size, n))
         x_T = torch.randn((batch.stop - start, *shape), generator=generator, device=generator.device)
-        extra = {} if guide is None else {"guidance": guide(batch)}
+        extra = {} if per_batch is None else per_batch(batch)
         out.append(sampler(model, sched, x_T, generator=generator, progress=progress, **kwargs, **extra).cpu())
     return torch.cat(out)
 
@@ -160,14 +163,15 @@ def target_labels(n: int, n_classes: int, seed: int) -> torch.Tensor:
 
 def guide_for(classifier: Classifier | None, y: torch.Tensor, scale: float | None,
               device: torch.device = torch.device("cpu")):
-    """draw's per-batch guidance for targets y at scale s; None when unguided or s = 0, which then runs the
-    unguided sampler itself: its samples are the unguided cell's, bit for bit, and it costs no classifier pass."""
+    """draw's per-batch keyword arguments for targets y at scale s, {"guidance": s grad log p(y[batch] | x_t)}; None
+    when unguided or s = 0, which then runs the unguided sampler itself: its samples are the unguided cell's, bit
+    for bit, and it costs no classifier pass."""
     if not scale:
         return None
     if classifier is None:
         raise ValueError(f"a cell guided at scale {scale:g} needs a classifier")
     y = y.to(device)
-    return lambda batch: classifier_grad(classifier, y[batch], scale)
+    return lambda batch: {"guidance": classifier_grad(classifier, y[batch], scale)}
 
 
 def bound(model: ReverseModel, sched: Schedule, cell: CellParams, ref: Dataset,
@@ -223,16 +227,22 @@ class CellFiles:
 def score(x: np.ndarray, ref: Dataset, reference: ReferenceSet, params: Params, y: np.ndarray | None,
           condition: ConditionParams | None = None, extractor: Extractor | None = None) -> dict[str, float]:
     """The cell's quality and coverage against the reference split, in data units, with the data set's own measures
-    (a mixture's modes, the swiss roll's curve); guided cells add the target-hit rate, conditioned cells on a mixture
-    the share at the exact conditional's modes and the distance of their weights from its."""
+    (a mixture's modes, the swiss roll's curve); guided cells add the target-hit rate (judged by the evaluator on
+    images, by the nearest mode on a mixture), conditioned cells on a mixture the share at the exact conditional's
+    modes and the distance of their weights from its, inpaint cells their scores against their sources
+    (`inpaint_scores`)."""
     e = params.evaluate
+    inpaint = condition is not None and condition.factor == "inpaint"
+    embedded = (extractor or reference.extractor()).embed(x) if inpaint else None  # its logits score both
     out = sample_metrics(x, reference, extractor=extractor, modes=ref.modes, mode_std=ref.mode_std, n_std=e.n_std,
-                         min_count=e.min_mode_count, kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size)
+                         min_count=e.min_mode_count, kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size,
+                         targets=y, embedded=embedded)
+    if inpaint:
+        out |= inpaint_scores(x, embedded[1], ref, hidden_pixels(condition, x.shape[1:]),
+                              DATASETS[params.data.name].n_classes)
     measures = DATASETS[params.data.name].measures
     if measures is not None:
         out |= measures(x, params.data.std, e.n_std, e.min_mode_count)
-    if y is not None and ref.modes is not None:
-        out["target_hit"] = target_hit_rate(x, y, ref.modes)
     if condition is not None and ref.modes is not None:
         exact = (delta_conditional(ref.modes, ref.mode_std, condition.coordinate, condition.value)
                  if condition.factor == "delta" else
@@ -241,19 +251,61 @@ def score(x: np.ndarray, ref: Dataset, reference: ReferenceSet, params: Params, 
     return out
 
 
+def inpaint_scores(x: np.ndarray, logits: torch.Tensor | None, ref: Dataset, hidden: np.ndarray,
+                   n_classes: int) -> dict[str, float]:
+    """An inpaint cell's completions x (N, C, H, W, uint8) of the first N reference images: `inpaint_mse`, the mean
+    squared error of their sampled pixels (`hidden`, (C, H, W)) against the sources', in model space ([-1, 1]
+    pixels); and `inpaint_accuracy`, the share the evaluator labels as their source (ref.y[:N]), from its logits
+    (N, G, K), where its labels are the data set's (K^G = n_classes: digits, not Inception's ImageNet classes)."""
+    source = ref.x[: len(x)]
+    out = {"inpaint_mse": masked_mse(ref.to_model(x), ref.to_model(source), hidden)}
+    if logits is not None and logits.shape[-1] ** logits.shape[1] == n_classes:
+        out["inpaint_accuracy"] = label_accuracy(logits, ref.y[: len(x)])
+    return out
+
+
+def hidden_pixels(condition: ConditionParams, shape: tuple[int, ...]) -> np.ndarray:
+    """An inpaint condition's sampled pixels in images of `shape` (C, H, W), bool (`guidance.inpaint_mask`)."""
+    return inpaint_mask(condition.mask, tuple(shape), condition.size).numpy()
+
+
+def check_condition(cell_key: str, condition: ConditionParams | None, n: int, ref_path: str, ref: Dataset) -> None:
+    """The reference split can condition the cell: an inpaint cell needs images, and one source image per sample;
+    InputError naming the file otherwise (before any compute)."""
+    if condition is None or condition.factor != "inpaint":
+        return
+    if ref.x.ndim != 4:
+        raise InputError(f"{ref_path}: {cell_key}.condition inpaints images; the split holds points {ref.x.shape}")
+    if n > len(ref.x):
+        raise InputError(f"{ref_path}: {cell_key} draws {n} samples, one per source image; the split holds "
+                         f"{len(ref.x)}")
+
+
 def factor(condition: ConditionParams | None, ref: Dataset, shape: tuple[int, ...],
-           device: torch.device = torch.device("cpu")) -> dict:
-    """A condition (data units) as the samplers' keyword arguments in model space: `known` for a delta on a
-    coordinate, `guidance` = grad log r for a Gaussian bump (Sohl-Dickstein et al. 2015 §2.5); none without one."""
+           device: torch.device = torch.device("cpu")):
+    """A condition (data units) as draw's per-batch sampler keyword arguments in model space (`draw`'s per_batch):
+    `known` for a delta on a coordinate, the same for every batch, or, for inpainting, sample i's pixels outside
+    the mask from reference image i (i modulo the split's size, so timing runs of any n draw too) with the
+    condition's rule; `guidance` = grad log r for a Gaussian bump (Sohl-Dickstein et al. 2015 §2.5). None without
+    a condition."""
     if condition is None:
-        return {}
+        return None
+    if condition.factor == "inpaint":
+        known = ~inpaint_mask(condition.mask, shape, condition.size).to(device)
+
+        def sources(batch: slice) -> dict:
+            x0 = ref.to_model(ref.x[np.arange(batch.start, batch.stop) % len(ref.x)])
+            return {"known": Known(known, torch.from_numpy(x0).to(device), condition.rule)}
+        return sources
     if condition.factor == "delta":
         mask = torch.zeros(math.prod(shape), dtype=torch.bool, device=device)
         mask[condition.coordinate] = True
         values = torch.full((math.prod(shape),), (condition.value - ref.shift) * ref.scale, device=device)
-        return {"known": Known(mask.reshape(shape).to(device), values.reshape(shape).to(device))}
-    center = (torch.tensor(condition.center, dtype=torch.float64, device=device) - ref.shift) * ref.scale
-    return {"guidance": gaussian_factor(center.reshape(shape).to(device), condition.std * ref.scale)}
+        kwargs = {"known": Known(mask.reshape(shape).to(device), values.reshape(shape).to(device))}
+    else:
+        center = (torch.tensor(condition.center, dtype=torch.float64, device=device) - ref.shift) * ref.scale
+        kwargs = {"guidance": gaussian_factor(center.reshape(shape).to(device), condition.std * ref.scale)}
+    return lambda batch: kwargs
 
 
 def as_samples(x: torch.Tensor, ref: Dataset) -> np.ndarray:
@@ -284,14 +336,14 @@ class CellRun:
 def cell_sampler(run: CellRun, sched: Schedule, ref: Dataset, rt: Runtime):
     """The cell's sampler as draw_cell(n, batch_size, seed, label_seed, progress) -> (samples (n, ...) on the CPU,
     targets (n,) or None): noise from `seed`, a guided cell's targets from `label_seed`, the condition's factor in."""
-    sampler = CELL_SAMPLERS[run.cell.sampler]
-    kwargs = {**run.cell.sampler_kwargs(), **factor(run.cell.condition, ref, run.shape, rt.device)}
+    sampler, kwargs = CELL_SAMPLERS[run.cell.sampler], run.cell.sampler_kwargs()
+    condition = factor(run.cell.condition, ref, run.shape, rt.device)  # a cell has a condition or a guidance scale
 
     def draw_cell(n: int, batch_size: int, seed: int, label_seed: int | None, progress: bool):
         y = target_labels(n, run.n_classes, label_seed) if run.guided else None
-        guide = guide_for(run.classifier, y, run.cell.scale, rt.device) if run.guided else None
+        per_batch = guide_for(run.classifier, y, run.cell.scale, rt.device) if run.guided else condition
         return draw(sampler, run.model, sched, n, batch_size, run.shape, generator(rt, seed), kwargs, progress,
-                    guide), y
+                    per_batch), y
 
     return draw_cell
 
@@ -304,14 +356,18 @@ def check_finite(stage: str, x: torch.Tensor) -> None:
 
 
 def write_cell(run: CellRun, files: CellFiles, x_data: np.ndarray, y: np.ndarray | None, nfe: int,
-               likelihood: dict, row: dict, timing: dict) -> None:
-    """The cell's samples (with NFE, bound and targets), scatter plot, row and timing, each written atomically."""
-    targets = {"y": y, "scale": np.float64(run.cell.scale)} if run.guided else {}
-    atomic_save_npz(files.samples, x=x_data, nfe=np.int64(nfe), **likelihood, **targets)
+               likelihood: dict, row: dict, timing: dict, ref: Dataset) -> None:
+    """The cell's samples (with NFE, bound and targets; an inpaint cell's source labels `source_y` and sampled pixels
+    `mask`), plot (an inpaint cell's: sources, masked inputs, completions), row and timing, each written atomically."""
     condition = run.cell.condition
+    targets = {"y": y, "scale": np.float64(run.cell.scale)} if run.guided else {}
+    hidden = hidden_pixels(condition, x_data.shape[1:]) if condition and condition.factor == "inpaint" else None
+    sources = {} if hidden is None else {"source_y": ref.y[: len(x_data)], "mask": hidden}
+    atomic_save_npz(files.samples, x=x_data, nfe=np.int64(nfe), **likelihood, **targets, **sources)
     title = (f"{run.name}: NFE {nfe}" + (f", guidance s = {run.cell.scale:g} (colour: target)" if run.guided else "")
              + (f", times r: {condition.describe()}" if condition else ""))
-    atomic_save_figure(files.scatter, samples_figure(x_data, title, labels=y))
+    atomic_save_figure(files.scatter, samples_figure(x_data, title, labels=y) if hidden is None else
+                       inpaint_figure(ref.x[: len(x_data)], hidden, x_data, title))
     atomic_write_json(files.metrics, row)
     atomic_write_json(files.timing, timing)
 
@@ -344,6 +400,7 @@ def run_cell(run: CellRun, ref: Dataset, params: Params, files: CellFiles) -> No
     same from run to run on one device.
     """
     p, e, t, rt = params.sample, params.evaluate, params.timing, stage_runtime(params)
+    check_condition(run.name, run.cell.condition, run.cell.n or p.n, files.reference, ref)
     reference = load_reference_stats(files.stats, e.features, e.k)  # a bad file fails here, before any compute
     extractor = reference.extractor(rt.device)
     sched = respace(run.full, make_trajectory(run.cell.trajectory, len(run.full), run.cell.steps))
@@ -361,7 +418,7 @@ def run_cell(run: CellRun, ref: Dataset, params: Params, files: CellFiles) -> No
     timing = time_draws(lambda n, seed: draw_cell(n, n, seed, seed, False)[0], n=t.n, repeats=t.repeats,
                         warmup=t.warmup, threads=t.threads, device=rt.device)
     timing["runtime"] = describe(rt)
-    write_cell(run, files, x_data, y_np, nfe, likelihood, row, timing)
+    write_cell(run, files, x_data, y_np, nfe, likelihood, row, timing, ref)
     log_cell(run, params, n, row, timing, files, extractor.name)
 
 

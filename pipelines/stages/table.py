@@ -48,7 +48,8 @@ def markdown_table(df: pd.DataFrame) -> str:
     fmt = {"wall_s_per_1k": "{:.3f}", "hq_fraction": "{:.3f}", "kl_uniform": "{:.4f}", "fid": "{:.4f}",
            "kid": "{:.5f}", "kid_std": "{:.5f}", "classifier_score": "{:.3f}",
            "precision": "{:.3f}", "recall": "{:.3f}", "target_hit": "{:.3f}", "scale": "{:g}", "arc_coverage": "{:.2f}",
-           "cond_hq": "{:.3f}", "cond_tv": "{:.3f}", "k_bits": "{:.2f}", "k_minus_null_bits": "{:.2f}"}
+           "cond_hq": "{:.3f}", "cond_tv": "{:.3f}", "k_bits": "{:.2f}", "k_minus_null_bits": "{:.2f}",
+           "inpaint_accuracy": "{:.3f}", "inpaint_mse": "{:.4f}"}
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     for _, row in df.iterrows():
         cells = []
@@ -138,10 +139,14 @@ def main(argv: list[str]) -> None:
 
 # Columns each part of the markdown leaves out: they are blank in every row of that part, or (the bound K and the
 # arc coverage) a data set's own, shown where PAPER_COLUMNS names them.
-MAIN_ONLY = ("arc_coverage", "cond_hq", "cond_tv", "k_bits", "k_minus_null_bits", "data", "condition")
+MAIN_ONLY = ("arc_coverage", "cond_hq", "cond_tv", "inpaint_accuracy", "inpaint_mse", "k_bits", "k_minus_null_bits",
+             "data", "condition")
 # conditioned rows: FID and precision/recall against the unconditional reference split say nothing
 CONDITIONED_DROP = ("arc_coverage", "k_bits", "k_minus_null_bits", "nll", "nll_se", "target_hit", "scale", "data",
-                    "eta", "modes", "kl_uniform", "fid", "precision", "recall")
+                    "eta", "modes", "kl_uniform", "fid", "precision", "recall", "inpaint_accuracy", "inpaint_mse")
+# inpainted rows: completions of reference images, whose FID, KID and precision/recall against that split are scores
+INPAINT_DROP = ("arc_coverage", "k_bits", "k_minus_null_bits", "nll", "nll_se", "target_hit", "scale", "data",
+                "modes", "kl_uniform", "hq_fraction", "cond_hq", "cond_tv")
 # A data set's columns from its paper, and the header's sentence on them: the swiss roll's (profiles/swissroll.yaml)
 # are Sohl-Dickstein et al. 2015's Table 1 and its own arc coverage (components/data/swiss_roll.py).
 PAPER_COLUMNS = {"swissroll": ("arc_coverage", "k_bits", "k_minus_null_bits")}
@@ -162,7 +167,8 @@ def paper_sentence(params) -> str:
 def markdown_document(df: pd.DataFrame, params, spec, timings: dict[str, dict]) -> str:
     """trilemma.md: the main table (the unconditioned rows), then the conditioned rows, each with the columns it
     fills."""
-    main, conditioned = df[df["condition"].isna()], df[df["condition"].notna()]
+    inpainted = df["condition"].map(lambda c: isinstance(c, str) and c.startswith("inpaint")).astype(bool)
+    main, conditioned, inpaint = df[df["condition"].isna()], df[df["condition"].notna() & ~inpainted], df[inpainted]
     shown = PAPER_COLUMNS.get(params.data.name, ())
     text = table_header(params, spec, main, timings)
     text += markdown_table(markdown_frame(main.drop(columns=list(dict.fromkeys(
@@ -174,6 +180,17 @@ def markdown_document(df: pd.DataFrame, params, spec, timings: dict[str, dict]) 
                  "form); `cond_tv`: total variation between their split over those modes and the exact weights.\n\n"
                  + markdown_table(markdown_frame(conditioned.drop(columns=list(
                      dict.fromkeys([*CONDITIONED_DROP, *said(conditioned, params)]))))))
+    if len(inpaint):
+        text += ("\n\nInpainted rows: sample i completes reference image i, its pixels outside the mask known "
+                 "(Sohl-Dickstein et al. 2015 §2.5). Rule `clamp` holds the known pixels at their clean values at "
+                 "every step (r(x^(t)) constant over t, as the 2015 paper); rule `noised` replaces them at every step "
+                 "by a draw of q(x_t | x_0), the noise level the network was trained at (Song et al. 2021's score-SDE "
+                 "imputation, RePaint without resampling). `inpaint_accuracy`: share of completions the evaluator "
+                 "labels as their source's class; `inpaint_mse`: mean squared error of the sampled pixels against "
+                 "the source, pixels in [-1, 1]; FID, KID and precision/recall of the completions against the "
+                 "reference split.\n\n"
+                 + markdown_table(markdown_frame(inpaint.drop(columns=list(
+                     dict.fromkeys([*INPAINT_DROP, *said(inpaint, params)]))))))
     return text
 
 
@@ -249,8 +266,10 @@ def table_header(params, spec, main: pd.DataFrame, timings: dict[str, dict]) -> 
         text += "Model `sd2015` is Sohl-Dickstein et al. 2015's (its own reverse kernel, on its full chain). "
     if has["guided"]:
         text += ("`scale`: classifier-guidance scale s (ADM Alg. 1 for ddpm, Alg. 2 for ddim; exact rows guide with "
-                 "the exact p(y | x_t)); `target_hit`: share of a guided row's samples whose nearest mode is its "
-                 "target label, targets uniform. A guided step adds one classifier forward and backward, which the "
+                 "the exact p(y | x_t)); `target_hit`: share of a guided row's samples "
+                 + ("whose nearest mode is their target label" if spec.decoder == "continuous" else
+                    "the evaluator labels as their target (an independent judge: the guided sampler never sees it)")
+                 + ", targets uniform. A guided step adds one classifier forward and backward, which the "
                  "wall time includes. ")
     return text + (
         f"NFE counts denoiser evaluations. "

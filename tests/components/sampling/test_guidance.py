@@ -64,7 +64,7 @@ def _exact_guided(sampler, steps: int, scale: float, n: int = 2000, **kw):
     g = torch.Generator().manual_seed(0)
     guide = guide_for(mixture_classifier(full, means, std), y, scale)
     x = sampler(ReverseModel(mixture_eps_model(full, means, std)), sched, torch.randn(n, 2, generator=g), generator=g,
-                guidance=None if guide is None else guide(slice(0, n)), **kw)
+                **({} if guide is None else guide(slice(0, n))), **kw)
     return x.numpy() / SCALE, y.numpy()
 
 

@@ -9,10 +9,10 @@ import torch
 
 from conftest import ROOT
 from components.data.gaussians25 import gaussians25_means
-from components.scoring.features import identity_features
+from components.scoring.features import Extractor, identity_features
 from components.scoring.metrics import (
     ReferenceSet, fid_statistics, frechet_distance, frechet_distance_from_statistics, knn_radii, mode_metrics,
-    nearest_mode, precision_recall, reference_set, sample_metrics, target_hit_rate,
+    label_accuracy, nearest_mode, precision_recall, reference_set, sample_metrics, target_hit_rate,
 )
 
 MEANS = gaussians25_means()
@@ -83,6 +83,23 @@ def test_target_hit_rate_counts_nearest_mode_equal_to_target():
     # sample 2 sits 1.1 from mode 2 and 0.9 from mode 3 (2 apart on the grid): a miss
     assert nearest[2] == 3
     assert target_hit_rate(x, np.array([0, 1, 2, 3]), MEANS) == 0.75
+
+
+def test_on_images_the_target_hit_is_the_evaluators_judgement_not_the_nearest_mode():
+    """A guided cell on images is judged by the extractor's classifier (the pipeline's evaluator): its argmax against
+    the target, whatever the samples' nearest 'mode' would say."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 2))
+    says = torch.zeros(40, 1, 10)
+    says[:, 0, 3] = 5.0  # the evaluator calls every sample a 3
+    judge = Extractor("judge", lambda s: (identity_features(s), says))
+    ref = reference_set(rng.standard_normal((200, 2)))
+    y = np.array([3] * 30 + [4] * 10)
+    m = sample_metrics(x, ref, extractor=judge, modes=MEANS, mode_std=0.05, kid_subsets=2, kid_subset_size=20,
+                       targets=y)
+    assert m["target_hit"] == 0.75 == label_accuracy(says, y)
+    assert "target_hit" not in sample_metrics(x, ref, extractor=judge, kid_subsets=2, kid_subset_size=20)
+    assert sample_metrics(x, ref, modes=MEANS, mode_std=0.05, targets=y)["target_hit"] == target_hit_rate(x, y, MEANS)
 
 
 def test_collapsed_samples_keep_precision_and_lose_recall():

@@ -143,3 +143,34 @@ def test_a_gaussian_bump_by_the_mean_shift_samples_near_the_product():
     print(f"\nbump N([2, 2], 1), exact eps*: {m}")
     assert m["cond_hq"] >= 0.99 and m["cond_tv"] < 0.12
 
+
+
+def test_the_2015_image_kernel_is_read_per_pixel_and_trains_on_the_discretized_bound():
+    """Images: DDPM's UNet with doubled outputs (2C channels: z_mu then z_Sigma) is the 2015 reverse kernel pixel by
+    pixel. At z = 0 it is the forward kernel N(sqrt(1 - beta_t) x_t, beta_t); at z_Sigma -> -inf / +inf its variance
+    goes to 0 / 1; schedule index 0 ignores the network. One step on the bound with the discretized decoder (the
+    images' last step, DDPM eq. 13) is finite and moves the weights."""
+    sched = make_schedule("linear", 1000)
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0, 3, 500, 999])
+    beta = torch.from_numpy(sched.betas)[t].reshape(4, 1, 1, 1)
+    z_mu = torch.randn_like(x)
+    for z_sigma, var in ((0.0, beta.expand_as(x)), (-60.0, torch.zeros_like(x)), (60.0, torch.ones_like(x))):
+        out = ModelOutput(torch.cat([z_mu, torch.full_like(x, z_sigma)], dim=1), "sd2015")
+        mean, log_var = reverse_kernel(sched, x, t, out, variance="learned")
+        assert mean.shape == log_var.shape == x.shape
+        assert torch.allclose(mean[1:], (1 - beta[1:]).sqrt() * x[1:] + beta[1:].sqrt() * z_mu[1:])
+        assert torch.allclose(mean[0], (1 - beta[0]).sqrt() * x[0]) and torch.allclose(log_var[0].exp(), beta[0])
+        assert torch.allclose(log_var[1:].exp(), var[1:], atol=1e-12)
+
+    torch.manual_seed(0)
+    net = make_network("unet", (1, 8, 8), ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+                       out_mult=2)
+    assert net(x.float(), t).shape == (4, 2, 8, 8)
+    state = TrainState.create(net, 1e-3, 0)
+    data = torch.rand(64, 1, 8, 8) * 2 - 1
+    before = [p.detach().clone() for p in net.parameters()]
+    m = bound_train_step(state, sched, data, make_timestep_sampler("uniform", len(sched)), batch_size=8,
+                         output="sd2015", decoder="discretized", lr=1e-3, grad_clip=1.0, ema_decay=0.9)
+    assert math.isfinite(m["loss"]) and m["loss"] > 0  # bits/dim
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pipelines.params import ParamsError
-from pipelines.orchestration.profile import load_profile, profile_params
+from pipelines.orchestration.profile import ProfileError, load_profile, profile_params
 
 from conftest import ROOT, run
 
@@ -47,3 +47,21 @@ def test_params_under_a_profile_are_read_strictly_too(tmp_path):
         f.write("sample: {n: 8, seed: 0, batch_size: 8}\n")  # `sample` is already a section of the file
     with pytest.raises(ParamsError, match=r"params\.yaml: line \d+: duplicate key 'sample' \(first given at line \d+\)$"):
         profile_params({}, tmp_path)
+
+
+def test_a_profile_starts_from_its_base_and_a_cycle_is_refused(tmp_path):
+    """`base: <profile>`: the base's merge and replace first, then the profile's own; its claims file unless it
+    names one. A profile that is its own base, directly or not, is one line naming the file."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "claims-a.yaml").write_text("")
+    (tmp_path / "profiles/a.yaml").write_text("claims: claims-a.yaml\nmerge:\n  sample: {n: 64, seed: 3}\n"
+                                              "replace:\n  exact_sweep: {}\n")
+    (tmp_path / "profiles/b.yaml").write_text("base: a\nmerge:\n  sample: {n: 32}\n")
+    b = load_profile("b", tmp_path)
+    assert b["claims"] == "claims-a.yaml"
+    params = profile_params(b, tmp_path)
+    assert params["sample"]["n"] == 32 and params["sample"]["seed"] == 3 and params["exact_sweep"] == {}
+    (tmp_path / "profiles/a.yaml").write_text("base: b\n")
+    with pytest.raises(ProfileError, match=r"a\.yaml: base: expected the name of another profile.*'b'$"):
+        load_profile("b", tmp_path)

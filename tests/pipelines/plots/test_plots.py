@@ -294,3 +294,16 @@ def test_trilemma_figure_is_deterministic(figures):
         return buf.getvalue()
 
     assert png(trilemma_figure(rows[1:], ceiling=rows[0], marked=MARKED)) == png(figures["marked"])
+
+
+def test_the_guidance_figure_reads_the_classifier_score_on_images():
+    """Image rows have no high-quality fraction (a mixture's): the fourth panel is the classifier score there."""
+    from pipelines.plots.sweeps import guidance_figure
+
+    rows = [{"scale": s, "model": "ddpm", "precision": 0.5, "recall": 0.5, "target_hit": 0.1 * s,
+             "classifier_score": 5 + s} for s in (0.0, 1.0, 10.0)]
+    fig = guidance_figure({"ddpm ddim-50": rows})
+    assert [ax.get_ylabel() for ax in fig.axes][-1] == "classifier score"
+    assert fig.axes[-1].get_ylim()[1] > 10  # not clipped to a share's [0, 1]
+    points = guidance_figure({"ddpm ddim-50": [{**r, "hq_fraction": 0.9} for r in rows]})
+    assert points.axes[-1].get_ylabel() == "high-quality fraction"

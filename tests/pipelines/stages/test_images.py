@@ -16,10 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+from components.scoring.evaluator import LeNet, to_model_space
 from conftest import ROOT, stage_env, write_cifar10_batches, write_random_inception_weights
 
 pytestmark = pytest.mark.e2e
@@ -92,6 +95,62 @@ def test_mnist_profile_runs_the_image_dag_and_a_second_workspace_restores_it_fro
     assert again.stdout.count("is cached - skipping run") >= len(SWEEP) + 6
     assert table(tmp_path / "ws2").drop(columns=["wall_s_per_1k", "wall_s_per_1k_iqr"]).equals(
         df.drop(columns=["wall_s_per_1k", "wall_s_per_1k_iqr"]))
+
+
+# mnist-conditional at test size: the tiny UNet for the 2015 model and the encoder classifier, one unguided DDIM
+# cell with its s = 0 and s = 2 guided twins, the 2015 model's full chain.
+TINY_UNET = TINY_IMAGES["train_ddpm"]["network"]
+TINY_CONDITIONAL = {
+    **TINY_IMAGES,
+    "train_classifier": {"steps": 20, "batch_size": 16, "warmup_steps": 2, "log_every": 10, "checkpoint_every": 10,
+                         "accuracy_buckets": 5, "network": {**TINY_UNET, "name": "unet"}},
+    "train_sd2015": {"steps": 10, "batch_size": 16, "warmup_steps": 2, "log_every": 5, "checkpoint_every": 5,
+                     "network": TINY_UNET},
+}
+GUIDED = {f"ddim-5-s{s}": {"model": "ddpm", "sampler": "ddim", "steps": 5, "eta": 0.0, "clip_x0": True, "scale": s}
+          for s in (0, 2)}
+CONDITIONAL_SWEEP = {"ddim-5": {"model": "ddpm", "sampler": "ddim", "steps": 5, "eta": 0.0, "clip_x0": True},
+                     "sd2015-50": {"model": "sd2015", "sampler": "ddpm", "steps": 50, "variance": "learned", "n": 8},
+                     **{f"ddpm-10-bottom-{rule}": {"model": "ddpm", "sampler": "ddpm", "steps": 10, "clip_x0": True,
+                                                   "n": 8, "condition": {"factor": "inpaint", "mask": "bottom",
+                                                                         "rule": rule}}
+                        for rule in ("clamp", "noised")}}
+
+
+def test_mnist_conditional_profile_guides_judged_by_the_evaluator_and_trains_the_2015_model(tmp_path):
+    """The profile mnist-conditional at test size: s = 0 is the unguided cell bit for bit, a guided cell's target-hit
+    rate is the evaluator's judgement (recomputed here from models/evaluator.pt, a LeNet the sampler never saw), the
+    classifier's accuracy by t is written, the 2015 model's row has its bound, and both inpainting rules keep the
+    source's known pixels and are scored against it."""
+    over = overlay(tmp_path / "tiny.yaml", TINY_CONDITIONAL,
+                   replace={"sweep": CONDITIONAL_SWEEP, "guided_sweep": GUIDED})
+    proc = profile("mnist-conditional", tmp_path, over)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ws = tmp_path / "ws"
+    df = table(ws)
+    unguided, s0, s2 = (dict(np.load(ws / f"samples/{c}.npz")) for c in ("ddim-5", "ddim-5-s0", "ddim-5-s2"))
+    assert np.array_equal(s0["x"], unguided["x"]) and not np.array_equal(s2["x"], unguided["x"])
+    assert df.loc["ddim-5-s0", "fid"] == df.loc["ddim-5", "fid"]
+
+    ckpt = torch.load(ws / "models/evaluator.pt", weights_only=True)
+    judge = LeNet(**ckpt["config"])
+    judge.load_state_dict(ckpt["weights"])
+    with torch.no_grad():
+        says = judge(to_model_space(torch.from_numpy(s2["x"]))).argmax(-1).numpy()
+    assert df.loc["ddim-5-s2", "target_hit"] == pytest.approx(float((says == s2["y"]).mean()), abs=1e-12)
+
+    accuracy = pd.read_csv(ws / "plots/train_classifier/accuracy.csv")
+    assert len(accuracy) == 5 and accuracy["accuracy"].between(0, 1).all()
+    assert df.loc["sd2015-50", "nll"] > 0 and df.loc["sd2015-50", "n"] == 8
+    ref, ref_y = (np.load(ws / "data/reference.npz")[k] for k in ("x", "y"))
+    for rule in ("clamp", "noised"):
+        out = np.load(ws / f"samples/ddpm-10-bottom-{rule}.npz")
+        hidden = out["mask"]
+        assert np.array_equal(out["x"][:, ~hidden], ref[:8][:, ~hidden]) and np.array_equal(out["source_y"], ref_y[:8])
+        assert 0 <= df.loc[f"ddpm-10-bottom-{rule}", "inpaint_accuracy"] <= 1
+        assert df.loc[f"ddpm-10-bottom-{rule}", "inpaint_mse"] > 0
+    assert "Inpainted rows" in (ws / "metrics/trilemma.md").read_text()
+    assert "guidance-hits-the-target" in (ws / "metrics/claims.json").read_text()  # its own claims file was checked
 
 
 def test_cifar10_profile_runs_on_fake_batches_with_a_local_inception_file(tmp_path):
