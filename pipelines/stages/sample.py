@@ -232,12 +232,11 @@ def score(x: np.ndarray, ref: Dataset, reference: ReferenceSet, params: Params, 
     modes and the distance of their weights from its, inpaint cells their scores against their sources
     (`inpaint_scores`)."""
     e = params.evaluate
-    inpaint = condition is not None and condition.factor == "inpaint"
-    embedded = (extractor or reference.extractor()).embed(x) if inpaint else None  # its logits score both
-    out = sample_metrics(x, reference, extractor=extractor, modes=ref.modes, mode_std=ref.mode_std, n_std=e.n_std,
+    embedded = (extractor or reference.extractor()).embed(x)  # once: the row's metrics and an inpaint cell's scores
+    out = sample_metrics(x, reference, modes=ref.modes, mode_std=ref.mode_std, n_std=e.n_std,
                          min_count=e.min_mode_count, kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size,
                          targets=y, embedded=embedded)
-    if inpaint:
+    if condition is not None and condition.factor == "inpaint":
         out |= inpaint_scores(x, embedded[1], ref, hidden_pixels(condition, x.shape[1:]),
                               DATASETS[params.data.name].n_classes)
     measures = DATASETS[params.data.name].measures
