@@ -113,6 +113,14 @@ class PixelNorm(nn.Module):
         return z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + 1e-8)
 
 
+def mapping_network(nz: int, zemb_dim: int, depth: int) -> nn.Sequential:
+    """DDGAN's (and StyleGAN's) mapping network z (B, nz) -> w (B, zemb_dim): PixelNorm, then `depth` SiLU layers."""
+    layers: list[nn.Module] = [PixelNorm()]
+    for i in range(depth):
+        layers += [nn.Linear(nz if i == 0 else zemb_dim, zemb_dim), nn.SiLU()]
+    return nn.Sequential(*layers)
+
+
 class AdaptiveResidualBlock(ResidualBlock):
     """ResidualBlock whose LayerNorm is modulated by the latent's embedding w: scale (1 + gamma(w)), shift beta(w).
 
@@ -145,10 +153,7 @@ class MLPGenerator(nn.Module):
         self.data_shape = tuple(data_shape)
         self.nz, self.temb_dim, self.fourier_octaves = nz, temb_dim, fourier_octaves
         d = math.prod(self.data_shape)
-        layers: list[nn.Module] = [PixelNorm()]
-        for i in range(mapping_depth):
-            layers += [nn.Linear(nz if i == 0 else zemb_dim, zemb_dim), nn.SiLU()]
-        self.mapping = nn.Sequential(*layers)
+        self.mapping = mapping_network(nz, zemb_dim, mapping_depth)
         self.temb_mlp = nn.Sequential(nn.Linear(temb_dim, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         self.inp = nn.Linear(d * (1 + 2 * fourier_octaves), width)
         self.blocks = nn.ModuleList(AdaptiveResidualBlock(width, temb_dim, zemb_dim) for _ in range(depth))

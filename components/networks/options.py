@@ -38,6 +38,15 @@ MLP_DISCRIMINATOR: Options = {"data_shape": SHAPE, "width": ("int", 128), "depth
                               "temb_dim": ("int", 64), "fourier_octaves": ("int", 0)}
 PLAIN_MLP_DISCRIMINATOR: Options = {"data_shape": SHAPE, "width": ("int", 128), "depth": ("int", 3),
                                     "temb_dim": ("int", 64), "fourier_octaves": ("int", 0)}
+# DDGAN's image networks (components/networks/generator.py): DDPM's UNet with z through a mapping network into
+# adaptive GroupNorm, and a time-conditioned residual conv discriminator; the defaults are sized for 28x28 digits on
+# a CPU.
+UNET_GENERATOR: Options = {"data_shape": SHAPE, "nz": ("int", 32), "ch": ("int", 16),
+                           "ch_mult": ("tuple[int, ...]", (1, 2, 2)), "num_res_blocks": ("int", 1),
+                           "attn_resolutions": ("tuple[int, ...]", ()), "dropout": ("float", 0.0),
+                           "zemb_dim": ("int", 64), "mapping_depth": ("int", 2)}
+CONV_DISCRIMINATOR: Options = {"data_shape": SHAPE, "ch": ("int", 32), "ch_mult": ("tuple[int, ...]", (1, 2, 2)),
+                               "temb_dim": ("int", 64), "stddev_group": ("int", 4)}
 
 # Where networks run (components/networks/runtime.py): auto is the GPU lent to the stage, else the CPU; bf16
 # autocasts the network's forward pass.

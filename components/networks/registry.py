@@ -15,8 +15,12 @@ CLASSIFIERS = Registry("classifier", {"mlp": "components.networks.mlp:MLPClassif
                                       "unet": "components.networks.encoder:EncoderClassifier"},
                        {"mlp": options.MLP_CLASSIFIER, "unet": options.ENCODER_CLASSIFIER})
 GENERATORS = Registry("generator", {"mlp": "components.networks.mlp:MLPGenerator",
-                                    "plain_mlp": "components.networks.mlp:PlainMLPGenerator"},
-                      {"mlp": options.MLP_GENERATOR, "plain_mlp": options.PLAIN_MLP_GENERATOR})
+                                    "plain_mlp": "components.networks.mlp:PlainMLPGenerator",
+                                    "unet": "components.networks.generator:UNetGenerator"},
+                      {"mlp": options.MLP_GENERATOR, "plain_mlp": options.PLAIN_MLP_GENERATOR,
+                       "unet": options.UNET_GENERATOR})
 DISCRIMINATORS = Registry("discriminator", {"mlp": "components.networks.mlp:MLPDiscriminator",
-                                            "plain_mlp": "components.networks.mlp:PlainMLPDiscriminator"},
-                          {"mlp": options.MLP_DISCRIMINATOR, "plain_mlp": options.PLAIN_MLP_DISCRIMINATOR})
+                                            "plain_mlp": "components.networks.mlp:PlainMLPDiscriminator",
+                                            "conv": "components.networks.generator:ConvDiscriminator"},
+                          {"mlp": options.MLP_DISCRIMINATOR, "plain_mlp": options.PLAIN_MLP_DISCRIMINATOR,
+                           "conv": options.CONV_DISCRIMINATOR})

@@ -39,7 +39,10 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """DDPM's residual block: norm, SiLU, conv, + time projection per channel, norm, SiLU, dropout, conv, + skip."""
+    """DDPM's residual block: norm, SiLU, conv, + time projection per channel, norm, SiLU, dropout, conv, + skip.
+
+    `adapt_to_latent` turns the second norm adaptive, for DDGAN's generator (components/networks/generator.py).
+    """
 
     def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float):
         super().__init__()
@@ -51,11 +54,24 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         # a 1x1 conv matches the channels only where they change (DDPM's nin_shortcut)
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.style: nn.Linear | None = None
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def adapt_to_latent(self, zemb_dim: int) -> None:
+        """Make the second norm adaptive: GroupNorm without an affine of its own, scaled by (1 + gamma(w)) and
+        shifted by beta(w) per channel from a latent's embedding w (B, zemb_dim): DDGAN's AdaptiveGroupNorm in its
+        NCSN++ generator, after StyleGAN's AdaIN."""
+        out_ch = self.conv2.out_channels
+        self.norm2 = nn.GroupNorm(norm_groups(out_ch), out_ch, eps=1e-6, affine=False)
+        self.style = nn.Linear(zemb_dim, 2 * out_ch)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, out_ch, H, W)
         h = h + self.temb_proj(F.silu(temb))[:, :, None, None]  # time enters as a per-channel bias
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.norm2(h)
+        if self.style is not None:  # the latent enters as a per-channel scale and shift (adaptive GroupNorm)
+            gamma, beta = self.style(w)[:, :, None, None].chunk(2, dim=1)  # (B, out_ch, 1, 1) each
+            h = h * (1 + gamma) + beta
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.shortcut(x) + h
 
 
@@ -200,16 +216,21 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """eps (out_mult 1) or eps then v (out_mult 2) of shape (B, C * out_mult, H, W), from x_t (B, C, H, W)."""
+        return self.run(x, t, None)
+
+    def run(self, x: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        """The network on x_t (B, C, H, W) at timesteps t (B,), every block reading the latent's embedding w where
+        its norm is adaptive (DDGAN's generator; None for a denoiser): (B, C * out_mult, H, W)."""
         temb = self.temb_mlp(timestep_embedding(t, self.ch).to(self.conv_in.weight.dtype))  # (B, 4 ch)
         hs = [self.conv_in(x)]  # (B, ch, H, W)
         for level, downsample in zip(self.down, self.downsample):
             for block, attn in zip(level.blocks, level.attns):
-                hs.append(attn(block(hs[-1], temb)))
+                hs.append(attn(block(hs[-1], temb, w)))
             if not isinstance(downsample, nn.Identity):  # structural, fixed at construction
                 hs.append(downsample(hs[-1]))  # (B, C_i, H_i / 2, W_i / 2)
-        h = self.mid2(self.mid_attn(self.mid1(hs[-1], temb)), temb)  # (B, C_last, H / 2^(L-1), W / 2^(L-1))
+        h = self.mid2(self.mid_attn(self.mid1(hs[-1], temb, w)), temb, w)  # (B, C_last, H / 2^(L-1), W / 2^(L-1))
         for level, upsample in zip(self.up, self.upsample):
             for block, attn in zip(level.blocks, level.attns):
-                h = attn(block(torch.cat([h, hs.pop()], dim=1), temb))
+                h = attn(block(torch.cat([h, hs.pop()], dim=1), temb, w))
             h = upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, C * out_mult, H, W)
