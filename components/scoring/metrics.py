@@ -269,6 +269,22 @@ def label_accuracy(logits: torch.Tensor | np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(evaluator_labels(logits) == np.asarray(y)))
 
 
+def label_mode_metrics(labels: np.ndarray, n_modes: int) -> dict[str, float]:
+    """StackedMNIST's mode coverage (VEEGAN, Srivastava et al. 2017; PacGAN; DDGAN Table 3) from the evaluator's
+    label of each sample (N,) in [0, n_modes):
+
+    - label_modes: how many of the n_modes labels at least one sample has (a mode is covered once it is seen);
+    - label_kl: KL(histogram of the labels || uniform over the n_modes), in nats: 0 for a perfectly even
+      histogram, log(n_modes) when every sample has the same label.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_modes)
+    if len(counts) != n_modes:
+        raise ValueError(f"labels span [{labels.min()}, {labels.max()}], expected [0, {n_modes - 1}]")
+    p = counts / counts.sum()
+    seen = p > 0
+    return {"label_modes": int(seen.sum()), "label_kl": float(np.sum(p[seen] * np.log(p[seen] * n_modes)))}
+
+
 def masked_mse(x: np.ndarray, source: np.ndarray, mask: np.ndarray) -> float:
     """Mean squared error of x against source (N, C, H, W) over the pixels where mask (C, H, W) is True only (an
     inpaint cell's sampled ones), in the arrays' units."""
@@ -310,7 +326,9 @@ def sample_metrics(
 ) -> dict[str, float]:
     """All trilemma quality/diversity metrics of samples x against the reference split (data units): FID and
     precision/recall on the extractor's features; with a classifier's logits (images) also KID (Binkowski et al.
-    2018) and the classifier score (the Inception Score's formula); with a mixture's modes, their coverage. With
+    2018) and the classifier score (the Inception Score's formula); where the classifier reads several digits per
+    image (StackedMNIST's three), the coverage of their label modes (`label_mode_metrics`); with a mixture's modes,
+    their coverage. With
     guidance `targets` (N,), the target-hit rate: judged by the extractor's classifier where it has one
     (`label_accuracy`), else by the nearest mode. `embedded`: the extractor's (features, logits) of x if the
     caller has them already."""
@@ -323,6 +341,8 @@ def sample_metrics(
 
         out["kid"], out["kid_std"] = kid(f, ref.features, kid_subsets, kid_subset_size)
         out["classifier_score"] = classifier_score(logits)
+    if logits is not None and logits.shape[1] > 1:  # several digits per image (StackedMNIST): K^G label modes
+        out |= label_mode_metrics(evaluator_labels(logits), logits.shape[-1] ** logits.shape[1])
     if modes is not None:
         out |= mode_metrics(x, modes, mode_std, n_std, min_count)
     if targets is not None and (logits is not None or modes is not None):

@@ -7,6 +7,7 @@ Kept apart from pipelines/stages/table.py so that checking claims.yaml against t
 # weights)
 SETTINGS = ("cell", "data", "model", "sampler", "steps", "trajectory", "eta", "variance", "scale", "condition", "n",
             "extractor")
-METRICS = ("nfe", "wall_s_per_1k", "wall_s_per_1k_iqr", "hq_fraction", "modes", "kl_uniform", "arc_coverage", "fid",
+METRICS = ("nfe", "wall_s_per_1k", "wall_s_per_1k_iqr", "hq_fraction", "modes", "kl_uniform", "label_modes",
+           "label_kl", "arc_coverage", "fid",
            "kid", "kid_std", "precision", "recall", "classifier_score", "target_hit", "cond_hq", "cond_tv",
            "inpaint_accuracy", "inpaint_mse", "nll", "nll_se", "k_bits", "k_minus_null_bits")

@@ -14,7 +14,7 @@ from components.scoring.evaluator import (
     LOGITS, LeNet, accuracy, classifier_score, digit_extractor, evaluator_train_step, extract, inception_extractor,
     inception_from_state, kid, load_weights, to_model_space, translate, weights_digest,
 )
-from components.scoring.metrics import fid_statistics, frechet_distance, knn_radii, precision_recall
+from components.scoring.metrics import evaluator_labels, fid_statistics, frechet_distance, knn_radii, precision_recall
 from components.training.state import TrainState
 from conftest import write_random_inception_weights
 
@@ -153,6 +153,8 @@ def test_features_of_stacked_digits_are_each_channels_concatenated(extractor, he
     torch.testing.assert_close(f, torch.cat([p[0] for p in parts], dim=1), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(logits, torch.cat([p[1] for p in parts], dim=1), rtol=1e-6, atol=1e-6)
     assert not torch.allclose(parts[0][0], parts[1][0])  # the channels hold different digits
+    d0, d1, d2 = (p[1][:, 0].argmax(-1).numpy() for p in parts)  # each channel's digit, read on its own
+    assert np.array_equal(evaluator_labels(logits), 100 * d0 + 10 * d1 + d2)  # the stack's StackedMNIST mode
 
 
 def test_torch_fidelity_layers(extractor, held_out):

@@ -11,8 +11,8 @@ from conftest import ROOT
 from components.data.gaussians25 import gaussians25_means
 from components.scoring.features import Extractor, identity_features
 from components.scoring.metrics import (
-    ReferenceSet, fid_statistics, frechet_distance, frechet_distance_from_statistics, knn_radii, mode_metrics,
-    label_accuracy, nearest_mode, precision_recall, reference_set, sample_metrics, target_hit_rate,
+    ReferenceSet, evaluator_labels, fid_statistics, frechet_distance, frechet_distance_from_statistics, knn_radii,
+    label_accuracy, label_mode_metrics, mode_metrics, nearest_mode, precision_recall, reference_set, sample_metrics, target_hit_rate,
 )
 
 MEANS = gaussians25_means()
@@ -221,3 +221,43 @@ def test_reference_set_round_trips_through_npz(tmp_path):
 def test_importing_metrics_does_not_import_torch_fidelity():
     code = "import sys, components.scoring.metrics; assert 'torch_fidelity' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_stackedmnist_modes_all_once_cover_everything_with_kl_zero():
+    m = label_mode_metrics(np.arange(1000), 1000)
+    assert m == {"label_modes": 1000, "label_kl": 0.0}
+    m = label_mode_metrics(np.tile(np.arange(1000), 26), 1000)  # 26,000 samples, 26 in every mode
+    assert m["label_modes"] == 1000 and m["label_kl"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_one_stackedmnist_triple_26000_times_is_one_mode_with_kl_log_1000():
+    m = label_mode_metrics(np.full(26_000, 123), 1000)
+    assert m["label_modes"] == 1 and m["label_kl"] == pytest.approx(np.log(1000), rel=1e-12)
+
+
+def test_half_the_modes_evenly_give_kl_log_2():
+    m = label_mode_metrics(np.repeat(np.arange(0, 1000, 2), 3), 1000)
+    assert m["label_modes"] == 500 and m["label_kl"] == pytest.approx(np.log(2), rel=1e-12)
+
+
+def test_labels_outside_the_modes_are_refused():
+    with pytest.raises(ValueError, match="expected \\[0, 999\\]"):
+        label_mode_metrics(np.array([0, 1000]), 1000)
+
+
+def test_stack_modes_come_from_each_channels_digit():
+    """The evaluator's logits (N, 3, 10) of three channels give the mode 100 d0 + 10 d1 + d2, and sample_metrics adds
+    the mode count and KL only where a sample holds several digits."""
+    digits = np.array([[1, 2, 3], [9, 0, 0], [1, 2, 3], [0, 0, 7]])
+    logits = torch.zeros(4, 3, 10, device="cpu")
+    logits.scatter_(2, torch.from_numpy(digits)[:, :, None], 4.0)
+    assert evaluator_labels(logits).tolist() == [123, 900, 123, 7]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2))
+    ref = reference_set(rng.standard_normal((50, 2)))
+    judge = Extractor("judge", lambda s: (identity_features(s), logits))
+    m = sample_metrics(x, ref, extractor=judge, kid_subsets=2, kid_subset_size=4)
+    p = np.array([2, 1, 1]) / 4
+    assert m["label_modes"] == 3 and m["label_kl"] == pytest.approx(float(np.sum(p * np.log(p * 1000))))
+    one = Extractor("one digit", lambda s: (identity_features(s), logits[:, :1]))
+    assert "label_modes" not in sample_metrics(x, ref, extractor=one, kid_subsets=2, kid_subset_size=4)
