@@ -77,6 +77,7 @@ def test_mnist_profile_runs_the_image_dag_and_a_second_workspace_restores_it_fro
     assert (rows["classifier_score"] >= 1).all() and (rows["classifier_score"] <= 10 + 1e-9).all()
     assert df.loc["ddpm-50", "n"] == 12 and df.loc["iddpm-10", "n"] == 24  # a cell's own sample count
     assert df.loc["ddim-quad-5", "trajectory"] == "quadratic"
+    assert df.loc["ddgan-4", "nfe"] == 4 and pd.notna(df.loc["ddgan-4", "fid"])  # mnist's DDGAN row, image networks
     assert df.loc[["ddpm-50", "iddpm-10"], "nll"].notna().all() and pd.isna(df.loc["ddim-quad-5", "nll"])
     samples = dict(__import__("numpy").load(ws / "samples/iddpm-10.npz"))
     assert samples["x"].dtype.name == "uint8" and samples["x"].shape == (24, 1, 28, 28)
@@ -151,6 +152,38 @@ def test_mnist_conditional_profile_guides_judged_by_the_evaluator_and_trains_the
         assert df.loc[f"ddpm-10-bottom-{rule}", "inpaint_mse"] > 0
     assert "Inpainted rows" in (ws / "metrics/trilemma.md").read_text()
     assert "guidance-hits-the-target" in (ws / "metrics/claims.json").read_text()  # its own claims file was checked
+
+
+def test_stackedmnist_profile_counts_modes_channel_by_channel_and_trains_ddgan_on_stacks(tmp_path):
+    """The profile stackedmnist at test size: three-channel stacks through DDIM and DDGAN (T = 1 and 2, the image
+    networks), every row's mode count and KL recomputed here from models/evaluator.pt reading each channel alone, the
+    data row's too, and the profile's own claims file checked."""
+    over = overlay(tmp_path / "tiny.yaml", {**TINY_IMAGES, "data": {"n_train": 300, "n_reference": 100}},
+                   replace={"sweep": {"ddim-4": {"model": "ddpm", "sampler": "ddim", "steps": 4, "eta": 0.0,
+                                                 "clip_x0": True}},
+                            "ddgan": {"T": [1, 2]}})
+    proc = profile("stackedmnist", tmp_path, over)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ws = tmp_path / "ws"
+    df = table(ws)
+    ckpt = torch.load(ws / "models/evaluator.pt", weights_only=True)
+    judge = LeNet(**ckpt["config"])
+    judge.load_state_dict(ckpt["weights"])
+    for cell in ("ddim-4", "ddgan-1", "ddgan-2"):
+        x = np.load(ws / f"samples/{cell}.npz")["x"]
+        assert x.shape == (24, 3, 28, 28) and x.dtype == np.uint8
+        with torch.no_grad():  # each channel on its own, as a one-channel digit
+            digits = [judge(to_model_space(torch.from_numpy(x[:, c:c + 1]))).argmax(-1).numpy() for c in range(3)]
+        modes = 100 * digits[0] + 10 * digits[1] + digits[2]
+        p = np.bincount(modes, minlength=1000) / len(modes)
+        assert df.loc[cell, "label_modes"] == len(np.unique(modes)), cell
+        assert df.loc[cell, "label_kl"] == pytest.approx(float(np.sum(p[p > 0] * np.log(p[p > 0] * 1000))))
+    assert df.loc["ddgan-2", "nfe"] == 2 and df.loc["ddgan-2", "sampler"] == "ddgan"
+    assert 1 <= df.loc["data", "label_modes"] <= 24 and df.loc["data", "label_kl"] >= 0
+    losses = pd.read_csv(ws / "plots/train_ddgan/2/losses.csv")
+    assert set(losses["t"].astype(str)) == {"0", "1", "all"}
+    assert "label_modes" in (ws / "metrics/trilemma.md").read_text()
+    assert "ddgan-covers-stackedmnist" in (ws / "metrics/claims.json").read_text()  # its own claims file
 
 
 def test_cifar10_profile_runs_on_fake_batches_with_a_local_inception_file(tmp_path):
