@@ -13,10 +13,11 @@ torch.compile):
 - ddim-50: DDIM with eta 0 (Song et al. 2021, eq. 12; `samplers.sample_ddim`) on a 50-step uniform respacing of
   the same schedule (`schedules.respace`): 50 evaluations an image.
 - ddgan-4: DDGAN's sampler (Xiao et al. 2022, §3.3; `samplers.sample_ddgan`) on DDGAN's own 4-step schedule
-  (`ddgan_vp`). The registry holds no image generator (its generators are MLPs for 2-D points), so the UNet stands
-  in for G: G(x_t, t, z) = UNet(x_t, t), read as x0-hat, with z drawn each step and unused. The row is 4
-  evaluations an image of a UNet-sized generator plus DDGAN's posterior draws; DDGAN's own NCSN++ generator is not
-  built here.
+  (`ddgan_vp`). The UNet itself stands in for G: G(x_t, t, z) = UNet(x_t, t), read as x0-hat, with z drawn each
+  step and unused, so the three rows time one network. The row is 4 evaluations an image of a generator the size of
+  DDPM's CIFAR-10 UNet (DDGAN's NCSN++ generator is of that order) plus DDGAN's posterior draws; the registry's image
+  generator (`unet`, components/networks/generator.py: the same UNet with z in adaptive GroupNorm) adds a small
+  mapping network and a per-block scale and shift to this cost.
 
 images/s = batch x chains / seconds: whole chains are timed back to back until at least `min_seconds` have passed
 (one chain at least), after one untimed short chain per precision (cuDNN's kernel choice, allocations). Timed
