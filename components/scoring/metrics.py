@@ -277,9 +277,10 @@ def label_mode_metrics(labels: np.ndarray, n_modes: int) -> dict[str, float]:
     - label_kl: KL(histogram of the labels || uniform over the n_modes), in nats: 0 for a perfectly even
       histogram, log(n_modes) when every sample has the same label.
     """
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_modes)
-    if len(counts) != n_modes:
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.min() < 0 or labels.max() >= n_modes:
         raise ValueError(f"labels span [{labels.min()}, {labels.max()}], expected [0, {n_modes - 1}]")
+    counts = np.bincount(labels, minlength=n_modes)
     p = counts / counts.sum()
     seen = p > 0
     return {"label_modes": int(seen.sum()), "label_kl": float(np.sum(p[seen] * np.log(p[seen] * n_modes)))}
