@@ -12,7 +12,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +63,12 @@ def limit_names() -> dict[str, str]:
     return {kind: f"{kind}-slots-{host}" for kind in RESOURCES}
 
 
-def stage_slots(name: str, meta: dict | None, on_gpu_host: bool) -> dict[str, int]:
-    """Slots a stage holds, from its dvc.yaml `meta`; on a host without a GPU, GPU stages hold a CPU slot too."""
+def stage_slots(name: str, meta: dict | None, on_gpu_host: bool, processes: int = 1) -> dict[str, int]:
+    """Slots a stage holds, from its dvc.yaml `meta`; on a host without a GPU, GPU stages hold a CPU slot too.
+
+    A stage marked `torchrun: true` trains on params `runtime.processes` ranks, one device each: on a GPU host it
+    holds that many GPU slots (and is lent that many GPUs); on a CPU host its ranks share the one CPU slot.
+    """
     slots = {}
     for kind in RESOURCES:
         n = (meta or {}).get(kind)
@@ -74,6 +77,8 @@ def stage_slots(name: str, meta: dict | None, on_gpu_host: bool) -> dict[str, in
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise SweepError(f"dvc.yaml: stage {name}: meta.{kind} must be a positive integer, got {n!r}")
         slots[kind] = n
+    if (meta or {}).get("torchrun") and on_gpu_host:
+        slots["gpu"] = max(slots.get("gpu", 0), processes)
     if "gpu" in slots and not on_gpu_host:
         slots["cpu"] = max(slots.get("cpu", 0), 1)
     return slots
@@ -91,8 +96,9 @@ def dvc_repo(root: Path):
         os.chdir(before)
 
 
-def read_plan(root: Path, targets: list[str] | None, on_gpu_host: bool) -> list[Stage]:
-    """The stages to run (all, or `targets` and their upstream), upstream first, with their state at flow start."""
+def read_plan(root: Path, targets: list[str] | None, on_gpu_host: bool, processes: int = 1) -> list[Stage]:
+    """The stages to run (all, or `targets` and their upstream), upstream first, with their state at flow start;
+    `processes`: params runtime.processes, the ranks of a `torchrun` stage."""
     with dvc_repo(root) as repo:
         graph = repo.index.graph  # edges run from a stage to the stages it depends on
         by_name = {s.addressing: s for s in graph.nodes}
@@ -117,7 +123,7 @@ def read_plan(root: Path, targets: list[str] | None, on_gpu_host: bool) -> list[
             upstream = tuple(u.addressing for u in graph.successors(s) if getattr(u, "cmd", None))
             if any((u in stale or u in after_stale) and u not in guards for u in upstream):
                 after_stale.add(s.addressing)
-            stages.append(Stage(s.addressing, len(stages), upstream, stage_slots(s.addressing, s.meta, on_gpu_host),
+            stages.append(Stage(s.addressing, len(stages), upstream, stage_slots(s.addressing, s.meta, on_gpu_host, processes),
                                 s.addressing in stale, s.addressing in after_stale,
                                 output_files(s.outs) if s.addressing in LOGGED else {}))
     return stages
@@ -145,7 +151,3 @@ def status_clean(root: Path, targets: list[str] | None) -> dict:
     """`dvc status` of the swept stages: {} when every output matches dvc.lock."""
     with dvc_repo(root) as repo:
         return repo.status(targets=targets, with_deps=True)
-
-
-def dvc_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dvc", *args]

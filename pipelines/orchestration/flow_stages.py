@@ -3,7 +3,8 @@
 A stage's task is submitted once its upstream stages have run and its slots are held (`Dispatch`), so Prefect's
 timeline shows a stage running only while it runs; this flow run's slots (`Slots`) are handed out in plan order,
 the host's global concurrency limits (`strict=True`) taken after them. A stage's output streams into Prefect's
-logs as it runs.
+logs as it runs. Spread over a work pool (`Sweep.pool`), a stage's task sends it to the pool once its upstream
+stages have run: the workers' limits are the slots (pipelines/orchestration/flow_pool.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import queue
 import subprocess
 import threading
 import time
-from collections import deque
 from concurrent.futures import Future
 from contextlib import nullcontext
 from contextvars import copy_context
@@ -25,7 +25,9 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import task_run
 from prefect.utilities.annotations import quote
 
-from pipelines.orchestration.flow_plan import Stage, SweepError, dvc_command
+from pipelines.orchestration.flow_dvc import dvc_command, stage_error, stream
+from pipelines.orchestration.flow_plan import Stage, SweepError
+from pipelines.orchestration.flow_pool import Pool, send
 
 @dataclass(frozen=True)
 class Sweep:
@@ -39,6 +41,7 @@ class Sweep:
     limits: dict[str, str]        # kind -> global concurrency limit name
     slots: Slots
     pull: bool = False            # `dvc repro --pull`: restore from the default remote's run-cache
+    pool: Pool | None = None      # spread: each stage goes to the work pool (pipelines/orchestration/flow_pool.py)
 
 
 class Slots:
@@ -82,40 +85,6 @@ class Slots:
             self.cond.notify_all()
 
 
-# DVC's hints after a commit, not news to a scheduler
-HINTS = ("To track the changes with git", "git add dvc.lock", "To enable auto staging", "dvc config core.autostage",
-         "Use `dvc push`")
-
-
-# what `dvc repro --single-item` prints when it runs a stage, or restores its outputs from the run-cache
-RAN = {"Running stage '": "ran", "is cached - skipping run": "restored"}
-
-
-def _stream(cmd: list[str], cwd: str, env: dict[str, str], logger) -> tuple[int, list[str], str]:
-    """Run cmd, sending each output line to Prefect's log as it comes; exit code, last lines, and what DVC did."""
-    tail: deque[str] = deque(maxlen=40)
-    did = "up to date"
-    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          bufsize=1) as proc:
-        for line in proc.stdout:
-            line = line.rstrip()
-            if not line or line.strip().startswith(HINTS):
-                continue
-            tail.append(line)
-            if did == "up to date":
-                did = next((v for k, v in RAN.items() if k in line), did)
-            level = logger.warning if line.lower().startswith("warning") else \
-                logger.error if line.lower().startswith(("error", "traceback")) else logger.info
-            level(line)
-    return proc.returncode, list(tail), did
-
-
-def stage_error(lines: list[str]) -> str:
-    """The stage's own last error line, not DVC's summary of it."""
-    own = [line for line in lines if not line.startswith("ERROR: failed to reproduce")]
-    return (own or lines or ["no output"])[-1]
-
-
 @dataclass(frozen=True)
 class Grant:
     """What a stage's gate hands its task: the GPU ids lent to it, and how long it waited for its slots."""
@@ -127,16 +96,19 @@ class Grant:
 
 @task(name="stage", cache_policy=NO_CACHE, retry_delay_seconds=1)
 def run_stage(stage: Stage, sweep: Sweep, grant: Grant) -> dict:
-    """`dvc repro --single-item` one stage, whose slots its gate holds until this task run ends; a report row."""
+    """`dvc repro --single-item` one stage, whose slots its gate holds until this task run ends (or, spread, a run
+    of the stage deployment on the work pool: `flow_pool.send`); a report row."""
+    if sweep.pool:
+        return {**send(stage.name, sweep.pool), "attempts": task_run.get_run_count()}
     logger = get_run_logger()
     env = {**sweep.env, "CUDA_VISIBLE_DEVICES": ",".join(grant.gpus)} if grant.gpus else sweep.env
     started = time.time()
     repro = ["--wait-for-lock", "repro", "--single-item", *(["--pull"] if sweep.pull else []), stage.name]
-    code, lines, status = _stream(dvc_command(*repro), sweep.root, env, logger)
+    code, lines, did = stream(dvc_command(*repro), sweep.root, env, logger)
     ended = time.time()
     if code != 0:
         raise SweepError(f"stage {stage.name} failed: {stage_error(lines)} (dvc repro exited {code})")
-    return {"stage": stage.name, "attempts": task_run.get_run_count(), "status": status,
+    return {"stage": stage.name, "attempts": task_run.get_run_count(), "status": did.get(stage.name, "up to date"),
             "slot_wait_s": grant.slot_wait_s, "lease_s": grant.lease_s, "started": started, "ended": ended,
             "seconds": round(ended - started, 3), "gpus": ",".join(grant.gpus)}
 
@@ -204,6 +176,8 @@ class Dispatch:
         if not all(self.ok.get(u, True) for u in s.upstream):
             self.rows[s.name] = {"stage": s.name, "status": "not run (upstream failed)", "attempts": 0}
             return False
+        if self.sweep.pool:  # the pool's workers are the slots; the stage's host restores what is up to date
+            return self._submit(s, Grant())
         if s.slots and not s.stale and self._up_to_date(s):  # its upstream reran and came out identical
             logger.info(f"{s.name}: up to date after its upstream stages ran; no slot taken")
             self.rows[s.name] = {"stage": s.name, "status": "up to date", "attempts": 0}
@@ -216,13 +190,17 @@ class Dispatch:
             # released before `give` below: the next stage in this queue finds the global slot free
             with concurrency(names, occupy=occupy, strict=True) if names else nullcontext():
                 held = time.time()
-                reply: Future = Future()
-                self.requests.put((s, Grant(tuple(gpus), round(held - t0, 3), round(held - queued, 3)), reply))
-                fut = reply.result()
-                fut.wait()
-                return fut.state.is_completed()
+                return self._submit(s, Grant(tuple(gpus), round(held - t0, 3), round(held - queued, 3)))
         finally:
             self.sweep.slots.give(s.slots, gpus)
+
+    def _submit(self, s: Stage, grant: Grant) -> bool:
+        """Have the flow's thread submit the stage's task, and wait for it to end; whether it completed."""
+        reply: Future = Future()
+        self.requests.put((s, grant, reply))
+        fut = reply.result()
+        fut.wait()
+        return fut.state.is_completed()
 
     def _up_to_date(self, s: Stage) -> bool:
         return subprocess.run(dvc_command("--wait-for-lock", "status", "--quiet", s.name), cwd=self.sweep.root,

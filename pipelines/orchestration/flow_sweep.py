@@ -32,15 +32,15 @@ scheduling:
   and the flow returns the trilemma table's path.
 - `share_cache`: hosts sharing the default DVC remote restore each other's stages from its run-cache
   (`dvc repro --pull`, then `dvc push --run-cache`).
+- `spread`: each stage runs on whichever worker of the work pool is free, in its own checkout, the hosts sharing
+  the DVC remote and an MLflow server (pipelines/orchestration/flow_pool.py); this checkout restores the sweep at
+  the end and closes it as above.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -52,16 +52,20 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipelines.stages.claims import stage_run
 from pipelines.orchestration.flow_plan import (
-    CLAIMS_STAGE, LOGGED, RESOURCES, TABLE_STAGE, Stage, SweepError, dvc_command, limit_names, read_plan, status_clean,
+    CLAIMS_STAGE, LOGGED, RESOURCES, TABLE_STAGE, Stage, SweepError, limit_names, read_plan, status_clean,
     visible_gpus,
 )
-from pipelines.orchestration.flow_stages import Dispatch, Slots, Sweep, stage_error
-from pipelines.params import load_params
+from pipelines.orchestration.flow_dvc import default_remote, push_cache, stage_environment
+from pipelines.orchestration.flow_pool import (
+    STAGE_DEPLOYMENT, STAGE_FLOW, Pool, check_tracking, checkout_fingerprint, gather, watch_hosts,
+)
+from pipelines.orchestration.flow_stages import Dispatch, Slots, Sweep
+from pipelines.params import Params, load_params
 from pipelines.params.loader import PARAMS_FILE
 from pipelines.plumbing.tracking import flush
 from pipelines.plumbing.tracking_mlflow import log_to_run, start_parent_run
 from pipelines.plumbing.tracking_spool import StageRun
-from pipelines.plumbing.tracking_store import shown_uri, tracking_uri
+from pipelines.plumbing.tracking_store import experiment_name, shown_uri, tracking_uri
 
 DEPLOYMENT = "full-sweep"
 
@@ -121,25 +125,6 @@ def publish(files: dict[str, dict[str, list[Path]]], claims: dict | None, parent
     return made
 
 
-def default_remote(root: Path) -> str:
-    """The repository's default DVC remote, which `share_cache` pulls from and pushes to."""
-    proc = subprocess.run(dvc_command("remote", "default"), cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise SweepError("share_cache: the repository has no default DVC remote; add one with "
-                         "`dvc remote add -d <name> <url>`")
-    return proc.stdout.strip()
-
-
-def push_cache(root: Path, logger) -> None:
-    """`dvc push --run-cache`: the sweep's outputs and stage runs, for other hosts to restore."""
-    proc = subprocess.run(dvc_command("--wait-for-lock", "push", "--run-cache"), cwd=root, capture_output=True,
-                          text=True)
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    if proc.returncode != 0:
-        raise SweepError(f"dvc push --run-cache: {stage_error(lines)}")
-    logger.info(f"dvc push --run-cache: {lines[-1] if lines else 'nothing to push'}")
-
-
 def open_limits(capacity: dict[str, int]) -> dict[str, str]:
     """Create or resize this host's global concurrency limits; their names by kind."""
     limits = limit_names()
@@ -147,14 +132,6 @@ def open_limits(capacity: dict[str, int]) -> dict[str, str]:
         for kind, name in limits.items():
             client.upsert_global_concurrency_limit_by_name(name, capacity[kind])
     return limits
-
-
-def stage_environment(uri: str, parent: str | None) -> dict[str, str]:
-    """The stages' environment: this Python's bin first on PATH, the sweep's tracking URI and parent run."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
-    env.pop("TRILEMMA_PARENT_RUN_ID", None)
-    return env | ({"TRILEMMA_PARENT_RUN_ID": parent} if parent else {})
 
 
 def collect(dispatch: Dispatch, skipped: list[str]) -> tuple[list[dict], list[str]]:
@@ -174,7 +151,8 @@ def collect(dispatch: Dispatch, skipped: list[str]) -> tuple[list[dict], list[st
 
 @flow(name="diffusion", task_runner=ThreadPoolTaskRunner(), validate_parameters=True)
 def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1, targets: list[str] | None = None,
-              share_cache: bool = False, repo: str = ".") -> str | None:
+              share_cache: bool = False, spread: bool = False, host_timeout_s: int = 90,
+              repo: str = ".") -> str | None:
     """Run dvc.yaml's stages (all, or `targets` and their upstream) as Prefect tasks; the trilemma table's path.
 
     gpu_slots: stages with `meta: {gpu: N}` that may run at once (default: visible GPUs, or 1 without one).
@@ -183,24 +161,38 @@ def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1
     targets: stages to run with their upstream, like `dvc repro <targets>`; default all.
     share_cache: stages run with `dvc repro --pull` against the default DVC remote, and a clean sweep ends
         with `dvc push --run-cache`: hosts sharing the remote restore a stage another host ran, not rerun it.
+    spread: each stage runs on a worker of the stage deployment's work pool, in that worker's checkout, exchanging
+        outputs through the default DVC remote and logging to the MLflow server (pipelines/orchestration/flow_pool.py);
+        this checkout restores the whole sweep from the remote at the end. The workers' limits are the slots.
+    host_timeout_s: spread: a stage run silent this long (no heartbeat) is marked Crashed, and retried.
     repo: the repository (default: the working directory).
     """
     logger = get_run_logger()
     root = Path(repo).resolve()
-    _check_arguments(root, gpu_slots, cpu_slots, retries)
-    if share_cache:
-        logger.info(f"share_cache: DVC remote {default_remote(root)!r}")
+    params = _check_arguments(root, gpu_slots, cpu_slots, retries)
+    if share_cache or spread:
+        logger.info(f"DVC remote {default_remote(root)!r}")
     gpus = visible_gpus()
     capacity = {"gpu": gpu_slots or len(gpus) or 1, "cpu": cpu_slots}
-    plan = read_plan(root, targets, on_gpu_host=bool(gpus))
-    _check_capacity(plan, capacity)
-    limits = open_limits(capacity)
-    logger.info(f"slots: {', '.join(f'{limits[k]} = {capacity[k]}' for k in RESOURCES)}; GPUs: {gpus or 'none'}")
-
+    plan = read_plan(root, targets, on_gpu_host=bool(gpus), processes=getattr(params.runtime, "processes", 1))  # MERGE: drop getattr
     uri = tracking_uri(root)
+    if spread:
+        check_tracking(uri)
+        watch_hosts(host_timeout_s)
+        push_cache(root, logger)  # what is up to date here, for the hosts to restore rather than rerun
+        limits = {}
+        logger.info(f"spread over work pool deployment {STAGE_FLOW}/{STAGE_DEPLOYMENT}; MLflow {shown_uri(uri)}")
+    else:
+        _check_capacity(plan, capacity)
+        limits = open_limits(capacity)
+        logger.info(f"slots: {', '.join(f'{limits[k]} = {capacity[k]}' for k in RESOURCES)}; GPUs: {gpus or 'none'}")
+
     parent = _start_sweep_run(uri, {"gpu_slots": capacity["gpu"], "cpu_slots": capacity["cpu"], "retries": retries,
-                                    "targets": ",".join(targets or []) or "all", "share_cache": share_cache}, logger)
-    sweep = Sweep(str(root), stage_environment(uri, parent), limits, Slots(capacity, gpus), pull=share_cache)
+                                    "targets": ",".join(targets or []) or "all", "share_cache": share_cache,
+                                    "spread": spread}, logger)
+    pool = Pool(checkout_fingerprint(root), uri, experiment_name(), parent) if spread else None
+    sweep = Sweep(str(root), stage_environment(uri, parent), limits, Slots(capacity, gpus), pull=share_cache,
+                  pool=pool)
 
     todo = [s for s in plan if s.stale or s.after_stale]
     skipped = [s.name for s in plan if s not in todo]
@@ -210,25 +202,27 @@ def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1
     report, failures = collect(dispatch, skipped)
     ran = [r["stage"] for r in report if r["status"] in ("ran", "restored")]
     logger.info(f"ran or restored {len(ran)} stages: {', '.join(ran) or 'none'}")
+    if spread and not failures:
+        gather(root, targets, sweep.env, logger)
 
     files, table, claims = _close_sweep(root, plan, targets, report, failures, parent, uri)
     published = publish(files, claims, parent)
     logger.info(f"Prefect artifacts: {', '.join(published) or 'none (no table or claims stage swept)'}")
-    if share_cache:
+    if share_cache or spread:
         push_cache(root, logger)
     logger.info(f"trilemma table: {table}")
     return table
 
 
-def _check_arguments(root: Path, gpu_slots: int | None, cpu_slots: int, retries: int) -> None:
+def _check_arguments(root: Path, gpu_slots: int | None, cpu_slots: int, retries: int) -> Params:
     """SweepError for a folder without dvc.yaml or a count below its least; a bad params.yaml fails here too, in one
-    line: all before any stage starts."""
+    line: all before any stage starts. The params."""
     if not (root / "dvc.yaml").is_file():
         raise SweepError(f"repo: no dvc.yaml in {root}")
     for name, value, least in (("gpu_slots", gpu_slots, 1), ("cpu_slots", cpu_slots, 1), ("retries", retries, 0)):
         if value is not None and value < least:
             raise SweepError(f"{name}: must be at least {least}, got {value}")
-    load_params(root / PARAMS_FILE)
+    return load_params(root / PARAMS_FILE)
 
 
 def _check_capacity(plan: list[Stage], capacity: dict[str, int]) -> None:
