@@ -113,6 +113,24 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
     return folder
 
 
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """`prefect server start` on a free port of 127.0.0.1 with its own database, once for the module (it takes
+    15-30 s to start); its environment for clients."""
+    from servers import free_port, prefect_env, start, stop, wait_healthy
+
+    tmp_path = tmp_path_factory.mktemp("prefect")
+    port = free_port()
+    env = prefect_env(tmp_path, port)
+    proc = start(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], tmp_path,
+                 tmp_path / "server.log", **env)
+    try:
+        wait_healthy(f"{env['PREFECT_API_URL']}/health", proc, tmp_path / "server.log")
+        yield env
+    finally:
+        stop(proc)
+
+
 @pytest.fixture(scope="session")
 def tiny_template(tmp_path_factory) -> Path:
     """A git + DVC repository holding this project's tracked files and tiny params (TINY), nothing built; made once per

@@ -5,88 +5,24 @@ repository to it); deployments and workers are stopped by PID at the end of each
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import mlflow
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import SMALL_SWEEPS, TINY, run, stage_env, write_params
+from conftest import SMALL_SWEEPS, TINY, run, write_params
+from servers import free_port, prefect_env, start, stop
 
 pytestmark = pytest.mark.e2e
 
 DEPLOYMENT = "diffusion/full-sweep"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def prefect_env(tmp_path: Path, port: int) -> dict[str, str]:
-    return {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-            "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_CLI_COLORS": "false", "COLUMNS": "200"}
-
-
-def start(cmd: list[str], cwd: Path, log: Path, **env: str) -> subprocess.Popen:
-    """A long-running process in its own session (so its children stop with it), output to a file."""
-    with open(log, "w") as f:
-        return subprocess.Popen(cmd, cwd=cwd, env=stage_env(**env), stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def stop(proc: subprocess.Popen, signals=(signal.SIGTERM,)) -> None:
-    """Stop a process started by `start` and its children, by PID; a Prefect worker needs SIGTERM then SIGINT."""
-    for sig in (*signals, signal.SIGKILL):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            continue
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the session, e.g. a flow run's subprocess
-    except ProcessLookupError:
-        pass
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """`prefect server start` on a free port of 127.0.0.1 with its own database, once for the module (it takes
-    15-30 s to start); its environment for clients."""
-    tmp_path = tmp_path_factory.mktemp("prefect")
-    port = free_port()
-    env = prefect_env(tmp_path, port)
-    proc = start(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], tmp_path,
-                 tmp_path / "server.log", **env)
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.5)
-        yield env
-    finally:
-        stop(proc)
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from pipelines.orchestration.flow_plan import SweepError, read_plan, stage_slots, visible_gpus
-from pipelines.orchestration.flow_stages import Slots, stage_error
+from pipelines.orchestration.flow_dvc import stage_error
+from pipelines.orchestration.flow_stages import Slots
 
 from conftest import run
 
@@ -102,3 +103,11 @@ def test_stage_error_is_the_stages_own_line():
     lines = ["Running stage 'x':", "Traceback (most recent call last):", "ValueError: bad",
              "ERROR: failed to reproduce 'x': failed to run: python -m x, exited with 1"]
     assert stage_error(lines) == "ValueError: bad"
+
+
+def test_a_torchrun_stage_holds_a_gpu_slot_per_rank_on_a_gpu_host_and_one_cpu_slot_without():
+    meta = {"gpu": 1, "torchrun": True}
+    assert stage_slots("train_ddpm", meta, on_gpu_host=True, processes=4) == {"gpu": 4}
+    assert stage_slots("train_ddpm", meta, on_gpu_host=False, processes=4) == {"gpu": 1, "cpu": 1}
+    assert stage_slots("sample@ddim-4", {"gpu": 1}, on_gpu_host=True, processes=4) == {"gpu": 1}  # not a torchrun stage
+    assert stage_slots("train_ddpm", meta, on_gpu_host=True) == {"gpu": 1}  # processes 1: today's slots
