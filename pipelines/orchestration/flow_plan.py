@@ -123,7 +123,8 @@ def read_plan(root: Path, targets: list[str] | None, on_gpu_host: bool, processe
             upstream = tuple(u.addressing for u in graph.successors(s) if getattr(u, "cmd", None))
             if any((u in stale or u in after_stale) and u not in guards for u in upstream):
                 after_stale.add(s.addressing)
-            stages.append(Stage(s.addressing, len(stages), upstream, stage_slots(s.addressing, s.meta, on_gpu_host, processes),
+            slots = stage_slots(s.addressing, s.meta, on_gpu_host, processes)
+            stages.append(Stage(s.addressing, len(stages), upstream, slots,
                                 s.addressing in stale, s.addressing in after_stale,
                                 output_files(s.outs) if s.addressing in LOGGED else {}))
     return stages

@@ -153,9 +153,19 @@ def check_tracking(uri: str) -> None:
     """SweepError unless `uri` is an MLflow server, the one tracking store that every host reaches and that takes
     every host's files through itself."""
     if not uri.startswith(("http://", "https://")):
-        raise SweepError(f"spread: MLFLOW_TRACKING_URI is {uri}, which only this host can write; start an MLflow server "
-                         "(mlflow server --artifacts-destination ...) and point MLFLOW_TRACKING_URI at it "
+        raise SweepError(f"spread: MLFLOW_TRACKING_URI is {uri}, which only this host can write; start an MLflow "
+                         "server (mlflow server --artifacts-destination ...) and point MLFLOW_TRACKING_URI at it "
                          "(docs/scale-out.md)")
+
+
+def check_served_artifacts(location: str) -> None:
+    """SweepError where the sweep's files would go to a folder (file:, or a bare path) rather than through the server
+    or to shared storage: each host would write into a folder of its own, or into one it cannot reach."""
+    scheme = location.split(":", 1)[0] if ":" in location else ""
+    if scheme in ("", "file"):
+        raise SweepError(f"spread: the MLflow experiment keeps its files in {location}, a folder that each host "
+                         "would write on its own disk; use an experiment created through a server started with "
+                         "--artifacts-destination (a new MLFLOW_EXPERIMENT_NAME), docs/scale-out.md")
 
 
 def gather(root: Path, targets: list[str] | None, env: dict[str, str], logger) -> None:

@@ -57,13 +57,14 @@ from pipelines.orchestration.flow_plan import (
 )
 from pipelines.orchestration.flow_dvc import default_remote, push_cache, stage_environment
 from pipelines.orchestration.flow_pool import (
-    STAGE_DEPLOYMENT, STAGE_FLOW, Pool, check_tracking, checkout_fingerprint, gather, watch_hosts,
+    STAGE_DEPLOYMENT, STAGE_FLOW, Pool, check_served_artifacts, check_tracking, checkout_fingerprint, gather,
+    watch_hosts,
 )
 from pipelines.orchestration.flow_stages import Dispatch, Slots, Sweep
 from pipelines.params import Params, load_params
 from pipelines.params.loader import PARAMS_FILE
 from pipelines.plumbing.tracking import flush
-from pipelines.plumbing.tracking_mlflow import log_to_run, start_parent_run
+from pipelines.plumbing.tracking_mlflow import artifact_uri, log_to_run, start_parent_run
 from pipelines.plumbing.tracking_spool import StageRun
 from pipelines.plumbing.tracking_store import experiment_name, shown_uri, tracking_uri
 
@@ -190,6 +191,8 @@ def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1
     parent = _start_sweep_run(uri, {"gpu_slots": capacity["gpu"], "cpu_slots": capacity["cpu"], "retries": retries,
                                     "targets": ",".join(targets or []) or "all", "share_cache": share_cache,
                                     "spread": spread}, logger)
+    if spread and parent:
+        _check_sweep_artifacts(parent, uri)
     pool = Pool(checkout_fingerprint(root), uri, experiment_name(), parent) if spread else None
     sweep = Sweep(str(root), stage_environment(uri, parent), limits, Slots(capacity, gpus), pull=share_cache,
                   pool=pool)
@@ -243,6 +246,17 @@ def _start_sweep_run(uri: str, params: dict, logger) -> str | None:
     if parent is None:
         logger.warning(f"MLflow at {shown_uri(uri)} unreachable: the sweep runs untracked")
     return parent
+
+
+def _check_sweep_artifacts(parent: str, uri: str) -> None:
+    """SweepError, the sweep's run closed FAILED, where the experiment keeps its files in a folder rather than
+    through the server (`check_served_artifacts`)."""
+    location = artifact_uri(parent, uri)
+    try:
+        check_served_artifacts(location or "mlflow-artifacts:")
+    except SweepError:
+        log_to_run(parent, StageRun("sweep status"), uri, status="FAILED")
+        raise
 
 
 def _close_sweep(root: Path, plan: list[Stage], targets: list[str] | None, report: list[dict], failures: list[str],

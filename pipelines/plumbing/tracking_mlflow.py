@@ -88,6 +88,14 @@ def log_to_run(run_id: str, run: StageRun, uri: str, status: str | None = None) 
     return bool(_fail_soft(f"{run.stage} of run {run_id}", log, uri))
 
 
+def artifact_uri(run_id: str, uri: str) -> str | None:
+    """Where run `run_id` keeps its files (mlflow-artifacts:/... when the server takes them), or None after a
+    warning."""
+    def read(uri: str) -> str:
+        return _client(uri).get_run(run_id).info.artifact_uri
+    return _fail_soft(f"the artifact location of run {run_id}", read, uri)
+
+
 def _client(uri: str):
     # MLflow logs a SQL error with its traceback (90 lines) before raising it; the caller says it in one line.
     db_log = logging.getLogger("mlflow.store.db.utils")
