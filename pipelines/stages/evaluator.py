@@ -84,6 +84,8 @@ def main(argv: list[str]) -> None:
     e = params.evaluate
     metrics: dict = {}
     train, ref = load_dataset(train_path, params.data.name), load_dataset(ref_path, params.data.name)  # checked always
+    if e.features != "lenet" and not stage_replicas().leader:
+        return  # under a user's own torchrun: nothing trains, rank 0 writes
     if e.features == "identity":
         out = {"weights": {}, "config": {}}
     elif e.features == "inception":
