@@ -38,11 +38,13 @@ class Runtime:
 CPU = Runtime(torch.device("cpu"))  # the default: fp32, eager, contiguous
 
 
-def resolve_device(name: str) -> torch.device:
-    """"cpu", "cuda" (cuda:0; an error if CUDA is unavailable) or "auto" (cuda:0 when available, else cpu).
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """"cpu", "cuda" (cuda:<local_rank>; an error if CUDA is unavailable) or "auto" (cuda:<local_rank> when
+    available, else cpu).
 
     cuda:0 is the first *visible* GPU: the Prefect flow lends a stage a GPU by setting
-    CUDA_VISIBLE_DEVICES for its process, so cuda:0 is the lent one.
+    CUDA_VISIBLE_DEVICES for its process, so cuda:0 is the lent one. A training stage run as several torchrun
+    ranks gives each rank its own GPU, the one numbered by its rank on this machine (`local_rank`).
     """
     if name == "cpu":
         return torch.device("cpu")
@@ -50,16 +52,17 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise RuntimeError("runtime device 'cuda' was asked for, but torch.cuda.is_available() is False (no GPU "
                                f"visible, or torch {torch.__version__} was built without CUDA); use 'auto' or 'cpu'")
-        return torch.device("cuda", 0)
+        return torch.device("cuda", local_rank)
     if name == "auto":
-        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     raise ValueError(f"unknown device {name!r}; allowed: {', '.join(DEVICES)}")
 
 
 def make_runtime(device: str = "auto", precision: str = "fp32", channels_last: bool = False,
-                 compile: bool = False, deterministic: bool = False) -> Runtime:
-    """A Runtime from the names a params section holds (`resolve_device` for the device)."""
-    return Runtime(resolve_device(device), precision, channels_last, compile, deterministic)
+                 compile: bool = False, deterministic: bool = False, local_rank: int = 0) -> Runtime:
+    """A Runtime from the names a params section holds (`resolve_device` for the device, that of torchrun rank
+    `local_rank` on this machine)."""
+    return Runtime(resolve_device(device, local_rank), precision, channels_last, compile, deterministic)
 
 
 def configure_backends(rt: Runtime) -> None:

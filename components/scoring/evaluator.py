@@ -97,11 +97,16 @@ def evaluator_train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, *,
     With `augment`, each image is first translated by up to MAX_SHIFT pixels each way: on 4,000 training
     digits it lifts held-out accuracy from about 97% to about 98.5% at the same budget.
     """
-    g = state.generator
+    g, share = state.generator, state.replicas.share  # the whole batch drawn, this rank's share kept
     idx = torch.randint(len(x), (batch_size,), generator=g, device=g.device)
-    xb, yb = x[idx], y[idx]
     if augment:
-        xb = translate(xb, torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (batch_size, 2), generator=g, device=g.device))
+        idx, shifts = share(idx, torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (batch_size, 2), generator=g,
+                                               device=g.device))
+        xb = translate(x[idx], shifts)
+    else:
+        (idx,) = share(idx)
+        xb = x[idx]
+    yb = y[idx]
     logits = state.model(xb)
     metrics = optimizer_step(state, F.cross_entropy(logits, yb), lr=lr, grad_clip=grad_clip, ema_decay=ema_decay)
     return {**metrics, "accuracy": (logits.argmax(-1) == yb).float().mean()}

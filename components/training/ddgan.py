@@ -91,21 +91,27 @@ def ddgan_train_step(
     grad_clip > 0 clips each network's global gradient norm (DDGAN does not clip: 0).
     A fake x_{t-1} is drawn from q(x_{t-1} | x_t, G(x_t, z, t)), z ~ N(0, I) fresh for each sample.
     Metrics: each loss's mean over the batch and at each t (`d_loss_t0`, ...), 0-dim tensors left on the
-    device (the loop reads them in batches); R1 is NaN on the steps that skip it.
+    device (the loop reads them in batches); R1 is NaN on the steps that skip it. Among several replicas each
+    rank's metrics are its share's (the loop averages them over the ranks), and a minibatch-stddev feature of D
+    (`components.networks.generator.ConvDiscriminator`) sees the rank's share alone, as in DDGAN's multi-GPU runs.
     """
-    G, D, g, T = state.forwards["G"], state.forwards["D"], state.generator, len(sched)
+    G, D, g, T, share = state.forwards["G"], state.forwards["D"], state.generator, len(sched), state.replicas.share
     nz = state.nets["G"].nz
 
+    # Every draw is the whole batch's, then this rank keeps its share (`state.replicas`; all of it in one process).
     def pairs():
         x0, _ = minibatch(data, batch_size, g)
         t = torch.randint(T, (batch_size,), generator=g, device=g.device)
         noise_prev, noise = (torch.randn(x0.shape, generator=g, device=g.device) for _ in range(2))
+        x0, t, noise_prev, noise = share(x0, t, noise_prev, noise)
         x_prev, x_t = q_sample_pair(sched, x0, t, noise_prev, noise)
         return x_prev, x_t, t
 
     def fake(x_t, t):
-        x0_hat = G(x_t, t, torch.randn((len(x_t), nz), generator=g, device=g.device))
-        return sample_posterior(sched, x0_hat, x_t, t, torch.randn(x_t.shape, generator=g, device=g.device))
+        z = torch.randn((batch_size, nz), generator=g, device=g.device)
+        noise = torch.randn((batch_size, *x_t.shape[1:]), generator=g, device=g.device)
+        z, noise = share(z, noise)
+        return sample_posterior(sched, G(x_t, t, z), x_t, t, noise)
 
     # Discriminator step: real pairs against the generator's, G frozen.
     real_prev, x_t, t = pairs()

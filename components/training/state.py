@@ -7,6 +7,10 @@ classifier and the digit evaluator train one network, "model"; DDGAN trains two,
 the EMA of G. A trainer is then a step function over this state (`components.training.steps`,
 `components.training.ddgan`, `components.scoring.evaluator`) and the loop (`pipelines.stages.trainer`).
 
+Data parallel: the state's `replicas` (`components.training.parallel.Replicas`) says which share of each global batch
+this process trains on; `create` gives every rank rank 0's initial weights and `network_step` averages the gradients
+over the ranks before clipping. With the default, one process, neither does anything.
+
 `checkpoint(state, config, history, **extra)` is a dict of CPU tensors and plain values, loadable with
 `torch.load(..., weights_only=True)` on any machine, and `restore` loads one back onto the state's
 device. Its layout: each network's weights under its name, the EMA under "ema", then the optimisers
@@ -25,6 +29,7 @@ import torch
 from torch import nn
 
 from components.networks.runtime import CPU, Forward, Runtime, forward_fn
+from components.training.parallel import Replicas
 
 
 def adam(params, lr: float, device: torch.device | str, *, weight_decay: float | None = None,
@@ -54,7 +59,8 @@ class TrainState:
     """Everything a run needs to resume exactly: the networks, the EMA of the first, the optimisers, step and RNG.
 
     `nets`, `optimizers` and `forwards` are keyed by the networks' names, in the order given; `forwards[name]`
-    is what the losses call in place of `nets[name]` (it is not saved; the module is).
+    is what the losses call in place of `nets[name]` (it is not saved; the module is). `replicas`: this process's
+    rank among the data-parallel ranks of the run (one process by default); every rank holds the same state.
     """
 
     nets: dict[str, nn.Module]
@@ -63,27 +69,31 @@ class TrainState:
     ema: nn.Module
     generator: torch.Generator
     step: int = 0
+    replicas: Replicas = Replicas()
 
     @classmethod
     def create(cls, nets: nn.Module | dict[str, nn.Module], lr: float | dict[str, float], seed: int, *,
                rt: Runtime | torch.device | str = CPU, weight_decay: float | None = None,
-               betas: tuple[float, float] = (0.9, 0.999)) -> "TrainState":
+               betas: tuple[float, float] = (0.9, 0.999), replicas: Replicas = Replicas()) -> "TrainState":
         """One Adam per network (`adam`; `lr` one for all or one per name), the EMA of the first network, and the
         generator seeded by `seed` on rt.device. A module alone is the one network "model".
 
-        Moves each network (in place) to rt.device and sets its forward to `forward_fn(net, rt)` (which gives its
-        weights rt's memory format) before the EMA copy is made, so the EMA has the model's memory format and the
-        foreach EMA update pairs like with like. A bare device stands for fp32 eager contiguous there.
+        Moves each network (in place) to rt.device, gives it rank 0's weights among several `replicas` (DDP's
+        broadcast at the start), and sets its forward to `forward_fn(net, rt)` (which gives its weights rt's memory
+        format) before the EMA copy is made, so the EMA has the model's memory format and the foreach EMA update
+        pairs like with like. A bare device stands for fp32 eager contiguous there.
         """
         rt = rt if isinstance(rt, Runtime) else Runtime(torch.device(rt))
         nets = {"model": nets} if isinstance(nets, nn.Module) else dict(nets)
         lrs = lr if isinstance(lr, dict) else dict.fromkeys(nets, lr)
-        forwards = {name: forward_fn(net.to(rt.device), rt) for name, net in nets.items()}
+        for net in nets.values():
+            replicas.broadcast_(net.to(rt.device))
+        forwards = {name: forward_fn(net, rt) for name, net in nets.items()}
         ema = copy.deepcopy(next(iter(nets.values()))).requires_grad_(False)
         generator = torch.Generator(device=rt.device).manual_seed(seed)
         optimizers = {name: adam(net.parameters(), lrs[name], rt.device, weight_decay=weight_decay, betas=betas)
                       for name, net in nets.items()}
-        return cls(nets, optimizers, forwards, ema, generator)
+        return cls(nets, optimizers, forwards, ema, generator, replicas=replicas)
 
     @property
     def model(self) -> nn.Module:
@@ -107,8 +117,9 @@ class TrainState:
 
 
 def network_step(state: TrainState, name: str, loss: torch.Tensor, *, lr: float, grad_clip: float) -> torch.Tensor:
-    """Backward, global-norm clip (0 disables), one optimiser step at `lr` of network `name`; the pre-clip gradient
-    norm as a 0-dim device tensor (no host sync).
+    """Backward, the gradients' mean over the state's replicas (nothing in one process), global-norm clip (0
+    disables), one optimiser step at `lr` of network `name`; the pre-clip gradient norm as a 0-dim device tensor (no
+    host sync). Every rank then holds the same gradients, so the same clip and step keep the replicas equal.
 
     Disabled, the clip is clip_grad_norm_ at max_norm inf: the norm is measured and every gradient multiplied by
     exactly 1.0, so the weights are those of no clip at all, bit for bit.
@@ -118,6 +129,7 @@ def network_step(state: TrainState, name: str, loss: torch.Tensor, *, lr: float,
         group["lr"] = lr
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    state.replicas.average_gradients_(net.parameters())
     grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip if grad_clip > 0 else math.inf)
     opt.step()
     return grad_norm

@@ -12,6 +12,10 @@ a run is reproducible per device type (a CUDA generator's stream differs from th
 on the host or on that device (`minibatch`); the stages put the training split on the device, so a draw is an
 index there and no batch crosses the bus. Losses call the network through `state.forward`
 (`components.networks.runtime.forward_fn`: autocast, channels_last, compile), the model itself by default.
+
+Data parallel: a step draws the GLOBAL batch (indices, flips, t, noise) exactly as one process does, then keeps its
+rank's share (`state.replicas.share`) before the loss; the union of the shares is the one-process batch. Whatever
+must see the whole batch (the importance sampler's loss history) gathers it back first.
 """
 
 from __future__ import annotations
@@ -186,6 +190,7 @@ def train_step(
     x0, _ = minibatch(data, batch_size, g, hflip=hflip)
     t = torch.randint(len(sched), (batch_size,), generator=g, device=g.device)
     noise = torch.randn(x0.shape, generator=g, device=g.device)
+    x0, t, noise = state.replicas.share(x0, t, noise)
     return optimizer_step(state, l_simple(state.forward, sched, x0, t, noise), lr=lr, grad_clip=grad_clip,
                           ema_decay=ema_decay)
 
@@ -199,15 +204,16 @@ def hybrid_train_step(
     The importance weights 1/(T p_t) multiply the whole per-sample loss, so both terms stay
     unbiased; the sampler's history tracks L_t, the term importance sampling is for (§3.3).
     """
-    g = state.generator
+    g, share = state.generator, state.replicas.share
     x0, _ = minibatch(data, batch_size, g, hflip=hflip)
     t, weights = timesteps.sample(batch_size, g)
     noise = torch.randn(x0.shape, generator=g, device=g.device)
+    x0, t, weights, noise = share(x0, t, weights, noise)
     simple, vlb = hybrid_losses(state.forward, sched, x0, t, noise, decoder=decoder)
     T = len(sched)
     loss = (weights * (simple + lambda_vlb * T * vlb)).mean()
     simple, vlb = simple.detach(), vlb.detach()
-    timesteps.update(t, vlb)
+    timesteps.update(state.replicas.gather(t), state.replicas.gather(vlb))  # the whole batch's L_t, in batch order
     metrics = optimizer_step(state, loss, lr=lr, grad_clip=grad_clip, ema_decay=ema_decay)
     # T L_t averaged: the one-sample estimate of sum_t L_t, the bound without its prior term (bits/dim)
     return {**metrics, "l_simple": (weights * simple).mean(), "l_vlb": (weights * T * vlb).mean()}
@@ -226,8 +232,9 @@ def bound_train_step(
     x0, _ = minibatch(data, batch_size, g, hflip=hflip)
     t, weights = timesteps.sample(batch_size, g)
     noise = torch.randn(x0.shape, generator=g, device=g.device)
+    x0, t, weights, noise = state.replicas.share(x0, t, weights, noise)
     vlb = bound_losses(ReverseModel(state.forward, output), sched, x0, t, noise, decoder=decoder)
-    timesteps.update(t, vlb.detach())
+    timesteps.update(state.replicas.gather(t), state.replicas.gather(vlb.detach()))  # the whole batch's L_t
     return optimizer_step(state, (weights * len(sched) * vlb).mean(), lr=lr, grad_clip=grad_clip, ema_decay=ema_decay)
 
 
@@ -247,6 +254,7 @@ def classifier_train_step(
     x0, y = minibatch(data, batch_size, g, labels=labels)
     t = torch.randint(len(sched), (batch_size,), generator=g, device=g.device)
     noise = torch.randn(x0.shape, generator=g, device=g.device)
+    x0, y, t, noise = state.replicas.share(x0, y, t, noise)
     ce, correct = classifier_losses(state.forward, sched, x0, y, t, noise)
     metrics = optimizer_step(state, ce.mean(), lr=lr, grad_clip=grad_clip, ema_decay=ema_decay)
     return {**metrics, "accuracy": correct.float().mean()}

@@ -16,6 +16,8 @@ from pipelines.plumbing.errors import ParamsError
 from pipelines.params.schema import Params
 
 CELL_SECTIONS = ("sweep", "guided_sweep", "exact_sweep")
+# the trainers' sections (and evaluate.train, the digit evaluator's, where there is one)
+TRAINING_SECTIONS = ("train_ddpm", "finetune_iddpm", "train_sd2015", "train_classifier", "train_ddgan")
 
 
 def check_params(p: Params) -> None:
@@ -33,6 +35,7 @@ def check_run(p: Params) -> None:
     _check_sizes(p)
     _check_features(p)
     _check_trainers(p)
+    _check_processes(p)
     _check_cells(p)
 
 
@@ -75,6 +78,16 @@ def _check_trainers(p: Params) -> None:
         except ValueError as e:
             raise ParamsError(f"train_ddgan.schedule: {p.train_ddgan.schedule!r} over ddgan.T = {T} steps: "
                               f"{e}") from None
+
+
+def _check_processes(p: Params) -> None:
+    """runtime.processes ranks split every global batch a training stage draws into equal shares."""
+    n = p.runtime.processes
+    sections = {name: getattr(p, name) for name in TRAINING_SECTIONS} | {"evaluate.train": p.evaluate.train}
+    for key, section in sections.items():
+        if section is not None and section.batch_size % n:
+            raise ParamsError(f"{key}.batch_size: {section.batch_size} is not divisible by runtime.processes {n} "
+                              f"(each rank trains on an equal share of the batch)")
 
 
 def _check_cells(p: Params) -> None:

@@ -20,6 +20,7 @@ MAX_T = 100_000  # diffusion steps (DDPM 1000, iDDPM 4000); schedules are float6
 MAX_POINTS = 10**8  # points in a data split or a cell's samples
 MAX_BATCH = 10**6
 MAX_STEPS = 10**9  # optimiser steps
+MAX_PROCESSES = 1024  # runtime.processes: training ranks on one machine
 MAX_WIDTH = 2**16  # any integer option of a network (widths, depths, embedding sizes)
 # Files a run reads from outside the repository (CIFAR-10's batches, Inception's weights) live here, so that DVC can
 # list the folder as a dependency of the stages that read it in every profile: replacing a file reruns them.

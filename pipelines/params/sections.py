@@ -11,7 +11,7 @@ from components.networks.options import DEVICES, PRECISIONS
 from components.scoring.registry import FEATURE_EXTRACTORS
 from components.math.schedules import SCHEDULES
 from pipelines.params.fields import (
-    MAX_BATCH, MAX_POINTS, MAX_T, between, choice, external, require, seed_in_range,
+    MAX_BATCH, MAX_POINTS, MAX_PROCESSES, MAX_T, between, choice, external, require, seed_in_range,
 )
 from pipelines.params.training import EvaluatorTrainParams
 
@@ -59,10 +59,14 @@ class RuntimeParams:
     channels_last: bool  # NHWC memory format for image networks (faster convolutions on GPUs)
     compile: bool  # torch.compile the network's forward pass (and for sampling, CUDA graphs on a GPU)
     deterministic: bool  # CUDA only: no TF32 and no cuDNN autotuning, for bitwise studies (the CPU always is)
+    # training stages only: data-parallel ranks (torchrun), one device each, the global batch split among them;
+    # 1 trains in the stage's own process. More than the machine's GPUs (CPU cores) fails in check_environment
+    processes: int = 1
 
     def __post_init__(self):
         choice("device", self.device, DEVICES, "device")
         choice("precision", self.precision, PRECISIONS, "precision")
+        between("processes", self.processes, 1, MAX_PROCESSES)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """A stage's entry point and its arguments: the process around a stage's main(argv).
 
 `entry_point` pins malloc, turns SIGINT and SIGTERM into an interrupt, removes stale temporaries of the paths it
-writes, and ends a failure in one line (putting back under `dvc repro` the outputs DVC deleted). The rest reads what
-dvc.yaml hands a stage: its positional paths and its item in DVC_STAGE.
+writes, and ends a failure in one line (putting back under `dvc repro` the outputs DVC deleted); for a training
+stage, it runs main as params runtime.processes torchrun ranks where that is more than one
+(pipelines/plumbing/distributed.py). The rest reads what dvc.yaml hands a stage: its positional paths and its item in
+DVC_STAGE.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipelines.plumbing.atomic import remove_stale_temporaries
-from pipelines.plumbing.errors import InputError, NonFiniteError, ParamsError
+from pipelines.plumbing.errors import InputError, NonFiniteError, ParamsError, RanksFailed
 from pipelines.plumbing.malloc import pin_malloc_thresholds
 from pipelines.plumbing.restore import restore_after_failure
 from pipelines.plumbing.tracking_spool import process_start_ms
@@ -39,33 +41,64 @@ def _interrupt(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
-def entry_point(main: Callable[[list[str]], None]) -> None:
+def entry_point(main: Callable[[list[str]], None],
+                checkpoint: Callable[[list[str]], str | None] | None = None) -> None:
     """Run a stage's main(argv): pinned malloc thresholds, stale temporaries of its paths removed first.
 
     Bad params, inputs or non-finite results end in one line on stderr and exit status 2; an
     interrupt (SIGINT, SIGTERM) in one line and 128 + the signal. Under `dvc repro`, which deleted
     the stage's outputs before starting it, any failure first puts back the outputs dvc.lock
     records (pipelines/plumbing/restore.py): a failed stage loses nothing.
+
+    A training stage passes `checkpoint`, its final checkpoint's path from argv (None where a run trains nothing):
+    it then runs as runtime.processes ranks (`distributed.run_trainer`). A failed rank ends the stage in one line
+    from the process that launched the ranks, which alone puts outputs back: the ranks hand their one-line errors
+    over to it, and a rank that stops because another died, or is stopped, says nothing. Under a user's own
+    torchrun, rank 0 speaks for the stage.
     """
     pin_malloc_thresholds()
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     argv = sys.argv[1:]
     remove_stale_temporaries(argv)
+    rank = None
+    if checkpoint is not None:
+        from pipelines.plumbing import distributed  # torch.distributed: only the stages that train load it
+
+        rank = distributed.torchrun_rank()
+    if rank is not None and rank.launched:  # the launcher reports for the stage; its agent stops ranks with SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the launcher, which stops the ranks
+    speaks = rank is None or (rank.rank == 0 and not rank.launched)  # reports for the stage, puts outputs back
     try:
         main_start = time.time()
-        main(argv)
-        _report_stage_time(main_start, time.time())
-    except ONE_LINE_ERRORS as e:
+        if checkpoint is None:
+            main(argv)
+        else:
+            distributed.run_trainer(main, argv, checkpoint)
+        if rank is None:
+            _report_stage_time(main_start, time.time())
+    except RanksFailed as e:  # in the process that launched the ranks
         restore_after_failure()
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.status)
+    except ONE_LINE_ERRORS as e:
+        if speaks:
+            restore_after_failure()
+        handed = rank is not None and rank.launched and distributed.hand_over(str(e))
+        if not handed and (rank is None or rank.rank == 0):
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as e:
-        restore_after_failure()
-        print(f"interrupted ({e}); committed outputs kept, rerun to resume", file=sys.stderr)
+        if speaks:
+            restore_after_failure()
+            print(f"interrupted ({e}); committed outputs kept, rerun to resume", file=sys.stderr)
         sys.exit(128 + e.signum)
-    except Exception:
-        restore_after_failure()
+    except Exception as e:
+        if checkpoint is not None and distributed.lost_peer(e, rank):
+            sys.exit(distributed.LOST_PEER)
+        if speaks:
+            restore_after_failure()
         raise
 
 

@@ -20,6 +20,15 @@ class NonFiniteError(ArithmeticError):
     """A computation that produced non-finite numbers (a diverged training run, a sampler that blew up)."""
 
 
+class RanksFailed(Exception):
+    """A rank of a training stage run as several torchrun ranks failed, and the others were stopped
+    (pipelines/plumbing/distributed.py): the message is the stage's one line, `status` its exit status."""
+
+    def __init__(self, line: str, status: int):
+        super().__init__(line)
+        self.status = status
+
+
 def first_line(e: BaseException, limit: int = 120) -> str:
     """An exception's message for a one-line error: its first line, shortened."""
     return (str(e).splitlines() or [""])[0][:limit]

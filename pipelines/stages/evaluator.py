@@ -12,7 +12,9 @@ By params `evaluate.features`:
   (torch.load with weights_only=True; a missing or unreadable file stops here in one line).
 
 `evaluator.pt` holds the extractor's kind, weights and config; stage `reference` saves them with the reference
-split's statistics, so every sample stage scores with exactly these weights.
+split's statistics, so every sample stage scores with exactly these weights. The digit classifier trains as params
+runtime.processes torchrun ranks where that is more than one (rank 0 alone measures and writes); the other
+extractors train nothing and run in one process.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from components.data.dataset import Dataset
 from components.data.digits import decode_stacked_label
 from components.training.state import TrainState
 from pipelines.plumbing.atomic import atomic_torch_save, atomic_write_json
+from pipelines.plumbing.distributed import stage_replicas
 from pipelines.plumbing.entry import entry_point, stage_args
 from pipelines.plumbing.errors import InputError
 from pipelines.plumbing.loading import load_dataset
@@ -44,8 +47,9 @@ def digit_rows(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return x.reshape(-1, 1, *x.shape[2:]), torch.from_numpy(digits.reshape(-1))
 
 
-def train_lenet(e: EvaluateParams, train: Dataset, ref: Dataset, ckpt_path: str) -> tuple[dict, dict]:
-    """Train the digit classifier; (its weights and config, metrics: held-out accuracy, size, time)."""
+def train_lenet(e: EvaluateParams, train: Dataset, ref: Dataset, ckpt_path: str) -> tuple[dict, dict] | None:
+    """Train the digit classifier; (its weights and config, metrics: held-out accuracy, size, time), or None on a
+    torchrun rank other than 0, which writes nothing."""
     # lazily: components.scoring.evaluator imports torch-fidelity (about a second, more on a loaded machine), which the toy
     # data's `identity` extractor never needs
     from components.scoring.evaluator import LeNet, accuracy, evaluator_train_step
@@ -58,11 +62,13 @@ def train_lenet(e: EvaluateParams, train: Dataset, ref: Dataset, ckpt_path: str)
     run_config = {"net": config, "train": dataclasses.asdict(p), "data": {"n": len(x)}}
     torch.manual_seed(p.seed)  # network initialisation
     net = LeNet(**config).to(rt.device)
-    state = TrainState.create(net, p.lr, p.seed, rt=rt)
+    state = TrainState.create(net, p.lr, p.seed, rt=rt, replicas=stage_replicas())
     run = TrainRun("evaluator", state, run_config, ckpt_path, logged=("loss", "accuracy"))
     train_s, steps_per_s = run.train(
         p, lambda lr: evaluator_train_step(state, x, y, batch_size=p.batch_size, lr=lr, grad_clip=p.grad_clip,
                                            ema_decay=p.ema_decay, augment=p.augment))
+    if not run.leader:
+        return None
     weights = {k: v.detach().cpu() for k, v in state.ema.state_dict().items()}
     metrics = {"accuracy": accuracy(state.ema, x_ref, y_ref), "train_accuracy": accuracy(state.ema, x, y),
                "n_params": sum(t.numel() for t in net.parameters()), "train_s": train_s, "steps_per_s": steps_per_s,
@@ -78,6 +84,8 @@ def main(argv: list[str]) -> None:
     e = params.evaluate
     metrics: dict = {}
     train, ref = load_dataset(train_path, params.data.name), load_dataset(ref_path, params.data.name)  # checked always
+    if e.features != "lenet" and not stage_replicas().leader:
+        return  # under a user's own torchrun: nothing trains, rank 0 writes
     if e.features == "identity":
         out = {"weights": {}, "config": {}}
     elif e.features == "inception":
@@ -91,7 +99,10 @@ def main(argv: list[str]) -> None:
         out = {"weights": weights, "config": {}}
         metrics["weights_sha256"] = weights_digest(weights)[:8]
     else:
-        out, metrics = train_lenet(e, train, ref, ckpt_path)
+        trained = train_lenet(e, train, ref, ckpt_path)
+        if trained is None:
+            return  # a torchrun rank other than 0: rank 0 writes the outputs
+        out, metrics = trained
     atomic_torch_save(ckpt_path, {"kind": e.features, **out})
     atomic_write_json(json_path, metrics)  # a DVC metric: numbers only (the kind is in evaluator.pt and params)
     print(f"evaluator: {e.features}" + "".join(f", {k} {v:.4g}" if isinstance(v, float) else f", {k} {v}"
@@ -101,5 +112,11 @@ def main(argv: list[str]) -> None:
                            tags={"extractor": e.features}))
 
 
+def trained_checkpoint(argv: list[str]) -> str | None:
+    """The digit classifier's checkpoint (its resume checkpoint beside it), or None where the extractor trains
+    nothing (identity, inception): the stage then runs in one process."""
+    return argv[2] if len(argv) > 2 and load_params().evaluate.features == "lenet" else None
+
+
 if __name__ == "__main__":
-    entry_point(main)
+    entry_point(main, checkpoint=trained_checkpoint)

@@ -7,7 +7,8 @@ weights are copied in and the v rows start at zero, so Sigma starts halfway (in 
 between beta-tilde_t and beta_t. It then trains on L_hybrid = L_simple + lambda T L_t, with the
 eps output detached inside L_t. The schedule is the DDPM model's own: the eps head was trained
 on its noise levels, and keeping them makes the fixed- and learned-variance rows differ only in
-Sigma. Resume works as in train_ddpm, importance-sampler history included.
+Sigma. Resume works as in train_ddpm, importance-sampler history included, and so do several torchrun ranks
+(params runtime.processes).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from components.networks.mlp import add_variance_output, make_network
 from components.math.schedules import make_schedule
 from components.training.state import TrainState
 from components.training.steps import hybrid_train_step, make_timestep_sampler
+from pipelines.plumbing.distributed import stage_replicas
 from pipelines.plumbing.entry import entry_point, stage_args
 from pipelines.plumbing.errors import first_line, InputError
 from pipelines.plumbing.loading import data_fingerprint, load_checkpoint, load_dataset
@@ -82,7 +84,7 @@ def main(argv: list[str]) -> None:
         add_variance_output(src["ema"], net)
     except (ValueError, RuntimeError) as e:
         raise InputError(f"{ddpm_path}: EMA weights do not fit its network config ({first_line(e)})") from None
-    state = TrainState.create(net, p.lr, p.seed, rt=rt)
+    state = TrainState.create(net, p.lr, p.seed, rt=rt, replicas=stage_replicas())
     timesteps = make_timestep_sampler(p.timestep_sampler, len(sched), p.importance_history, p.importance_uniform)
     run = TrainRun("finetune_iddpm", state, config, ckpt_path, logged=("loss", "l_simple", "l_vlb"),
                    extra={"timestep_sampler": timesteps})
@@ -91,6 +93,8 @@ def main(argv: list[str]) -> None:
         p, lambda lr: hybrid_train_step(state, sched, data, timesteps, batch_size=p.batch_size,
                                         lambda_vlb=p.lambda_vlb, decoder=decoder, lr=lr, grad_clip=p.grad_clip,
                                         ema_decay=p.ema_decay, hflip=params.data.hflip))
+    if not run.leader:
+        return  # rank 0 writes the outputs
 
     run.save(ckpt_path)
     write_history(csv_path, png_path, history,
@@ -112,4 +116,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    entry_point(main)
+    entry_point(main, checkpoint=lambda argv: argv[2])

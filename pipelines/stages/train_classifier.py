@@ -8,7 +8,8 @@ train_ddpm uses; sample_guided checks that the two checkpoints agree), with Adam
 EMA and resume checkpoints as in the other trainers. At the end the EMA classifier's accuracy on
 the held-out reference split is measured in `accuracy_buckets` equal t-ranges: near 1 at small
 t, falling to chance (1/K) near T. For a Gaussian mixture the Bayes-optimal classifier, the
-exact p(y | x_t), is scored the same way: the ceiling for each range.
+exact p(y | x_t), is scored the same way: the ceiling for each range. Several torchrun ranks (params
+runtime.processes) train as in train_ddpm; rank 0 alone measures and writes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from components.math.schedules import make_schedule
 from components.training.state import TrainState
 from components.training.steps import accuracy_by_t, classifier_train_step
 from pipelines.plumbing.atomic import atomic_save_figure, atomic_write_text
+from pipelines.plumbing.distributed import stage_replicas
 from pipelines.plumbing.entry import entry_point, stage_args
 from pipelines.plumbing.loading import load_dataset
 from pipelines.params import load_params
@@ -47,12 +49,14 @@ def main(argv: list[str]) -> None:
     sched = make_schedule(diff.schedule, diff.T)
     torch.manual_seed(p.seed)  # network initialisation
     net = make_classifier(p.network.name, tuple(data.shape[1:]), ds.n_classes, **p.network.kwargs)
-    state = TrainState.create(net, p.lr, p.seed, weight_decay=p.weight_decay, rt=rt)
+    state = TrainState.create(net, p.lr, p.seed, weight_decay=p.weight_decay, rt=rt, replicas=stage_replicas())
     run = TrainRun("train_classifier", state, config, ckpt_path, logged=("loss", "accuracy"))
     history = run.history
     train_s, steps_per_s = run.train(
         p, lambda lr: classifier_train_step(state, sched, data, labels, batch_size=p.batch_size, lr=lr,
                                             grad_clip=p.grad_clip, ema_decay=p.ema_decay))
+    if not run.leader:
+        return  # rank 0 measures and writes the outputs
 
     # Held-out accuracy by t-range, the EMA classifier against the Bayes-optimal one (same x0, t and noise).
     x_ref, y_ref = torch.from_numpy(ref.to_model(ref.x)).to(rt.device), torch.from_numpy(ref.y).to(rt.device)
@@ -90,4 +94,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    entry_point(main)
+    entry_point(main, checkpoint=lambda argv: argv[2])

@@ -10,7 +10,9 @@ G(x_t, z, t) -> x0-hat and D(x_{t-1}, x_t, t) trained on T steps of params `trai
 learning rates, the EMA of G (`components.training.ddgan.ddgan_train_step`), G and D run through params `runtime`
 (precision, channels_last, compile) like every trainer's networks. The checkpoint holds G, D,
 the EMA, both optimisers, the step and the RNG state; a `.partial` is written every
-`checkpoint_every` steps and after the last; a killed run resumes from it, byte for byte.
+`checkpoint_every` steps and after the last; a killed run resumes from it, byte for byte. With params
+runtime.processes N > 1 it trains as N torchrun ranks, each on 1/N of every batch (a minibatch-stddev feature of an
+image D then sees a rank's share alone, as in DDGAN's multi-GPU training).
 
 The losses are written per t, the paper's stability figure: `losses.csv` in long form (step, t,
 term, value), t = 0..T-1 and `all`, terms d_loss, g_loss and r1 (a DVC plot coloured by t), and
@@ -29,9 +31,11 @@ from components.training.ddgan import ddgan_train_step
 from components.networks.mlp import make_discriminator, make_generator
 from components.networks.runtime import CPU, Runtime
 from components.math.schedules import Schedule, make_schedule
+from components.training.parallel import Replicas
 from components.training.state import TrainState
 from components.training.steps import lr_at
 from pipelines.plumbing.atomic import atomic_save_figure, atomic_write_text
+from pipelines.plumbing.distributed import stage_replicas
 from pipelines.plumbing.entry import checkpoint_path, dvc_stage, entry_point, parse_T, stage_args
 from pipelines.plumbing.loading import load_dataset
 from pipelines.params import load_params
@@ -61,13 +65,16 @@ def loss_paths(plots_dir: str, T: int) -> tuple[str, str]:
     return str(Path(plots_dir, str(T), "losses.csv")), str(Path(plots_dir, str(T), "losses.png"))
 
 
-def new_state(p: DDGANTrainParams, data_shape: tuple[int, ...], seed: int, rt: Runtime = CPU) -> TrainState:
+def new_state(p: DDGANTrainParams, data_shape: tuple[int, ...], seed: int, rt: Runtime = CPU,
+              replicas: Replicas = Replicas()) -> TrainState:
     """G and D (initialised from `seed`), the EMA of G and their optimisers (Adam with each network's own learning
-    rate; DDGAN's betas (0.5, 0.9)), as recipe `p` (params.yaml's train_ddgan) has them, on runtime `rt`."""
+    rate; DDGAN's betas (0.5, 0.9)), as recipe `p` (params.yaml's train_ddgan) has them, on runtime `rt`, as this
+    rank of `replicas`."""
     torch.manual_seed(seed)  # network initialisation
     G = make_generator(p.generator.name, data_shape, **p.generator.kwargs)
     D = make_discriminator(p.discriminator.name, data_shape, **p.discriminator.kwargs)
-    return TrainState.create({"G": G, "D": D}, {"G": p.lr, "D": p.lr_d}, seed, rt=rt, betas=tuple(p.adam_betas))
+    return TrainState.create({"G": G, "D": D}, {"G": p.lr, "D": p.lr_d}, seed, rt=rt, betas=tuple(p.adam_betas),
+                             replicas=replicas)
 
 
 def recipe_step(state: TrainState, sched: Schedule, data: torch.Tensor, p: DDGANTrainParams) -> dict[str, float]:
@@ -89,7 +96,7 @@ def main(argv: list[str]) -> None:
     data = torch.from_numpy(ds.to_model(ds.x)).to(rt.device)  # (N, ...) model space; minibatches are drawn there
     config = scratch_config(p, {"schedule": p.schedule, "T": T}, ds, device=rt.device.type)
     sched = make_schedule(p.schedule, T)
-    state = new_state(p, tuple(data.shape[1:]), p.seed, rt)
+    state = new_state(p, tuple(data.shape[1:]), p.seed, rt, stage_replicas())
     stage = f"train_ddgan@{T}"
     run = TrainRun(stage, state, config, ckpt_path,
                    logged=(*TERMS, *(f"{k}_t{i}" for k in TERMS for i in range(T))))
@@ -99,6 +106,8 @@ def main(argv: list[str]) -> None:
         return recipe_step(state, sched, data, p)
 
     train_s, steps_per_s = run.train(p, step, finite=("d_loss", "g_loss"))
+    if not run.leader:
+        return  # rank 0 writes the outputs
 
     run.save(ckpt_path)
     by_t = losses_by_t(history, T)
@@ -120,5 +129,11 @@ def main(argv: list[str]) -> None:
     run.finish()
 
 
+def final_checkpoint(argv: list[str]) -> str:
+    """train_ddgan@<T>'s checkpoint, `<models>/ddgan-<T>.pt`, from its argv and DVC_STAGE."""
+    return checkpoint_path(stage_args(argv, ("train.npz", "models/", "plots/"))[1],
+                           f"ddgan-{parse_T(dvc_stage('train_ddgan')[1] or '')}")
+
+
 if __name__ == "__main__":
-    entry_point(main)
+    entry_point(main, checkpoint=final_checkpoint)

@@ -4,7 +4,8 @@
 
 A resume checkpoint `<checkpoint.pt>.partial` is written every `checkpoint_every` steps and after
 the last; a killed run picks it up (if its config matches) and finishes byte for byte as an
-unbroken run would. It is removed once the outputs are written and logged.
+unbroken run would. It is removed once the outputs are written and logged. With params runtime.processes N > 1
+the stage trains as N torchrun ranks, each on 1/N of every batch (pipelines/plumbing/distributed.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from components.networks.runtime import describe
 from components.math.schedules import make_schedule
 from components.training.state import TrainState
 from components.training.steps import train_step
+from pipelines.plumbing.distributed import stage_replicas
 from pipelines.plumbing.entry import entry_point, stage_args
 from pipelines.plumbing.loading import load_dataset
 from pipelines.params import load_params
@@ -38,12 +40,14 @@ def main(argv: list[str]) -> None:
     sched = make_schedule(diff.schedule, diff.T)
     torch.manual_seed(p.seed)  # network initialisation
     net = make_network(p.network.name, tuple(data.shape[1:]), **p.network.kwargs)
-    state = TrainState.create(net, p.lr, p.seed, rt=rt)
+    state = TrainState.create(net, p.lr, p.seed, rt=rt, replicas=stage_replicas())
     run = TrainRun("train_ddpm", state, config, ckpt_path)
     history = run.history
     train_s, steps_per_s = run.train(
         p, lambda lr: train_step(state, sched, data, batch_size=p.batch_size, lr=lr, grad_clip=p.grad_clip,
                                  ema_decay=p.ema_decay, hflip=params.data.hflip))
+    if not run.leader:
+        return  # rank 0 writes the outputs
 
     run.save(ckpt_path)
     write_history(csv_path, png_path, history, "train_ddpm: L_simple, mean per log_every steps")
@@ -63,4 +67,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    entry_point(main)
+    entry_point(main, checkpoint=lambda argv: argv[1])

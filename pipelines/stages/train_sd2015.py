@@ -9,6 +9,7 @@ posterior KL in bits per dimension, with gradients through mean and variance (`t
 On the main data set it uses params diffusion's schedule and T, the DDPM model's chain, so its row compares
 parameterisation and objective alone (DDPM Table 2); the profile `swissroll` (profiles/swissroll.yaml) trains it on
 the swiss roll at the paper's T = 40 with its own schedule. Resume works as in train_ddpm, importance-sampler history included.
+Several torchrun ranks (params runtime.processes) train as in train_ddpm.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import torch
 from components.data.datasets import DATASETS
 from components.networks.mlp import make_network
 from components.math.schedules import make_schedule
+from components.training.parallel import Replicas
 from components.training.state import TrainState
 from components.training.steps import UniformTimesteps, bound_train_step, make_timestep_sampler
+from pipelines.plumbing.distributed import stage_replicas
 from pipelines.plumbing.entry import entry_point, stage_args
 from pipelines.plumbing.loading import load_dataset
 from components.networks.runtime import CPU, Runtime
@@ -35,14 +38,14 @@ from pipelines.stages.trainer import TrainRun, scratch_config, write_history
 OUTPUT = "sd2015"  # how the network's output is read (diffusion.reverse_kernel)
 
 
-def new_state(p: SD2015Params, data_shape: tuple[int, ...], T: int,
-              rt: Runtime | None = None) -> tuple[TrainState, UniformTimesteps]:
+def new_state(p: SD2015Params, data_shape: tuple[int, ...], T: int, rt: Runtime | None = None,
+              replicas: Replicas = Replicas()) -> tuple[TrainState, UniformTimesteps]:
     """A fresh run of params `p` (train_sd2015): the network seeded by `p.seed`, with 2C
     outputs (z_mu, z_Sigma), its optimiser and EMA, and the timestep sampler over T steps. Shared with
-    benchmarks/sd2015_recipe.py. On rt's device (the CPU without one)."""
+    benchmarks/sd2015_recipe.py. On rt's device (the CPU without one), as this rank of `replicas`."""
     torch.manual_seed(p.seed)  # network initialisation
     net = make_network(p.network.name, data_shape, **p.network.kwargs, out_mult=2)
-    state = TrainState.create(net, p.lr, p.seed, rt=rt or CPU)
+    state = TrainState.create(net, p.lr, p.seed, rt=rt or CPU, replicas=replicas)
     return state, make_timestep_sampler(p.timestep_sampler, T, p.importance_history, p.importance_uniform)
 
 
@@ -59,13 +62,15 @@ def main(argv: list[str]) -> None:
                             objective={"loss": "vlb", "decoder": decoder}, device=rt.device.type)
     config["network"]["out_mult"] = 2  # z_mu and z_Sigma
     sched = make_schedule(diff.schedule, diff.T)
-    state, timesteps = new_state(p, tuple(data.shape[1:]), len(sched), rt)
+    state, timesteps = new_state(p, tuple(data.shape[1:]), len(sched), rt, stage_replicas())
     net = state.model
     run = TrainRun(stage, state, config, ckpt_path, extra={"timestep_sampler": timesteps})
     history = run.history
     train_s, steps_per_s = run.train(
         p, lambda lr: bound_train_step(state, sched, data, timesteps, batch_size=p.batch_size, output=OUTPUT,
                                        decoder=decoder, lr=lr, grad_clip=p.grad_clip, ema_decay=p.ema_decay))
+    if not run.leader:
+        return  # rank 0 writes the outputs
 
     run.save(ckpt_path)
     write_history(csv_path, png_path, history,
@@ -87,4 +92,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    entry_point(main)
+    entry_point(main, checkpoint=lambda argv: argv[1])

@@ -6,6 +6,12 @@ calls `TrainRun.train`: resume from `<checkpoint>.partial` if it matches, then `
 and how stays in the stage. After the loop the stage writes its outputs (`TrainRun.save` for the final
 checkpoint), logs them, and only then calls `TrainRun.finish`, which removes the resume checkpoint: a run
 killed at any point after the last step resumes there and redoes no training.
+
+On several torchrun ranks (params runtime.processes; pipelines/plumbing/distributed.py) every rank runs the loop on
+its share of each batch, in lockstep: each read of the metrics averages them over the ranks in one collective, so
+every rank logs, checks and stops alike. Rank 0 (`TrainRun.leader`) alone writes checkpoints and shows progress,
+and the stage returns on the other ranks right after `TrainRun.train`, leaving outputs and logs to rank 0. The
+config records the number of ranks when there are several, so a `.partial` resumes only with as many.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ import torch
 from tqdm.auto import tqdm
 
 from components.data.dataset import Dataset
+from components.training.parallel import Replicas
 from components.training.state import TrainState, checkpoint, checkpoint_keys, restore
 from components.training.steps import lr_at
 from pipelines.plumbing.atomic import atomic_save_figure, atomic_torch_save, atomic_write_text
 from pipelines.plumbing.entry import progress_enabled
-from pipelines.plumbing.errors import InputError, NonFiniteError
+from pipelines.plumbing.errors import InputError, NonFiniteError, ParamsError
 from pipelines.plumbing.loading import data_config, first_nonfinite, load_checkpoint
 from pipelines.params.training import NetworkParams, OptimParams
 from pipelines.plots.training import loss_curve_figure
@@ -54,7 +61,8 @@ class TrainRun:
 
     Every checkpoint is `components.training.state.checkpoint(state, config, history, **extra state)`, the
     extra state being each of `extra`'s `state_dict()` (the iDDPM importance sampler's loss history); the
-    resume checkpoint is `<path>.partial`. `history` logs step, each of `logged` and lr.
+    resume checkpoint is `<path>.partial`. `history` logs step, each of `logged` and lr. Among several ranks
+    (`state.replicas`) the config gains `processes`, and only rank 0 writes or removes checkpoints.
     """
 
     stage: str
@@ -67,13 +75,23 @@ class TrainRun:
 
     def __post_init__(self) -> None:
         self.history = {"step": [], **{k: [] for k in self.logged}, "lr": []}
+        world = self.state.replicas.world
+        if world > 1:  # recorded only then, so a one-process run's checkpoint keeps its bytes
+            self.config = {**self.config, "processes": world}
 
     @property
     def partial(self) -> Path:
         return Path(f"{self.path}.partial")
 
+    @property
+    def leader(self) -> bool:
+        """Whether this process writes the run's outputs: rank 0, or the one process."""
+        return self.state.replicas.leader
+
     def save(self, path: str | Path) -> None:
-        """The run's checkpoint now, written atomically to `path`."""
+        """The run's checkpoint now, written atomically to `path` (by rank 0 alone: every rank holds the same state)."""
+        if not self.leader:
+            return
         extra = {name: obj.state_dict() for name, obj in self.extra.items()}
         atomic_torch_save(path, checkpoint(self.state, self.config, self.history, **extra))
 
@@ -98,12 +116,17 @@ class TrainRun:
     def train(self, p: OptimParams, step_fn: Callable[[float], Metrics],
               finite: tuple[str, ...] = ("loss",)) -> tuple[float, float]:
         """Resume if possible, then `train_loop` to p.steps; (seconds, steps per second) of this run."""
+        world = self.state.replicas.world
+        if p.batch_size % world:  # params check this against runtime.processes; a user's own torchrun may differ
+            raise ParamsError(f"{self.stage}: batch_size {p.batch_size} does not split into {world} equal shares, "
+                              f"one per torchrun rank")
         self.resume()
         return train_loop(self.stage, p, self.state, step_fn, self.history, self.save, self.partial, finite)
 
     def finish(self) -> None:
-        """Remove the resume checkpoint: call once the stage's outputs are written and logged."""
-        self.partial.unlink(missing_ok=True)
+        """Remove the resume checkpoint: call once the stage's outputs are written and logged (rank 0's job)."""
+        if self.leader:
+            self.partial.unlink(missing_ok=True)
 
 
 def train_loop(stage: str, p: OptimParams, state: TrainState, step_fn: Callable[[float], Metrics],
@@ -120,6 +143,10 @@ def train_loop(stage: str, p: OptimParams, state: TrainState, step_fn: Callable[
     Divergence guard: the metrics named in `finite` must be finite at every step, and the weights of
     `state.networks()` before every save; otherwise NonFiniteError names the first bad step (found at
     the read, at most `log_every` steps later) and the last good checkpoint, and nothing more is written.
+
+    Among several ranks (`state.replicas`) each read averages the metrics over them, so every rank takes the same
+    decisions; the last read, after the last step, also waits for every rank to have taken it. Rank 0 alone shows
+    the progress bar.
     """
     keys = [k for k in history if k not in ("step", "lr")]
     window: dict[str, list[float]] = {k: [] for k in keys}
@@ -132,7 +159,8 @@ def train_loop(stage: str, p: OptimParams, state: TrainState, step_fn: Callable[
                 else f"no checkpoint saved yet (checkpoint_every = {p.checkpoint_every})")
         return NonFiniteError(f"{stage}: {what} at step {step}: training diverged, nothing written; {kept}")
 
-    with tqdm(total=p.steps, initial=state.step, disable=not progress_enabled(), desc=stage, unit="step") as bar:
+    show = progress_enabled() and state.replicas.leader
+    with tqdm(total=p.steps, initial=state.step, disable=not show, desc=stage, unit="step") as bar:
         while state.step < p.steps:
             lr = lr_at(state.step, lr=p.lr, warmup_steps=p.warmup_steps, total_steps=p.steps, schedule=p.lr_schedule)
             metrics = step_fn(lr)
@@ -141,7 +169,7 @@ def train_loop(stage: str, p: OptimParams, state: TrainState, step_fn: Callable[
             at_log = state.step % p.log_every == 0 or state.step == p.steps
             if not (at_log or state.step % p.checkpoint_every == 0):
                 continue
-            for step, metrics in read_metrics(pending):
+            for step, metrics in read_metrics(pending, state.replicas):
                 for k in finite:
                     if not math.isfinite(metrics[k]):
                         raise diverged(f"{k} is {metrics[k]}", step)
@@ -165,13 +193,15 @@ def train_loop(stage: str, p: OptimParams, state: TrainState, step_fn: Callable[
     return train_s, (state.step - start_step) / max(train_s, 1e-9)
 
 
-def read_metrics(pending: list[tuple[int, Metrics]]) -> list[tuple[int, dict[str, float]]]:
+def read_metrics(pending: list[tuple[int, Metrics]],
+                 replicas: Replicas = Replicas()) -> list[tuple[int, dict[str, float]]]:
     """The pending steps' metrics as floats, every tensor among them copied to the host in one transfer.
 
-    Exact: a float32 value widened to float64 on the device reads back as the float `.item()` gives.
+    Exact: a float32 value widened to float64 on the device reads back as the float `.item()` gives. Among several
+    `replicas`, each is first the mean over the ranks of their shares' values, NaN ones left out, in one collective.
     """
     tensors = [v.detach().reshape(()).double() for _, m in pending for v in m.values() if isinstance(v, torch.Tensor)]
-    values = iter(torch.stack(tensors).tolist() if tensors else ())
+    values = iter(replicas.mean(torch.stack(tensors)).tolist() if tensors else ())
     return [(step, {k: next(values) if isinstance(v, torch.Tensor) else float(v) for k, v in m.items()})
             for step, m in pending]
 

@@ -2,6 +2,7 @@
 
 import copy
 import hashlib
+import os
 import re
 import shlex
 import subprocess
@@ -89,6 +90,10 @@ def test_default_params_are_valid():
     ("runtime.precision", "fp16", "runtime.precision: unknown precision 'fp16'; allowed: fp32, bf16"),
     ("runtime.compile", "yes", "runtime.compile: expected true or false, got 'yes'"),
     ("runtime.deterministic", "yes", "runtime.deterministic: expected true or false, got 'yes'"),
+    ("runtime.processes", 0, "runtime.processes: must be in [1, 1,024], got 0"),
+    ("runtime.processes", 1.5, "runtime.processes: expected an integer, got 1.5"),
+    ("runtime.processes", 3, "train_ddpm.batch_size: 1024 is not divisible by runtime.processes 3 (each rank trains "
+                             "on an equal share of the batch)"),
     ("sweep.ddpm-100.n", 2, "sweep.ddpm-100.n: 2 samples; precision/recall need more than evaluate.k = 3"),
     ("sweep.ddim-4.model", "oracle", "sweep.ddim-4.model: unknown model 'oracle'; allowed: ddpm, iddpm"),
     # a learned variance needs a model that has one
@@ -257,6 +262,21 @@ def test_cuda_without_a_gpu_fails_at_validation_in_one_line(tmp_path):
     assert re.fullmatch(r"error: runtime\.device: 'cuda', but torch \S+ sees no GPU on this machine "
                         r"\(torch\.cuda\.is_available\(\) is False\); use auto \(the GPU where there is one\) or cpu",
                         line), line
+
+
+def test_more_processes_than_cores_fails_at_validation_in_one_line(tmp_path):
+    """runtime.processes beyond the machine's devices (here its CPU cores, on device cpu) stops the validate stage in
+    one line, before any stage computes; the training stage itself refuses it too (tests/pipelines/stages/
+    test_torchrun.py)."""
+    cores = len(os.sched_getaffinity(0))
+    n = 1 << cores.bit_length()  # the first power of two above the cores: every default batch size divides by it
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(with_change("runtime.processes", n)))
+    proc = run([sys.executable, "-m", "pipelines.params", str(bad)], ROOT, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: runtime.processes: {n} ranks on the CPU, but this machine gives the run {cores} "
+        f"core{'s' if cores > 1 else ''}; use at most {cores}"]
 
 
 def test_unreadable_params_file(tmp_path):
