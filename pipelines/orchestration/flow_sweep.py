@@ -175,7 +175,7 @@ def diffusion(gpu_slots: int | None = None, cpu_slots: int = 1, retries: int = 1
         logger.info(f"DVC remote {default_remote(root)!r}")
     gpus = visible_gpus()
     capacity = {"gpu": gpu_slots or len(gpus) or 1, "cpu": cpu_slots}
-    plan = read_plan(root, targets, on_gpu_host=bool(gpus), processes=getattr(params.runtime, "processes", 1))  # MERGE: drop getattr
+    plan = read_plan(root, targets, on_gpu_host=bool(gpus), processes=params.runtime.processes)
     uri = tracking_uri(root)
     if spread:
         check_tracking(uri)
