@@ -75,14 +75,17 @@ def checkout_fingerprint(root: Path) -> str:
 
 
 def watch_hosts(silence_s: int) -> None:
-    """Create or update the automation that marks a flow run Crashed once it has sent no heartbeat for `silence_s`
-    seconds (Prefect's recipe for a process that died with its host)."""
+    """Create or update the automation that marks a stage run (a flow run of STAGE_FLOW) Crashed once it has sent no
+    heartbeat for `silence_s` seconds: Prefect's recipe for a process that died with its host, kept to the runs whose
+    heartbeat `send` sets to HEARTBEAT_S (other flow runs beat every 180 s by default, and must not be touched)."""
     if silence_s < 2 * HEARTBEAT_S:
         raise SweepError(f"host_timeout_s: must be at least {2 * HEARTBEAT_S} (two of a stage run's "
                          f"{HEARTBEAT_S} s heartbeats), got {silence_s}")
     ended = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
     trigger = EventTrigger(after={"prefect.flow-run.heartbeat"}, expect={"prefect.flow-run.heartbeat", *ended},
-                           match={"prefect.resource.id": ["prefect.flow-run.*"]}, for_each={"prefect.resource.id"},
+                           match={"prefect.resource.id": ["prefect.flow-run.*"]},
+                           match_related={"prefect.resource.role": "flow", "prefect.resource.name": STAGE_FLOW},
+                           for_each={"prefect.resource.id"},
                            posture=Posture.Proactive, threshold=1, within=timedelta(seconds=silence_s))
     action = ChangeFlowRunState(state=StateType.CRASHED, message=f"no heartbeat for {silence_s} s: its host died")
     try:
@@ -91,7 +94,7 @@ def watch_hosts(silence_s: int) -> None:
         old = None
     if old is None:
         Automation(name=AUTOMATION, trigger=trigger, actions=[action]).create()
-    elif old.trigger.within != trigger.within:
+    else:  # this sweep's host_timeout_s, and the trigger as this version of the code writes it
         old.trigger, old.actions = trigger, [action]
         old.update()
 
@@ -111,7 +114,7 @@ def send(stage: str, pool: Pool) -> dict:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
             any_=[run.id])))
     rows = [row for a in found for row in (json.loads(a.data) if isinstance(a.data, str) else a.data or [])]
-    row = next((r for r in rows if r.get("stage") == stage), {"stage": stage, "status": "ran", "host": "?"})
+    row = next((r for r in rows if r.get("stage") == stage), {"stage": stage, "status": "completed (no report)"})
     return {**row, "flow_run": run.name, "slot_wait_s": round(row.get("started", started) - started, 3)}
 
 

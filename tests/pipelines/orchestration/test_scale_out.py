@@ -43,18 +43,28 @@ def mlflow_server(tmp_path):
 
 def kill_a_host_mid_training(workers: dict[Path, subprocess.Popen], sweep: subprocess.Popen) -> tuple[Path, str]:
     """Wait until a worker that has finished a stage (its dvc.lock exists) runs a training stage, then kill it and
-    everything it started, as a host dies; that worker's checkout and the stage."""
+    everything it started, as a host dies; that worker's checkout and the stage (its DVC address, e.g. train_ddgan@2)."""
     deadline = time.time() + 600
     while sweep.poll() is None and time.time() < deadline:
         for host, worker in workers.items():
             tree = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
-            training = [arg for p in tree for arg in _cmdline(p) if arg.startswith("pipelines.stages.train_")]
+            training = [p for p in tree if any(arg.startswith("pipelines.stages.train_") for arg in _cmdline(p))]
             if training and (host / "dvc.lock").exists():
+                stage = training[0].environ()["DVC_STAGE"]
                 for p in tree:
                     p.kill()
-                return host, training[0].rsplit(".", 1)[1]
+                return host, stage
         time.sleep(0.2)
     raise AssertionError("no worker ran a training stage after finishing another one")
+
+
+def flow_runs(env: dict[str, str]) -> list:
+    """Every flow run on the test's Prefect server."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}), get_client(sync_client=True) as client:
+        return client.read_flow_runs(limit=200)
 
 
 def _cmdline(p: psutil.Process) -> list[str]:
@@ -116,6 +126,9 @@ def test_a_sweep_spreads_over_two_hosts_and_survives_one_dying(prefect_server, m
     assert {h for h in hosts[:2] if ran["host"].str.endswith(str(h)).any()} == set(hosts[:2]), report
     assert report.loc[killed, "attempts"] == 2 and not report.loc[killed, "host"].endswith(str(dead)), report
     assert not report["rebuilt"].fillna("").any(), report
+    # The automation crashed the dead host's stage run and no other flow run: not the sweep's, which completed.
+    states = {(r.name, r.state.type.value) for r in flow_runs(env)}
+    assert {(name, state) for name, state in states if state != "COMPLETED"} == {(killed, "CRASHED")}, states
     assert (report.drop(index=killed)["attempts"] == 1).all(), report
 
     # One MLflow run per stage, nested in the sweep's, every file sent through the server: no host wrote its own.
