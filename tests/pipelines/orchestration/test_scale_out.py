@@ -43,7 +43,7 @@ def mlflow_server(tmp_path):
 
 def kill_a_host_mid_training(workers: dict[Path, subprocess.Popen], sweep: subprocess.Popen) -> tuple[Path, str]:
     """Wait until a worker that has finished a stage (its dvc.lock exists) runs a training stage, then kill it and
-    everything it started, as a host dies; that worker's checkout and the stage (its DVC address, e.g. train_ddgan@2)."""
+    everything it started, as a host dies; that worker's checkout and the stage (its DVC address)."""
     deadline = time.time() + 600
     while sweep.poll() is None and time.time() < deadline:
         for host, worker in workers.items():
