@@ -38,7 +38,7 @@ from prefect.deployments import run_deployment
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import EventTrigger, Posture
 
-from pipelines.orchestration.flow_dvc import dvc_command, stage_environment, stage_error, stream
+from pipelines.orchestration.flow_dvc import dvc_command, push_cache, stage_environment, stage_error, stream
 from pipelines.orchestration.flow_plan import SweepError
 from pipelines.plumbing.tracking import flush
 
@@ -118,7 +118,7 @@ def send(stage: str, pool: Pool) -> dict:
     return {**row, "flow_run": run.name, "slot_wait_s": round(row.get("started", started) - started, 3)}
 
 
-@flow(name=STAGE_FLOW, log_prints=True, validate_parameters=True)
+@flow(name=STAGE_FLOW, validate_parameters=True)
 def stage_on_host(stage: str, fingerprint: str, tracking_uri: str, experiment: str,
                   parent_run: str | None = None) -> dict:
     """One stage on this worker's checkout: upstream restored from the DVC remote, the stage run, its outputs and
@@ -138,11 +138,7 @@ def stage_on_host(stage: str, fingerprint: str, tracking_uri: str, experiment: s
     rebuilt = [s for s, what in did.items() if what == "ran" and s != stage]
     if rebuilt:  # an upstream stage's run was not on the remote: rebuilt here, which costs time, not results
         logger.warning(f"{host}: rebuilt {', '.join(rebuilt)}, whose runs the DVC remote did not have")
-    push = subprocess.run(dvc_command("--wait-for-lock", "push", "--run-cache"), cwd=root, env=env,
-                          capture_output=True, text=True)
-    if push.returncode != 0:
-        raise SweepError(f"stage {stage} on {host}: dvc push --run-cache: "
-                         f"{stage_error((push.stdout + push.stderr).splitlines())}")
+    push_cache(root, logger)
     flush(root)  # the stage's MLflow run leaves this host's spool before the parent closes the sweep's run
     ended = time.time()
     row = {"stage": stage, "status": did.get(stage, "up to date"), "host": host, "started": started, "ended": ended,
